@@ -1,0 +1,462 @@
+//! One validated [`Config`] merged from embedded defaults, a TOML file, environment
+//! variables and command-line flags, in that rising order of precedence.
+//!
+//! Every setting is described once in [`KEYS`]: its file key, environment variable, flag,
+//! default and help text. The CLI flags are built from that table and so is the README's
+//! configuration table, so the three ways of setting a value can never drift apart.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One configurable setting.
+pub struct KeySpec {
+    /// Dotted key in the TOML file (`section.name`).
+    pub key: &'static str,
+    /// Environment variable, if any.
+    pub env: Option<&'static str>,
+    /// Long flag without the leading dashes.
+    pub flag: &'static str,
+    /// Embedded default, as text; `None` means unset.
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+macro_rules! key {
+    ($key:literal, $env:expr, $flag:literal, $default:expr, $help:literal) => {
+        KeySpec {
+            key: $key,
+            env: $env,
+            flag: $flag,
+            default: $default,
+            help: $help,
+        }
+    };
+}
+
+/// Every setting corelay reads. Order is the order of the README table.
+pub const KEYS: &[KeySpec] = &[
+    key!("server.listen", Some("LISTEN"), "listen", Some("127.0.0.1:3001"),
+        "HTTP/WebSocket listen address (host:port); every shard accepts on it with SO_REUSEPORT"),
+    key!("server.port", Some("PORT"), "port", None,
+        "Overrides the port of server.listen"),
+    key!("server.shards", Some("CORELAY_SHARDS"), "shards", Some("0"),
+        "Number of shards (one pinned core each); 0 = one per core the process may run on"),
+    key!("server.health_timeout_ms", Some("CORELAY_HEALTH_TIMEOUT_MS"), "health-timeout-ms", Some("1000"),
+        "How long /health waits for every shard before answering degraded"),
+    key!("server.head_timeout_ms", Some("CORELAY_HEAD_TIMEOUT_MS"), "head-timeout-ms", Some("10000"),
+        "A client must send a complete HTTP request head within this time (else 408)"),
+    key!("server.shutdown_grace_ms", Some("CORELAY_SHUTDOWN_GRACE_MS"), "shutdown-grace-ms", Some("3000"),
+        "On SIGTERM/SIGINT, how long open sessions get to close before the process exits"),
+    key!("udp.port_base", Some("CORELAY_UDP_PORT_BASE"), "udp-port-base", Some("40000"),
+        "Shard i receives media on UDP port port_base + i (0 = any free port per shard)"),
+    key!("udp.announced_ip", Some("CORELAY_ANNOUNCED_IP"), "announced-ip", Some("127.0.0.1"),
+        "Address advertised in ICE candidates: the address clients really reach"),
+    key!("udp.recv_buffer", Some("CORELAY_UDP_RECV_BUFFER"), "udp-recv-buffer", Some("4194304"),
+        "Requested SO_RCVBUF of each shard's UDP socket, in bytes (the kernel may grant less)"),
+    key!("udp.send_buffer", Some("CORELAY_UDP_SEND_BUFFER"), "udp-send-buffer", Some("4194304"),
+        "Requested SO_SNDBUF of each shard's UDP socket, in bytes (the kernel may grant less)"),
+    key!("auth.jwt_secret", Some("JWT_SECRET"), "jwt-secret", None,
+        "HS256 secret for tokens; unset = dev mode (random secret, POST /login on, loud warning)"),
+    key!("auth.login", Some("CORELAY_LOGIN"), "login", None,
+        "Enable POST /login (true/false); default: on in dev mode only"),
+    key!("auth.token_ttl_s", Some("CORELAY_TOKEN_TTL_S"), "token-ttl-s", Some("3600"),
+        "Lifetime of tokens minted by POST /login, in seconds"),
+    key!("p2p.allow_anonymous", Some("CORELAY_P2P_ALLOW_ANONYMOUS"), "p2p-allow-anonymous", Some("false"),
+        "Let peer-to-peer relay clients connect without a token (UserId then comes from the packet)"),
+    key!("limits.max_message_bytes", Some("CORELAY_MAX_MESSAGE_BYTES"), "max-message-bytes", Some("1048576"),
+        "Largest WebSocket message or HTTP body accepted, in bytes"),
+    key!("log.level", Some("RUST_LOG"), "log-level", Some("info"),
+        "Log filter (tracing EnvFilter syntax, e.g. info or corelay=debug)"),
+    key!("log.format", Some("CORELAY_LOG_FORMAT"), "log-format", Some("text"),
+        "Log format: text or json"),
+];
+
+/// Where a value came from; named in validation errors so an operator finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(&'static str),
+    Flag(&'static str),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Default => write!(f, "the default"),
+            Source::File(p) => write!(f, "config file {}", p.display()),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Flag(fl) => write!(f, "flag --{fl}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("unknown key `{key}` in config file {path} (known keys: {known})")]
+    UnknownKey {
+        key: String,
+        path: PathBuf,
+        known: String,
+    },
+    #[error("invalid value {value:?} for `{key}` (from {origin}): expected {expected}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        origin: Source,
+        expected: String,
+    },
+}
+
+/// The raw settings after merging, before typing: key -> (text, source).
+#[derive(Default, Debug)]
+pub struct Layers {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+impl Layers {
+    /// Starts from the embedded defaults.
+    pub fn with_defaults() -> Self {
+        let mut layers = Layers::default();
+        for spec in KEYS {
+            if let Some(d) = spec.default {
+                layers.values.insert(spec.key, (d.to_string(), Source::Default));
+            }
+        }
+        layers
+    }
+
+    /// Applies a TOML file: sections of scalar keys, e.g. `[udp] port_base = 40000`.
+    pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        self.apply_toml(&text, path)
+    }
+
+    pub fn apply_toml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut flat = Vec::new();
+        flatten("", &table, &mut flat);
+        for (key, value) in flat {
+            let spec = KEYS.iter().find(|s| s.key == key).ok_or_else(|| ConfigError::UnknownKey {
+                key: key.clone(),
+                path: path.to_path_buf(),
+                known: KEYS.iter().map(|s| s.key).collect::<Vec<_>>().join(", "),
+            })?;
+            self.values
+                .insert(spec.key, (value, Source::File(path.to_path_buf())));
+        }
+        Ok(())
+    }
+
+    /// Applies environment variables through a lookup (the real environment in `main`,
+    /// a map in tests).
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        for spec in KEYS {
+            if let Some(var) = spec.env {
+                if let Some(v) = lookup(var) {
+                    if !v.is_empty() {
+                        self.values.insert(spec.key, (v, Source::Env(var)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies flags given on the command line, as (key, value) pairs.
+    pub fn apply_flags<'a>(&mut self, flags: impl IntoIterator<Item = (&'a str, String)>) {
+        for (key, value) in flags {
+            if let Some(spec) = KEYS.iter().find(|s| s.key == key) {
+                self.values.insert(spec.key, (value, Source::Flag(spec.flag)));
+            }
+        }
+    }
+
+    fn raw(&self, key: &'static str) -> Option<&(String, Source)> {
+        self.values.get(key)
+    }
+
+    fn parse<T>(
+        &self,
+        key: &'static str,
+        expected: &str,
+        f: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some((text, source)) => f(text.trim()).map(Some).ok_or_else(|| ConfigError::Invalid {
+                key,
+                value: text.clone(),
+                origin: source.clone(),
+                expected: expected.to_string(),
+            }),
+        }
+    }
+
+    fn required<T>(
+        &self,
+        key: &'static str,
+        expected: &str,
+        f: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        Ok(self
+            .parse(key, expected, f)?
+            .expect("every required key has an embedded default"))
+    }
+
+    /// Types and validates every setting.
+    pub fn build(&self) -> Result<Config, ConfigError> {
+        let mut listen: SocketAddr =
+            self.required("server.listen", "host:port, e.g. 0.0.0.0:3001", |s| s.parse().ok())?;
+        if let Some(port) = self.parse("server.port", "a TCP port 0-65535", |s| s.parse::<u16>().ok())? {
+            listen.set_port(port);
+        }
+        let shards = self.required("server.shards", "a shard count 0-1024 (0 = one per core)", |s| {
+            s.parse::<usize>().ok().filter(|n| *n <= 1024)
+        })?;
+        let millis = |key, lo: u64, hi: u64| {
+            self.required(key, &format!("milliseconds between {lo} and {hi}"), |s| {
+                s.parse::<u64>()
+                    .ok()
+                    .filter(|n| (lo..=hi).contains(n))
+                    .map(Duration::from_millis)
+            })
+        };
+        let health_timeout = millis("server.health_timeout_ms", 10, 60_000)?;
+        let head_timeout = millis("server.head_timeout_ms", 100, 600_000)?;
+        let shutdown_grace = millis("server.shutdown_grace_ms", 0, 60_000)?;
+        let udp_port_base = self.required("udp.port_base", "a UDP port 0-65535", |s| s.parse::<u16>().ok())?;
+        let announced_ip = self.required("udp.announced_ip", "an IP address", |s| s.parse::<IpAddr>().ok())?;
+        let buffer = |key| {
+            self.required(key, "bytes between 65536 and 1073741824", |s| {
+                s.parse::<usize>()
+                    .ok()
+                    .filter(|n| (65_536..=1 << 30).contains(n))
+            })
+        };
+        let udp_recv_buffer = buffer("udp.recv_buffer")?;
+        let udp_send_buffer = buffer("udp.send_buffer")?;
+        let jwt_secret = self.parse("auth.jwt_secret", "a secret of at least 16 bytes", |s| {
+            (s.len() >= 16).then(|| s.to_string())
+        })?;
+        let login = self.parse("auth.login", "true or false", parse_bool)?;
+        let token_ttl = self
+            .required("auth.token_ttl_s", "seconds between 60 and 2592000", |s| {
+                s.parse::<u64>().ok().filter(|n| (60..=2_592_000).contains(n))
+            })
+            .map(Duration::from_secs)?;
+        let p2p_allow_anonymous = self.required("p2p.allow_anonymous", "true or false", parse_bool)?;
+        let max_message_bytes = self.required(
+            "limits.max_message_bytes",
+            "bytes between 1024 and 67108864",
+            |s| s.parse::<usize>().ok().filter(|n| (1024..=64 << 20).contains(n)),
+        )?;
+        let log_level = self.required("log.level", "a tracing filter such as info or corelay=debug", |s| {
+            tracing_subscriber::EnvFilter::try_new(s).ok().map(|_| s.to_string())
+        })?;
+        let log_format = self.required("log.format", "text or json", |s| match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        })?;
+        let dev_mode = jwt_secret.is_none();
+        Ok(Config {
+            listen,
+            shards,
+            health_timeout,
+            head_timeout,
+            shutdown_grace,
+            udp_port_base,
+            announced_ip,
+            udp_recv_buffer,
+            udp_send_buffer,
+            login_enabled: login.unwrap_or(dev_mode),
+            jwt_secret: jwt_secret.unwrap_or_default(),
+            dev_mode,
+            token_ttl,
+            p2p_allow_anonymous,
+            max_message_bytes,
+            log_level,
+            log_format,
+        })
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out),
+            toml::Value::String(s) => out.push((key, s.clone())),
+            other => out.push((key, other.to_string())),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration every shard shares (read-only).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Requested shard count; 0 means one per available core.
+    pub shards: usize,
+    pub health_timeout: Duration,
+    pub head_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub udp_port_base: u16,
+    pub announced_ip: IpAddr,
+    pub udp_recv_buffer: usize,
+    pub udp_send_buffer: usize,
+    /// The HS256 secret; in dev mode the caller fills in a random one.
+    pub jwt_secret: String,
+    pub dev_mode: bool,
+    pub login_enabled: bool,
+    pub token_ttl: Duration,
+    pub p2p_allow_anonymous: bool,
+    pub max_message_bytes: usize,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Defaults only; what `corelay` with no arguments and no environment runs with.
+    pub fn defaults() -> Config {
+        Layers::with_defaults()
+            .build()
+            .expect("embedded defaults are valid")
+    }
+}
+
+/// Renders the configuration table for the README from [`KEYS`].
+pub fn markdown_table() -> String {
+    let mut out = String::from("| file key | env var | flag | default | meaning |\n|---|---|---|---|---|\n");
+    for s in KEYS {
+        out.push_str(&format!(
+            "| `{}` | {} | `--{}` | {} | {} |\n",
+            s.key,
+            s.env.map(|e| format!("`{e}`")).unwrap_or_else(|| "-".into()),
+            s.flag,
+            s.default.map(|d| format!("`{d}`")).unwrap_or_else(|| "unset".into()),
+            s.help
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_make_a_dev_server() {
+        let c = Config::defaults();
+        assert_eq!(c.listen, "127.0.0.1:3001".parse().unwrap());
+        assert_eq!(c.udp_port_base, 40000);
+        assert_eq!(c.announced_ip.to_string(), "127.0.0.1");
+        assert_eq!(c.shards, 0);
+        assert!(c.dev_mode);
+        assert!(c.login_enabled);
+        assert_eq!(c.udp_recv_buffer, 4 << 20);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let mut l = Layers::with_defaults();
+        l.apply_toml(
+            "[udp]\nport_base = 41000\nannounced_ip = \"10.0.0.1\"\n[server]\nshards = 3\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        l.apply_env(env(&[("CORELAY_UDP_PORT_BASE", "42000"), ("PORT", "4000")]));
+        l.apply_flags([("udp.port_base", "43000".to_string())]);
+        let c = l.build().unwrap();
+        assert_eq!(c.udp_port_base, 43000, "flag beats env beats file");
+        assert_eq!(c.announced_ip.to_string(), "10.0.0.1", "file beats default");
+        assert_eq!(c.shards, 3);
+        assert_eq!(c.listen.port(), 4000, "PORT overrides the listen port");
+    }
+
+    #[test]
+    fn secret_turns_dev_mode_off() {
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[("JWT_SECRET", "0123456789abcdef-secret")]));
+        let c = l.build().unwrap();
+        assert!(!c.dev_mode);
+        assert!(!c.login_enabled, "login is off outside dev mode unless configured");
+    }
+
+    #[test]
+    fn bad_value_names_key_value_source_and_allowed() {
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[("CORELAY_UDP_PORT_BASE", "70000")]));
+        let err = l.build().unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("udp.port_base"), "{text}");
+        assert!(text.contains("70000"), "{text}");
+        assert!(text.contains("CORELAY_UDP_PORT_BASE"), "{text}");
+        assert!(text.contains("0-65535"), "{text}");
+    }
+
+    #[test]
+    fn short_secret_and_bad_listen_are_rejected() {
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("auth.jwt_secret", "short".to_string())]);
+        assert!(matches!(l.build(), Err(ConfigError::Invalid { key: "auth.jwt_secret", .. })));
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("server.listen", "nowhere".to_string())]);
+        let err = l.build().unwrap_err();
+        assert!(err.to_string().contains("--listen"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let mut l = Layers::with_defaults();
+        let err = l
+            .apply_toml("[udp]\nport_bsae = 1\n", Path::new("c.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("udp.port_bsae"), "{err}");
+    }
+
+    #[test]
+    fn table_lists_every_key() {
+        let t = markdown_table();
+        for s in KEYS {
+            assert!(t.contains(s.key));
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! A small HTTP/1.1 layer over any async byte stream: request heads (httparse), bodies by
+//! Content-Length, responses, and the WebSocket upgrade.
+
+pub mod request;
+pub mod response;
+pub mod ws;
+
+pub use request::{read_body, read_head, Head, HeadError, HeadLimits};
+pub use response::Response;

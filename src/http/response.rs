@@ -1,0 +1,92 @@
+//! Responses: status, headers, body; written with Content-Length.
+
+use futures::{AsyncWrite, AsyncWriteExt};
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn new(status: u16) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Response::new(status)
+            .header("Content-Type", "application/json")
+            .body(value.to_string().into_bytes())
+    }
+
+    /// The JSON error body every endpoint uses: `{"error": {"code", "message"}}`.
+    pub fn error(status: u16, code: &str, message: &str) -> Self {
+        Response::json(
+            status,
+            &serde_json::json!({"error": {"code": code, "message": message}}),
+        )
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn body(mut self, body: Vec<u8>) -> Self {
+        self.body = body;
+        self
+    }
+
+    pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (k, v) in &self.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        out.push_str(if keep_alive {
+            "Connection: keep-alive\r\n\r\n"
+        } else {
+            "Connection: close\r\n\r\n"
+        });
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    pub async fn write_to<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        keep_alive: bool,
+    ) -> std::io::Result<()> {
+        stream.write_all(&self.to_bytes(keep_alive)).await?;
+        stream.flush().await
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        411 => "Length Required",
+        415 => "Unsupported Media Type",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}

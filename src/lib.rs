@@ -1,0 +1,13 @@
+//! corelay: a thread-per-core WebRTC SFU.
+//!
+//! Layers (dependencies point inward): `shard` is the only module that knows glommio and
+//! sockets; `http` parses and writes HTTP on any async stream; `signal` translates each
+//! dialect's messages; `auth`, `config` and `stats` are shared plain data.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod routing;
+pub mod shard;
+pub mod signal;
+pub mod stats;

@@ -1,0 +1,272 @@
+//! Every shard's front door: accept, read the request head within its limits, route.
+//! Plain HTTP requests are answered here; WebSocket dialects become sessions.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::{select, Either, FutureExt};
+use glommio::net::{TcpListener, TcpStream};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::mesh::collect_stats;
+use super::p2p_session;
+use super::state::Shard;
+use crate::auth::{validate_id, AuthError, Grant, Identity};
+use crate::http::{read_body, read_head, ws, Head, HeadError, HeadLimits, Response};
+use crate::signal::p2p;
+
+pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let mut shutdown = shard.shutdown.clone();
+    loop {
+        let accepted = futures::select! {
+            r = listener.accept().fuse() => r,
+            _ = shutdown => break,
+        };
+        match accepted {
+            Ok(stream) => {
+                glommio::spawn_local(serve_connection(shard.clone(), stream)).detach();
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning, and say what to raise.
+                tracing::warn!(shard = shard.id, "accept failed: {e} (check LimitNOFILE / ulimit -n)");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Runs `fut` for at most `limit`; `None` when time ran out.
+pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    let timer = glommio::timer::sleep(limit);
+    futures::pin_mut!(fut, timer);
+    match select(fut, timer).await {
+        Either::Left((v, _)) => Some(v),
+        Either::Right(_) => None,
+    }
+}
+
+/// What a request turns into.
+enum Routed {
+    Respond(Response),
+    P2p(p2p::Session),
+}
+
+async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let limits = HeadLimits::default();
+    let head_timeout = shard.config.head_timeout;
+    let mut buf = Vec::new();
+    let mut first = true;
+    loop {
+        let head = match within(head_timeout, read_head(&mut stream, &mut buf, limits)).await {
+            None => {
+                // An idle keep-alive connection just closes; a client that started (or
+                // never sent) its first request learns why.
+                if first || !buf.is_empty() {
+                    let r = Response::error(408, "request_timeout", "no complete request head in time");
+                    let _ = r.write_to(&mut stream, false).await;
+                }
+                return;
+            }
+            Some(Ok(head)) => head,
+            Some(Err(HeadError::TooLarge)) => {
+                let r = Response::error(
+                    431,
+                    "headers_too_large",
+                    "request head over 16 KiB or 64 headers",
+                );
+                let _ = r.write_to(&mut stream, false).await;
+                return;
+            }
+            Some(Err(HeadError::Malformed(m))) => {
+                let _ = Response::error(400, "bad_request", &m)
+                    .write_to(&mut stream, false)
+                    .await;
+                return;
+            }
+            Some(Err(_)) => return,
+        };
+        first = false;
+        let keep_alive = head.keep_alive() && !shard.is_shutting_down();
+        let body = match read_request_body(&shard, &mut stream, &mut buf, &head).await {
+            Ok(body) => body,
+            Err(resp) => {
+                let _ = resp.write_to(&mut stream, false).await;
+                return;
+            }
+        };
+        match route(&shard, &head, &body).await {
+            Routed::Respond(resp) => {
+                if resp.write_to(&mut stream, keep_alive).await.is_err() || !keep_alive {
+                    return;
+                }
+            }
+            Routed::P2p(session) => {
+                let leftover = std::mem::take(&mut buf);
+                p2p_session::start(shard, stream, &head, leftover, session, peer).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn read_request_body(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head: &Head,
+) -> Result<Vec<u8>, Response> {
+    if head.header("transfer-encoding").is_some() {
+        return Err(Response::error(
+            411,
+            "length_required",
+            "chunked bodies are not accepted; send Content-Length",
+        ));
+    }
+    let len = head
+        .content_length()
+        .map_err(|e| Response::error(400, "bad_request", &e.to_string()))?;
+    if len > shard.config.max_message_bytes {
+        return Err(Response::error(
+            413,
+            "payload_too_large",
+            &format!("body over {} bytes", shard.config.max_message_bytes),
+        ));
+    }
+    match within(shard.config.head_timeout, read_body(stream, buf, len)).await {
+        Some(Ok(body)) => Ok(body),
+        Some(Err(e)) => Err(Response::error(400, "bad_request", &e.to_string())),
+        None => Err(Response::error(408, "request_timeout", "body not received in time")),
+    }
+}
+
+fn method_not_allowed(allow: &str) -> Response {
+    Response::error(405, "method_not_allowed", &format!("use {allow}")).header("Allow", allow)
+}
+
+async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
+    let path = head.path.as_str();
+    let resp = match path {
+        "/health" => match head.method.as_str() {
+            "GET" | "HEAD" => health(shard).await,
+            _ => method_not_allowed("GET"),
+        },
+        "/login" if shard.config.login_enabled => match head.method.as_str() {
+            "POST" => login(shard, body),
+            _ => method_not_allowed("POST"),
+        },
+        _ if path == "/p2p" || path.starts_with("/p2p/") => {
+            return match p2p_request(shard, head) {
+                Ok(session) => Routed::P2p(session),
+                Err(resp) => Routed::Respond(resp),
+            };
+        }
+        _ => Response::error(404, "not_found", &format!("no route for {path}")),
+    };
+    Routed::Respond(resp)
+}
+
+async fn health(shard: &Rc<Shard>) -> Response {
+    let stats = collect_stats(shard, shard.config.health_timeout).await;
+    let degraded = stats.iter().any(Option::is_none);
+    let shards: Vec<serde_json::Value> = stats
+        .iter()
+        .enumerate()
+        .map(|(id, s)| match s {
+            Some(s) => serde_json::to_value(s).expect("snapshot serializes"),
+            None => json!({"id": id, "error": "no answer within the deadline"}),
+        })
+        .collect();
+    let body = json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptimeSeconds": shard.started.elapsed().as_secs(),
+        "shards": shards,
+    });
+    Response::json(if degraded { 503 } else { 200 }, &body)
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    #[serde(rename = "userName")]
+    user_name: String,
+    #[serde(rename = "roomId")]
+    room_id: Option<String>,
+}
+
+fn login(shard: &Shard, body: &[u8]) -> Response {
+    let req: LoginRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return Response::error(
+                400,
+                "bad_request",
+                &format!("expected {{\"userName\", \"roomId\"}}: {e}"),
+            )
+        }
+    };
+    let name = req.user_name.trim();
+    if name.is_empty() || name.chars().count() > 64 {
+        return Response::error(400, "bad_request", "userName must be 1-64 characters");
+    }
+    if let Some(room) = &req.room_id {
+        if let Err(m) = validate_id("roomId", room) {
+            return Response::error(400, "bad_request", &m);
+        }
+    }
+    let user_id = format!("user-{:08x}", shard.next_id() as u32 ^ rand_u32());
+    let (token, expires_at) = shard.auth.mint(&Grant {
+        user_id: &user_id,
+        user_name: Some(name),
+        room: req.room_id.as_deref(),
+        ttl: shard.config.token_ttl,
+    });
+    Response::json(
+        200,
+        &json!({"token": token, "expiresAt": expires_at, "userId": user_id}),
+    )
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Authenticates a relay request before the upgrade.
+fn p2p_request(shard: &Shard, head: &Head) -> Result<p2p::Session, Response> {
+    if head.method != "GET" {
+        return Err(method_not_allowed("GET"));
+    }
+    if !ws::is_upgrade(head) {
+        return Err(Response::error(
+            426,
+            "upgrade_required",
+            "this endpoint speaks WebSocket",
+        )
+        .header("Upgrade", "websocket"));
+    }
+    let namespace = head.path.strip_prefix("/p2p").unwrap_or("");
+    let namespace = namespace.strip_prefix('/').unwrap_or(namespace);
+    if !namespace.is_empty() {
+        validate_id("namespace", namespace).map_err(|m| Response::error(400, "bad_request", &m))?;
+    }
+    let identity: Option<Identity> = match head.token() {
+        Some(t) => Some(shard.auth.verify(t).map_err(unauthorized)?),
+        None if shard.config.p2p_allow_anonymous => None,
+        None => return Err(unauthorized(AuthError::Missing)),
+    };
+    Ok(p2p::Session {
+        namespace: namespace.to_string(),
+        token_user: identity.as_ref().map(|i| i.user_id.clone()),
+        token_room: identity.and_then(|i| i.room),
+        joined: None,
+    })
+}
+
+pub fn unauthorized(e: AuthError) -> Response {
+    Response::error(401, "unauthorized", &e.to_string())
+}

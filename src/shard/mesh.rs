@@ -1,0 +1,113 @@
+//! Messages between shards. Rare things only: relocated connections and stats queries;
+//! never media.
+
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::{select, Either, FusedFuture, FutureExt};
+use glommio::channels::channel_mesh::Receivers;
+
+use super::p2p_session;
+use super::state::Shard;
+use crate::signal::p2p;
+use crate::stats::ShardSnapshot;
+
+/// A relay session moving to the shard that owns its room.
+pub struct P2pHandover {
+    pub fd: OwnedFd,
+    /// Bytes read from the socket but not yet parsed.
+    pub leftover: Vec<u8>,
+    pub session: p2p::Session,
+    /// The `connect` packet that named the room; the owner handles it first.
+    pub pending: String,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+pub enum MeshMsg {
+    AdoptP2p(Box<P2pHandover>),
+    StatsRequest { from: usize, id: u64 },
+    StatsReply { id: u64, stats: ShardSnapshot },
+}
+
+pub(super) fn spawn_receivers(shard: &Rc<Shard>, receivers: Receivers<MeshMsg>) {
+    let receivers = Rc::new(receivers);
+    for peer in 0..shard.shards {
+        if peer == shard.id {
+            continue;
+        }
+        let shard = shard.clone();
+        let receivers = receivers.clone();
+        glommio::spawn_local(async move {
+            while let Ok(Some(msg)) = receivers.recv_from(peer).await {
+                handle(&shard, msg).await;
+            }
+        })
+        .detach();
+    }
+}
+
+async fn handle(shard: &Rc<Shard>, msg: MeshMsg) {
+    match msg {
+        MeshMsg::AdoptP2p(handover) => {
+            glommio::spawn_local(p2p_session::adopt(shard.clone(), *handover)).detach();
+        }
+        MeshMsg::StatsRequest { from, id } => {
+            let stats = shard.snapshot();
+            let _ = shard
+                .mesh
+                .send_to(from, MeshMsg::StatsReply { id, stats })
+                .await;
+        }
+        MeshMsg::StatsReply { id, stats } => {
+            if let Some(tx) = shard.pending_stats.borrow_mut().remove(&id) {
+                let _ = tx.send(stats);
+            }
+        }
+    }
+}
+
+/// Every shard's snapshot, in shard order; `None` for a shard that did not answer in time.
+pub async fn collect_stats(shard: &Rc<Shard>, deadline: Duration) -> Vec<Option<ShardSnapshot>> {
+    let mut waits = Vec::with_capacity(shard.shards);
+    for peer in 0..shard.shards {
+        if peer == shard.id {
+            waits.push(None);
+            continue;
+        }
+        let id = shard.next_id();
+        let (tx, rx) = futures::channel::oneshot::channel();
+        shard.pending_stats.borrow_mut().insert(id, tx);
+        let sent = shard
+            .mesh
+            .try_send_to(peer, MeshMsg::StatsRequest { from: shard.id, id })
+            .is_ok();
+        waits.push(sent.then_some((id, rx)));
+    }
+    let timer = glommio::timer::sleep(deadline).fuse();
+    futures::pin_mut!(timer);
+    let mut out = Vec::with_capacity(shard.shards);
+    for (peer, wait) in waits.into_iter().enumerate() {
+        if peer == shard.id {
+            out.push(Some(shard.snapshot()));
+            continue;
+        }
+        let Some((id, mut rx)) = wait else {
+            out.push(None);
+            continue;
+        };
+        let answer = if timer.is_terminated() {
+            rx.try_recv().ok().flatten()
+        } else {
+            match select(rx, timer.as_mut()).await {
+                Either::Left((Ok(stats), _)) => Some(stats),
+                _ => None,
+            }
+        };
+        if answer.is_none() {
+            shard.pending_stats.borrow_mut().remove(&id);
+        }
+        out.push(answer);
+    }
+    out
+}

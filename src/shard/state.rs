@@ -1,0 +1,184 @@
+//! One shard: its state, and the executor body that runs it from start to shutdown.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use futures::channel::mpsc as local_mpsc;
+use futures::future::{FutureExt, Shared};
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::net::{TcpListener, UdpSocket};
+
+use super::mesh::MeshMsg;
+use super::{ShardInit, SHUTDOWN_POLL};
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::signal::p2p::{ConnId, Rooms};
+use crate::stats::{ShardCounters, ShardSnapshot};
+
+/// What a session's outbound queue carries.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Text(Rc<str>),
+}
+
+/// How many messages may wait for a slow client before it is disconnected.
+pub const OUTBOUND_QUEUE: usize = 256;
+
+/// Resolves when the shard begins shutting down.
+pub type ShutdownSignal = Shared<futures::channel::oneshot::Receiver<()>>;
+
+pub struct Shard {
+    pub id: usize,
+    pub core: usize,
+    pub shards: usize,
+    pub udp_port: u16,
+    pub config: Arc<Config>,
+    pub auth: Arc<Authenticator>,
+    pub started: Instant,
+    pub mesh: Senders<MeshMsg>,
+    pub counters: ShardCounters,
+    pub p2p_rooms: RefCell<Rooms>,
+    /// Outbound queues of the relay sessions on this shard.
+    pub outbound: RefCell<HashMap<ConnId, local_mpsc::Sender<Outbound>>>,
+    pub pending_stats: RefCell<HashMap<u64, futures::channel::oneshot::Sender<ShardSnapshot>>>,
+    next_id: Cell<u64>,
+    shutdown_tx: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
+    pub shutdown: ShutdownSignal,
+}
+
+impl Shard {
+    /// A fresh id, unique in the process (the shard id is in the top bits).
+    pub fn next_id(&self) -> u64 {
+        let n = self.next_id.get() + 1;
+        self.next_id.set(n);
+        ((self.id as u64) << 48) | n
+    }
+
+    pub fn owner_of(&self, key: &str) -> usize {
+        crate::routing::owner_shard(key, self.shards)
+    }
+
+    pub fn snapshot(&self) -> ShardSnapshot {
+        let c = &self.counters;
+        ShardSnapshot {
+            id: self.id,
+            core: self.core,
+            udp_port: self.udp_port,
+            rooms: self.p2p_rooms.borrow().len() as u64,
+            connections: c.connections.get(),
+            relocated_in: c.relocated_in.get(),
+            relocated_out: c.relocated_out.get(),
+            datagrams_dropped: c.datagrams_dropped.get(),
+        }
+    }
+
+    fn begin_shutdown(&self) {
+        if let Some(tx) = self.shutdown_tx.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown_tx.borrow().is_none()
+    }
+}
+
+/// The executor body of one shard.
+pub(super) async fn run(
+    init: ShardInit,
+    config: Arc<Config>,
+    auth: Arc<Authenticator>,
+    mesh: MeshBuilder<MeshMsg, Full>,
+    ready: mpsc::Sender<usize>,
+    started: Instant,
+) {
+    let (senders, receivers) = match mesh.join().await {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::error!(shard = init.id, "cannot join the shard mesh: {e}");
+            return;
+        }
+    };
+    assert_eq!(
+        senders.peer_id(),
+        init.id,
+        "mesh peers are numbered in shard start order"
+    );
+    let (shutdown_tx, shutdown_rx) = futures::channel::oneshot::channel();
+    let shard = Rc::new(Shard {
+        id: init.id,
+        core: init.core,
+        shards: init.shards,
+        udp_port: init.udp_port,
+        config,
+        auth,
+        started,
+        mesh: senders,
+        counters: ShardCounters::default(),
+        p2p_rooms: RefCell::default(),
+        outbound: RefCell::default(),
+        pending_stats: RefCell::default(),
+        next_id: Cell::new(0),
+        shutdown_tx: RefCell::new(Some(shutdown_tx)),
+        shutdown: shutdown_rx.shared(),
+    });
+    // SAFETY: the fds were created for this shard and are owned by nobody else.
+    let listener = unsafe { TcpListener::from_raw_fd(init.listener.into_raw_fd()) };
+    let udp = unsafe { UdpSocket::from_raw_fd(init.udp.into_raw_fd()) };
+
+    super::mesh::spawn_receivers(&shard, receivers);
+    glommio::spawn_local(drop_datagrams(shard.clone(), udp)).detach();
+    glommio::spawn_local(watch_shutdown(shard.clone())).detach();
+    let _ = ready.send(init.id);
+    tracing::debug!(shard = shard.id, core = shard.core, "shard serving");
+
+    super::front_door::accept_loop(shard.clone(), listener).await;
+
+    // Stop: sessions got the shutdown signal and close with 1001; give them the grace
+    // period to finish.
+    let deadline = Instant::now() + shard.config.shutdown_grace;
+    while shard.counters.connections.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    shard.mesh.close();
+    tracing::debug!(shard = shard.id, "shard stopped");
+}
+
+async fn watch_shutdown(shard: Rc<Shard>) {
+    while !super::shutting_down() {
+        glommio::timer::sleep(SHUTDOWN_POLL).await;
+    }
+    tracing::info!(shard = shard.id, "shutting down");
+    shard.begin_shutdown();
+}
+
+/// Until the media core exists, every datagram belongs to no transport: count and drop.
+async fn drop_datagrams(shard: Rc<Shard>, udp: UdpSocket) {
+    let mut buf = vec![0u8; 2048];
+    let mut shutdown = shard.shutdown.clone();
+    loop {
+        futures::select! {
+            r = udp.recv_from(&mut buf).fuse() => match r {
+                Ok(_) => ShardCounters::add(&shard.counters.datagrams_dropped, 1),
+                Err(e) => tracing::debug!(shard = shard.id, "udp receive error: {e}"),
+            },
+            _ = shutdown => return,
+        }
+    }
+}
+
+/// An owned fd for a relocation: a duplicate, so the original can be dropped with its
+/// glommio stream while the socket lives on.
+pub fn dup_fd(fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: dup on a descriptor we currently own; the result is a new owned fd.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}

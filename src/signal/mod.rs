@@ -1,0 +1,4 @@
+//! Signaling dialects. Each module translates one wire protocol into actions on the
+//! shard's state; none of them touches a socket.
+
+pub mod p2p;

@@ -1,0 +1,351 @@
+//! The peer-to-peer relay dialect (PROTOCOLS.md section 5): no media through the server,
+//! only JSON packets relayed between the members of a room.
+//!
+//! This module is pure: [`Session::handle_text`] validates a packet against the session's
+//! identity and state, and [`Rooms`] computes who receives what. The shard glue owns the
+//! sockets and delivers the texts.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::validate_id;
+
+/// A connection's id, unique within its process.
+pub type ConnId = u64;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Header {
+    #[serde(rename = "Event")]
+    pub event: String,
+    #[serde(rename = "UserId", default)]
+    pub user_id: String,
+    #[serde(rename = "RoomId", default)]
+    pub room_id: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Packet {
+    #[serde(rename = "Header")]
+    pub header: Header,
+    #[serde(rename = "Payload", default)]
+    pub payload: serde_json::Value,
+}
+
+/// Builds a packet text with a string payload.
+pub fn packet(event: &str, user_id: &str, room_id: &str, payload: &str) -> String {
+    serde_json::json!({
+        "Header": {"Event": event, "UserId": user_id, "RoomId": room_id},
+        "Payload": payload,
+    })
+    .to_string()
+}
+
+/// A room, scoped by the namespace of the URL it was reached through.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RoomKey {
+    pub namespace: String,
+    pub room: String,
+}
+
+impl RoomKey {
+    /// The key that decides which shard owns the room.
+    pub fn shard_key(&self) -> String {
+        format!("p2p:{}/{}", self.namespace, self.room)
+    }
+}
+
+/// What a validated packet asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    Connect { user_id: String, room: RoomKey },
+    /// Relay the original text to every other member.
+    Broadcast,
+    Ping,
+    Disconnect,
+}
+
+/// One relay connection's identity and state.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub namespace: String,
+    /// The token's user; `None` when anonymous relay is allowed and no token was given.
+    pub token_user: Option<String>,
+    /// The token's room scope.
+    pub token_room: Option<String>,
+    /// Set once `connect` succeeded: (user id, room).
+    pub joined: Option<(String, RoomKey)>,
+}
+
+impl Session {
+    /// Validates one text message. `Err` is the reason for an error packet; the session
+    /// lives on either way.
+    pub fn handle_text(&self, text: &str) -> Result<Request, String> {
+        let packet: Packet =
+            serde_json::from_str(text).map_err(|e| format!("malformed packet: {e}"))?;
+        let h = &packet.header;
+        if let Some(token_user) = &self.token_user {
+            if !h.user_id.is_empty() && &h.user_id != token_user {
+                return Err(format!(
+                    "UserId {:?} does not match the token's user",
+                    h.user_id
+                ));
+            }
+        }
+        match h.event.as_str() {
+            "connect" => {
+                let user_id = match &self.token_user {
+                    Some(u) => u.clone(),
+                    None => h.user_id.clone(),
+                };
+                validate_id("UserId", &user_id)?;
+                validate_id("RoomId", &h.room_id)?;
+                if let Some(scope) = &self.token_room {
+                    if scope != &h.room_id {
+                        return Err(format!("token is not valid for room {:?}", h.room_id));
+                    }
+                }
+                if let Some((_, room)) = &self.joined {
+                    return Err(format!(
+                        "already connected to room {:?}; send disconnect first",
+                        room.room
+                    ));
+                }
+                Ok(Request::Connect {
+                    user_id,
+                    room: RoomKey {
+                        namespace: self.namespace.clone(),
+                        room: h.room_id.clone(),
+                    },
+                })
+            }
+            "broadcast" | "ping" | "disconnect" => {
+                let Some((user, room)) = &self.joined else {
+                    return Err(format!("{} before connect", h.event));
+                };
+                if !h.user_id.is_empty() && &h.user_id != user {
+                    return Err(format!("UserId {:?} is not this connection's user", h.user_id));
+                }
+                if !h.room_id.is_empty() && h.room_id != room.room {
+                    return Err(format!("RoomId {:?} is not this connection's room", h.room_id));
+                }
+                Ok(match h.event.as_str() {
+                    "broadcast" => Request::Broadcast,
+                    "ping" => Request::Ping,
+                    _ => Request::Disconnect,
+                })
+            }
+            other => Err(format!(
+                "unknown Event {other:?} (expected connect, broadcast, ping or disconnect)"
+            )),
+        }
+    }
+}
+
+/// A text for one connection; texts are shared between recipients.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub to: ConnId,
+    pub text: Rc<str>,
+}
+
+#[derive(Debug)]
+struct Member {
+    conn: ConnId,
+    user_id: String,
+}
+
+/// Every relay room of one shard.
+#[derive(Default, Debug)]
+pub struct Rooms {
+    rooms: HashMap<RoomKey, Vec<Member>>,
+}
+
+impl Rooms {
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// Adds a member; every member, the new one included, receives the connect packet,
+    /// whose payload says whether the new member is the initiator (the first member).
+    pub fn connect(&mut self, key: &RoomKey, conn: ConnId, user_id: &str) -> Vec<Delivery> {
+        let members = self.rooms.entry(key.clone()).or_default();
+        let initiator = members.is_empty();
+        members.push(Member {
+            conn,
+            user_id: user_id.to_string(),
+        });
+        let payload = if initiator { "{true}" } else { "{false}" };
+        let text: Rc<str> = packet("connect", user_id, &key.room, payload).into();
+        members
+            .iter()
+            .map(|m| Delivery {
+                to: m.conn,
+                text: text.clone(),
+            })
+            .collect()
+    }
+
+    /// The original text, unchanged, to every other member.
+    pub fn broadcast(&self, key: &RoomKey, from: ConnId, text: &str) -> Vec<Delivery> {
+        let text: Rc<str> = text.into();
+        self.rooms
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|m| m.conn != from)
+            .map(|m| Delivery {
+                to: m.conn,
+                text: text.clone(),
+            })
+            .collect()
+    }
+
+    /// The ping answer: the ping packet whose payload is the JSON array of user ids.
+    pub fn ping(&self, key: &RoomKey, user_id: &str) -> String {
+        let mut users: Vec<&str> = Vec::new();
+        for m in self.rooms.get(key).into_iter().flatten() {
+            if !users.contains(&m.user_id.as_str()) {
+                users.push(&m.user_id);
+            }
+        }
+        let list = serde_json::to_string(&users).expect("strings serialize");
+        packet("ping", user_id, &key.room, &list)
+    }
+
+    /// Removes a member; every other member receives a disconnect packet. An empty room
+    /// is removed.
+    pub fn disconnect(&mut self, key: &RoomKey, conn: ConnId) -> Vec<Delivery> {
+        let Some(members) = self.rooms.get_mut(key) else {
+            return Vec::new();
+        };
+        let Some(pos) = members.iter().position(|m| m.conn == conn) else {
+            return Vec::new();
+        };
+        let gone = members.remove(pos);
+        let text: Rc<str> = packet("disconnect", &gone.user_id, &key.room, "").into();
+        let out = members
+            .iter()
+            .map(|m| Delivery {
+                to: m.conn,
+                text: text.clone(),
+            })
+            .collect();
+        if members.is_empty() {
+            self.rooms.remove(key);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(room: &str) -> RoomKey {
+        RoomKey {
+            namespace: "ns".into(),
+            room: room.into(),
+        }
+    }
+
+    fn session(user: Option<&str>) -> Session {
+        Session {
+            namespace: "ns".into(),
+            token_user: user.map(str::to_string),
+            token_room: None,
+            joined: None,
+        }
+    }
+
+    #[test]
+    fn connect_marks_the_first_member_as_initiator() {
+        let mut rooms = Rooms::default();
+        let d = rooms.connect(&key("r"), 1, "a");
+        assert_eq!(d.len(), 1);
+        assert!(d[0].text.contains("\"Payload\":\"{true}\""));
+        let d = rooms.connect(&key("r"), 2, "b");
+        assert_eq!(d.iter().map(|d| d.to).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(d[0].text.contains("\"Payload\":\"{false}\""));
+        assert!(d[0].text.contains("\"UserId\":\"b\""));
+    }
+
+    #[test]
+    fn broadcast_skips_the_sender_and_keeps_the_text() {
+        let mut rooms = Rooms::default();
+        rooms.connect(&key("r"), 1, "a");
+        rooms.connect(&key("r"), 2, "b");
+        rooms.connect(&key("other"), 3, "c");
+        let d = rooms.broadcast(&key("r"), 1, "{\"x\": 1}");
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].to, 2);
+        assert_eq!(&*d[0].text, "{\"x\": 1}");
+    }
+
+    #[test]
+    fn ping_lists_users_and_disconnect_notifies_the_rest() {
+        let mut rooms = Rooms::default();
+        rooms.connect(&key("r"), 1, "a");
+        rooms.connect(&key("r"), 2, "b");
+        let p: Packet = serde_json::from_str(&rooms.ping(&key("r"), "a")).unwrap();
+        assert_eq!(p.payload, serde_json::json!("[\"a\",\"b\"]"));
+        let d = rooms.disconnect(&key("r"), 1);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].text.contains("\"Event\":\"disconnect\"") && d[0].text.contains("\"UserId\":\"a\""));
+        rooms.disconnect(&key("r"), 2);
+        assert!(rooms.is_empty(), "an empty room is removed");
+    }
+
+    #[test]
+    fn session_rejects_forged_user_malformed_json_and_early_packets() {
+        let s = session(Some("alice"));
+        let forged = packet("connect", "mallory", "r", "");
+        assert!(s.handle_text(&forged).unwrap_err().contains("does not match"));
+        assert!(s.handle_text("{not json").unwrap_err().contains("malformed"));
+        let early = packet("broadcast", "alice", "r", "x");
+        assert!(s.handle_text(&early).unwrap_err().contains("before connect"));
+        let ok = s.handle_text(&packet("connect", "alice", "r", "")).unwrap();
+        assert_eq!(
+            ok,
+            Request::Connect {
+                user_id: "alice".into(),
+                room: key("r")
+            }
+        );
+    }
+
+    #[test]
+    fn anonymous_session_takes_user_from_packet_and_validates_it() {
+        let s = session(None);
+        assert!(s.handle_text(&packet("connect", "", "r", "")).is_err());
+        assert!(s.handle_text(&packet("connect", "bad id", "r", "")).is_err());
+        assert!(matches!(
+            s.handle_text(&packet("connect", "bob", "r", "")),
+            Ok(Request::Connect { .. })
+        ));
+    }
+
+    #[test]
+    fn token_room_scope_is_enforced() {
+        let mut s = session(Some("alice"));
+        s.token_room = Some("r1".into());
+        assert!(s.handle_text(&packet("connect", "alice", "r2", "")).is_err());
+        assert!(s.handle_text(&packet("connect", "alice", "r1", "")).is_ok());
+    }
+
+    #[test]
+    fn joined_session_accepts_room_packets_and_refuses_a_second_connect() {
+        let mut s = session(Some("alice"));
+        s.joined = Some(("alice".into(), key("r")));
+        assert_eq!(s.handle_text(&packet("ping", "alice", "r", "")), Ok(Request::Ping));
+        assert_eq!(s.handle_text(&packet("broadcast", "", "", "x")), Ok(Request::Broadcast));
+        assert!(s.handle_text(&packet("connect", "alice", "r", "")).is_err());
+        assert!(s.handle_text(&packet("ping", "alice", "other", "")).is_err());
+        assert!(s.handle_text(&packet("dance", "alice", "r", "")).is_err());
+    }
+}
