@@ -30,16 +30,34 @@ pub enum AuthError {
 struct Claims {
     #[serde(rename = "userId", alias = "sub")]
     user_id: String,
-    #[serde(rename = "userName", alias = "name", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "userName",
+        alias = "name",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     user_name: Option<String>,
-    #[serde(rename = "roomId", alias = "room", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "roomId",
+        alias = "room",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     room_id: Option<String>,
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
-    #[serde(rename = "canPublish", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "canPublish",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     can_publish: Option<bool>,
-    #[serde(rename = "canSubscribe", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "canSubscribe",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     can_subscribe: Option<bool>,
 }
 
@@ -110,7 +128,9 @@ impl Authenticator {
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm must be HS256".into()),
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-                ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing claim {c}")),
+                ErrorKind::MissingRequiredClaim(c) => {
+                    AuthError::Invalid(format!("missing claim {c}"))
+                }
                 _ => AuthError::Invalid(e.to_string()),
             })?;
         let c = data.claims;
@@ -239,7 +259,9 @@ mod tests {
     fn rejects_alg_none() {
         let a = Authenticator::new(SECRET);
         let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = b64(json!({"userId": "u", "exp": future()}).to_string().as_bytes());
+        let body = b64(json!({"userId": "u", "exp": future()})
+            .to_string()
+            .as_bytes());
         assert!(a.verify(&format!("{header}.{body}.")).is_err());
         assert!(a.verify(&format!("{header}.{body}")).is_err());
     }
@@ -250,7 +272,10 @@ mod tests {
         let claims = json!({"userId": "u", "exp": future()});
         for alg in [Algorithm::HS384, Algorithm::HS512] {
             let t = sign(alg, &claims, SECRET);
-            assert!(matches!(a.verify(&t), Err(AuthError::Invalid(_))), "{alg:?}");
+            assert!(
+                matches!(a.verify(&t), Err(AuthError::Invalid(_))),
+                "{alg:?}"
+            );
         }
     }
 
@@ -260,8 +285,14 @@ mod tests {
         // the secret. Our verifier must not pick the algorithm from the header.
         let a = Authenticator::new(SECRET);
         let header = b64(br#"{"alg":"RS256","typ":"JWT"}"#);
-        let body = b64(json!({"userId": "u", "exp": future()}).to_string().as_bytes());
-        let hs = sign(Algorithm::HS256, &json!({"userId": "u", "exp": future()}), SECRET);
+        let body = b64(json!({"userId": "u", "exp": future()})
+            .to_string()
+            .as_bytes());
+        let hs = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u", "exp": future()}),
+            SECRET,
+        );
         let sig = hs.rsplit('.').next().unwrap();
         assert!(a.verify(&format!("{header}.{body}.{sig}")).is_err());
     }
@@ -269,14 +300,25 @@ mod tests {
     #[test]
     fn rejects_wrong_signature() {
         let a = Authenticator::new(SECRET);
-        let t = sign(Algorithm::HS256, &json!({"userId": "u", "exp": future()}), b"another-secret-xxxxxx");
-        assert_eq!(a.verify(&t), Err(AuthError::Invalid("bad signature".into())));
+        let t = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u", "exp": future()}),
+            b"another-secret-xxxxxx",
+        );
+        assert_eq!(
+            a.verify(&t),
+            Err(AuthError::Invalid("bad signature".into()))
+        );
     }
 
     #[test]
     fn rejects_expired_and_future_nbf_and_missing_exp() {
         let a = Authenticator::new(SECRET);
-        let expired = sign(Algorithm::HS256, &json!({"userId": "u", "exp": unix_now() - 120}), SECRET);
+        let expired = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u", "exp": unix_now() - 120}),
+            SECRET,
+        );
         assert_eq!(a.verify(&expired), Err(AuthError::Expired));
         let nbf = sign(
             Algorithm::HS256,
@@ -302,9 +344,16 @@ mod tests {
     #[test]
     fn token_for_another_room_is_refused() {
         let a = Authenticator::new(SECRET);
-        let t = sign(Algorithm::HS256, &json!({"userId": "u", "roomId": "a", "exp": future()}), SECRET);
+        let t = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u", "roomId": "a", "exp": future()}),
+            SECRET,
+        );
         let id = a.verify(&t).unwrap();
-        assert!(matches!(id.check_room("b"), Err(AuthError::WrongRoom { .. })));
+        assert!(matches!(
+            id.check_room("b"),
+            Err(AuthError::WrongRoom { .. })
+        ));
         assert!(id.check_room("a").is_ok());
     }
 
@@ -315,7 +364,11 @@ mod tests {
         assert!(validate_id("roomId", "has space").is_err());
         assert!(validate_id("roomId", &"x".repeat(129)).is_err());
         let a = Authenticator::new(SECRET);
-        let t = sign(Algorithm::HS256, &json!({"userId": "bad id", "exp": future()}), SECRET);
+        let t = sign(
+            Algorithm::HS256,
+            &json!({"userId": "bad id", "exp": future()}),
+            SECRET,
+        );
         assert!(matches!(a.verify(&t), Err(AuthError::BadId(_))));
     }
 }

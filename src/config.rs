@@ -124,7 +124,9 @@ impl Layers {
         let mut layers = Layers::default();
         for spec in KEYS {
             if let Some(d) = spec.default {
-                layers.values.insert(spec.key, (d.to_string(), Source::Default));
+                layers
+                    .values
+                    .insert(spec.key, (d.to_string(), Source::Default));
             }
         }
         layers
@@ -140,18 +142,23 @@ impl Layers {
     }
 
     pub fn apply_toml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         let mut flat = Vec::new();
         flatten("", &table, &mut flat);
         for (key, value) in flat {
-            let spec = KEYS.iter().find(|s| s.key == key).ok_or_else(|| ConfigError::UnknownKey {
-                key: key.clone(),
-                path: path.to_path_buf(),
-                known: KEYS.iter().map(|s| s.key).collect::<Vec<_>>().join(", "),
-            })?;
+            let spec =
+                KEYS.iter()
+                    .find(|s| s.key == key)
+                    .ok_or_else(|| ConfigError::UnknownKey {
+                        key: key.clone(),
+                        path: path.to_path_buf(),
+                        known: KEYS.iter().map(|s| s.key).collect::<Vec<_>>().join(", "),
+                    })?;
             self.values
                 .insert(spec.key, (value, Source::File(path.to_path_buf())));
         }
@@ -176,7 +183,8 @@ impl Layers {
     pub fn apply_flags<'a>(&mut self, flags: impl IntoIterator<Item = (&'a str, String)>) {
         for (key, value) in flags {
             if let Some(spec) = KEYS.iter().find(|s| s.key == key) {
-                self.values.insert(spec.key, (value, Source::Flag(spec.flag)));
+                self.values
+                    .insert(spec.key, (value, Source::Flag(spec.flag)));
             }
         }
     }
@@ -193,12 +201,14 @@ impl Layers {
     ) -> Result<Option<T>, ConfigError> {
         match self.raw(key) {
             None => Ok(None),
-            Some((text, source)) => f(text.trim()).map(Some).ok_or_else(|| ConfigError::Invalid {
-                key,
-                value: text.clone(),
-                origin: source.clone(),
-                expected: expected.to_string(),
-            }),
+            Some((text, source)) => f(text.trim())
+                .map(Some)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key,
+                    value: text.clone(),
+                    origin: source.clone(),
+                    expected: expected.to_string(),
+                }),
         }
     }
 
@@ -216,13 +226,19 @@ impl Layers {
     /// Types and validates every setting.
     pub fn build(&self) -> Result<Config, ConfigError> {
         let mut listen: SocketAddr =
-            self.required("server.listen", "host:port, e.g. 0.0.0.0:3001", |s| s.parse().ok())?;
-        if let Some(port) = self.parse("server.port", "a TCP port 0-65535", |s| s.parse::<u16>().ok())? {
+            self.required("server.listen", "host:port, e.g. 0.0.0.0:3001", |s| {
+                s.parse().ok()
+            })?;
+        if let Some(port) = self.parse("server.port", "a TCP port 0-65535", |s| {
+            s.parse::<u16>().ok()
+        })? {
             listen.set_port(port);
         }
-        let shards = self.required("server.shards", "a shard count 0-1024 (0 = one per core)", |s| {
-            s.parse::<usize>().ok().filter(|n| *n <= 1024)
-        })?;
+        let shards = self.required(
+            "server.shards",
+            "a shard count 0-1024 (0 = one per core)",
+            |s| s.parse::<usize>().ok().filter(|n| *n <= 1024),
+        )?;
         let millis = |key, lo: u64, hi: u64| {
             self.required(key, &format!("milliseconds between {lo} and {hi}"), |s| {
                 s.parse::<u64>()
@@ -234,8 +250,12 @@ impl Layers {
         let health_timeout = millis("server.health_timeout_ms", 10, 60_000)?;
         let head_timeout = millis("server.head_timeout_ms", 100, 600_000)?;
         let shutdown_grace = millis("server.shutdown_grace_ms", 0, 60_000)?;
-        let udp_port_base = self.required("udp.port_base", "a UDP port 0-65535", |s| s.parse::<u16>().ok())?;
-        let announced_ip = self.required("udp.announced_ip", "an IP address", |s| s.parse::<IpAddr>().ok())?;
+        let udp_port_base = self.required("udp.port_base", "a UDP port 0-65535", |s| {
+            s.parse::<u16>().ok()
+        })?;
+        let announced_ip = self.required("udp.announced_ip", "an IP address", |s| {
+            s.parse::<IpAddr>().ok()
+        })?;
         let buffer = |key| {
             self.required(key, "bytes between 65536 and 1073741824", |s| {
                 s.parse::<usize>()
@@ -251,18 +271,31 @@ impl Layers {
         let login = self.parse("auth.login", "true or false", parse_bool)?;
         let token_ttl = self
             .required("auth.token_ttl_s", "seconds between 60 and 2592000", |s| {
-                s.parse::<u64>().ok().filter(|n| (60..=2_592_000).contains(n))
+                s.parse::<u64>()
+                    .ok()
+                    .filter(|n| (60..=2_592_000).contains(n))
             })
             .map(Duration::from_secs)?;
-        let p2p_allow_anonymous = self.required("p2p.allow_anonymous", "true or false", parse_bool)?;
+        let p2p_allow_anonymous =
+            self.required("p2p.allow_anonymous", "true or false", parse_bool)?;
         let max_message_bytes = self.required(
             "limits.max_message_bytes",
             "bytes between 1024 and 67108864",
-            |s| s.parse::<usize>().ok().filter(|n| (1024..=64 << 20).contains(n)),
+            |s| {
+                s.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1024..=64 << 20).contains(n))
+            },
         )?;
-        let log_level = self.required("log.level", "a tracing filter such as info or corelay=debug", |s| {
-            tracing_subscriber::EnvFilter::try_new(s).ok().map(|_| s.to_string())
-        })?;
+        let log_level = self.required(
+            "log.level",
+            "a tracing filter such as info or corelay=debug",
+            |s| {
+                tracing_subscriber::EnvFilter::try_new(s)
+                    .ok()
+                    .map(|_| s.to_string())
+            },
+        )?;
         let log_format = self.required("log.format", "text or json", |s| match s {
             "text" => Some(LogFormat::Text),
             "json" => Some(LogFormat::Json),
@@ -355,14 +388,19 @@ impl Config {
 
 /// Renders the configuration table for the README from [`KEYS`].
 pub fn markdown_table() -> String {
-    let mut out = String::from("| file key | env var | flag | default | meaning |\n|---|---|---|---|---|\n");
+    let mut out =
+        String::from("| file key | env var | flag | default | meaning |\n|---|---|---|---|---|\n");
     for s in KEYS {
         out.push_str(&format!(
             "| `{}` | {} | `--{}` | {} | {} |\n",
             s.key,
-            s.env.map(|e| format!("`{e}`")).unwrap_or_else(|| "-".into()),
+            s.env
+                .map(|e| format!("`{e}`"))
+                .unwrap_or_else(|| "-".into()),
             s.flag,
-            s.default.map(|d| format!("`{d}`")).unwrap_or_else(|| "unset".into()),
+            s.default
+                .map(|d| format!("`{d}`"))
+                .unwrap_or_else(|| "unset".into()),
             s.help
         ));
     }
@@ -417,7 +455,10 @@ mod tests {
         l.apply_env(env(&[("JWT_SECRET", "0123456789abcdef-secret")]));
         let c = l.build().unwrap();
         assert!(!c.dev_mode);
-        assert!(!c.login_enabled, "login is off outside dev mode unless configured");
+        assert!(
+            !c.login_enabled,
+            "login is off outside dev mode unless configured"
+        );
     }
 
     #[test]
@@ -436,7 +477,13 @@ mod tests {
     fn short_secret_and_bad_listen_are_rejected() {
         let mut l = Layers::with_defaults();
         l.apply_flags([("auth.jwt_secret", "short".to_string())]);
-        assert!(matches!(l.build(), Err(ConfigError::Invalid { key: "auth.jwt_secret", .. })));
+        assert!(matches!(
+            l.build(),
+            Err(ConfigError::Invalid {
+                key: "auth.jwt_secret",
+                ..
+            })
+        ));
         let mut l = Layers::with_defaults();
         l.apply_flags([("server.listen", "nowhere".to_string())]);
         let err = l.build().unwrap_err();

@@ -136,10 +136,11 @@ fn token(m: &ArgMatches) -> ExitCode {
             return fail(e);
         }
     }
-    let ttl: Duration = match humantime::parse_duration(m.get_one::<String>("ttl").expect("default")) {
-        Ok(d) if d.as_secs() >= 1 => d,
-        _ => return fail("--ttl must be a duration such as 30m, 1h or 7d"),
-    };
+    let ttl: Duration =
+        match humantime::parse_duration(m.get_one::<String>("ttl").expect("default")) {
+            Ok(d) if d.as_secs() >= 1 => d,
+            _ => return fail("--ttl must be a duration such as 30m, 1h or 7d"),
+        };
     let auth = Authenticator::new(config.jwt_secret.as_bytes());
     let (token, _) = auth.mint(&Grant {
         user_id: user,

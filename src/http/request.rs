@@ -135,7 +135,12 @@ fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<(Head, usize)>, HeadEr
             let headers = req
                 .headers
                 .iter()
-                .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect();
             Ok(Some((
                 Head {
@@ -216,7 +221,8 @@ mod tests {
     #[test]
     fn parses_head_and_keeps_the_rest() {
         let mut src = futures::io::Cursor::new(
-            b"GET /p2p/ns?token=a%2Bb&x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\nEXTRA".to_vec(),
+            b"GET /p2p/ns?token=a%2Bb&x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\nEXTRA"
+                .to_vec(),
         );
         let mut buf = Vec::new();
         let head = run(read_head(&mut src, &mut buf, HeadLimits::default())).unwrap();
@@ -253,7 +259,12 @@ mod tests {
         let mut buf = Vec::new();
         let head = run(read_head(&mut src, &mut buf, HeadLimits::default())).unwrap();
         assert_eq!(head.token(), Some("hdr"));
-        let body = run(read_body(&mut src, &mut buf, head.content_length().unwrap())).unwrap();
+        let body = run(read_body(
+            &mut src,
+            &mut buf,
+            head.content_length().unwrap(),
+        ))
+        .unwrap();
         assert_eq!(body, b"abc");
     }
 

@@ -28,8 +28,10 @@ pub fn accept(head: &Head) -> Result<Vec<u8>, Response> {
         .header("sec-websocket-key")
         .ok_or_else(|| Response::error(400, "bad_request", "missing Sec-WebSocket-Key"))?;
     if head.header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err(Response::error(400, "bad_request", "Sec-WebSocket-Version must be 13")
-            .header("Sec-WebSocket-Version", "13"));
+        return Err(
+            Response::error(400, "bad_request", "Sec-WebSocket-Version must be 13")
+                .header("Sec-WebSocket-Version", "13"),
+        );
     }
     let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
     Ok(format!(
@@ -201,6 +203,9 @@ mod tests {
         let n = futures::executor::block_on(s.read(&mut out)).unwrap();
         assert_eq!(n, frame(b"first").len(), "one read stops at the frame end");
         let leftover = s.take_leftover();
-        assert_eq!(leftover, second, "the next frame stays for whoever continues");
+        assert_eq!(
+            leftover, second,
+            "the next frame stays for whoever continues"
+        );
     }
 }

@@ -30,7 +30,10 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning, and say what to raise.
-                tracing::warn!(shard = shard.id, "accept failed: {e} (check LimitNOFILE / ulimit -n)");
+                tracing::warn!(
+                    shard = shard.id,
+                    "accept failed: {e} (check LimitNOFILE / ulimit -n)"
+                );
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -66,7 +69,8 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
                 // An idle keep-alive connection just closes; a client that started (or
                 // never sent) its first request learns why.
                 if first || !buf.is_empty() {
-                    let r = Response::error(408, "request_timeout", "no complete request head in time");
+                    let r =
+                        Response::error(408, "request_timeout", "no complete request head in time");
                     let _ = r.write_to(&mut stream, false).await;
                 }
                 return;
@@ -139,7 +143,11 @@ async fn read_request_body(
     match within(shard.config.head_timeout, read_body(stream, buf, len)).await {
         Some(Ok(body)) => Ok(body),
         Some(Err(e)) => Err(Response::error(400, "bad_request", &e.to_string())),
-        None => Err(Response::error(408, "request_timeout", "body not received in time")),
+        None => Err(Response::error(
+            408,
+            "request_timeout",
+            "body not received in time",
+        )),
     }
 }
 
@@ -242,12 +250,10 @@ fn p2p_request(shard: &Shard, head: &Head) -> Result<p2p::Session, Response> {
         return Err(method_not_allowed("GET"));
     }
     if !ws::is_upgrade(head) {
-        return Err(Response::error(
-            426,
-            "upgrade_required",
-            "this endpoint speaks WebSocket",
-        )
-        .header("Upgrade", "websocket"));
+        return Err(
+            Response::error(426, "upgrade_required", "this endpoint speaks WebSocket")
+                .header("Upgrade", "websocket"),
+        );
     }
     let namespace = head.path.strip_prefix("/p2p").unwrap_or("");
     let namespace = namespace.strip_prefix('/').unwrap_or(namespace);

@@ -233,7 +233,9 @@ fn print_dev_banner(config: &Config, auth: &Authenticator, addr: std::net::Socke
     let banner = "!".repeat(78);
     tracing::warn!("{banner}");
     tracing::warn!("DEV MODE: no JWT secret configured (JWT_SECRET or auth.jwt_secret).");
-    tracing::warn!("A random secret is in use, POST /login is enabled, and tokens die with the process.");
+    tracing::warn!(
+        "A random secret is in use, POST /login is enabled, and tokens die with the process."
+    );
     tracing::warn!("Never run this way in production.");
     tracing::warn!("Health:    http://{addr}/health");
     tracing::warn!("P2P relay: ws://{addr}/p2p?token={token}");
@@ -244,4 +246,3 @@ fn print_dev_banner(config: &Config, auth: &Authenticator, addr: std::net::Socke
 pub(crate) fn shutting_down() -> bool {
     SHUTDOWN.load(Ordering::SeqCst)
 }
-

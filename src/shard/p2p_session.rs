@@ -49,7 +49,14 @@ pub(super) async fn adopt(shard: Rc<Shard>, handover: P2pHandover) {
     // SAFETY: the handover owns this descriptor; it is adopted exactly once.
     let stream = unsafe { TcpStream::from_raw_fd(handover.fd.into_raw_fd()) };
     let ws = websocket(&shard, stream, handover.leftover).await;
-    run(shard, ws, handover.session, Some(handover.pending), handover.peer).await;
+    run(
+        shard,
+        ws,
+        handover.session,
+        Some(handover.pending),
+        handover.peer,
+    )
+    .await;
 }
 
 async fn websocket(shard: &Shard, stream: TcpStream, leftover: Vec<u8>) -> Ws {
@@ -117,9 +124,13 @@ async fn run(
                 }
             }
             Event::Incoming(Some(Ok(Message::Binary(_)))) => {
-                if send_error(&mut ws, &session, "binary messages are not supported; send JSON text")
-                    .await
-                    .is_err()
+                if send_error(
+                    &mut ws,
+                    &session,
+                    "binary messages are not supported; send JSON text",
+                )
+                .await
+                .is_err()
                 {
                     break End::Closed("send failed");
                 }
@@ -164,7 +175,9 @@ async fn run(
         End::Closed(reason) => {
             tracing::info!(shard = shard.id, conn, reason, "connection closed");
         }
-        End::Relocate { owner, pending } => relocate(&shard, ws, session, pending, owner, peer).await,
+        End::Relocate { owner, pending } => {
+            relocate(&shard, ws, session, pending, owner, peer).await
+        }
     }
 }
 
@@ -268,7 +281,12 @@ async fn relocate(
     };
     drop(ws);
     ShardCounters::add(&shard.counters.relocated_out, 1);
-    tracing::info!(shard = shard.id, to = owner, dialect = "p2p", "relocating connection to the room's shard");
+    tracing::info!(
+        shard = shard.id,
+        to = owner,
+        dialect = "p2p",
+        "relocating connection to the room's shard"
+    );
     let msg = MeshMsg::AdoptP2p(Box::new(P2pHandover {
         fd,
         leftover,
@@ -277,6 +295,10 @@ async fn relocate(
         peer,
     }));
     if shard.mesh.send_to(owner, msg).await.is_err() {
-        tracing::warn!(shard = shard.id, to = owner, "relocation failed: owner shard is gone");
+        tracing::warn!(
+            shard = shard.id,
+            to = owner,
+            "relocation failed: owner shard is gone"
+        );
     }
 }

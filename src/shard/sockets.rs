@@ -45,11 +45,14 @@ pub fn udp_socket(config: &Config, shard: usize) -> Result<(OwnedFd, u16), Start
     let port = if config.udp_port_base == 0 {
         0
     } else {
-        config.udp_port_base.checked_add(shard as u16).ok_or(StartError::Udp {
-            port: u16::MAX,
-            shard,
-            source: std::io::Error::other("udp.port_base + shard exceeds 65535"),
-        })?
+        config
+            .udp_port_base
+            .checked_add(shard as u16)
+            .ok_or(StartError::Udp {
+                port: u16::MAX,
+                shard,
+                source: std::io::Error::other("udp.port_base + shard exceeds 65535"),
+            })?
     };
     let addr = SocketAddr::new(config.listen.ip(), port);
     let err = |source| StartError::Udp {
@@ -57,7 +60,8 @@ pub fn udp_socket(config: &Config, shard: usize) -> Result<(OwnedFd, u16), Start
         shard,
         source,
     };
-    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    let sock =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     sock.set_nonblocking(true).map_err(err)?;
     // Requests above the kernel maximum fail on some kernels and are capped on others;
     // either way the granted size is what counts and is logged below.
@@ -83,7 +87,13 @@ pub fn udp_socket(config: &Config, shard: usize) -> Result<(OwnedFd, u16), Start
             "UDP buffers smaller than requested: raise net.core.rmem_max/wmem_max (tuning/99-corelay.conf)"
         );
     } else {
-        tracing::info!(shard, udp_port = bound, granted_recv, granted_send, "UDP socket ready");
+        tracing::info!(
+            shard,
+            udp_port = bound,
+            granted_recv,
+            granted_send,
+            "UDP socket ready"
+        );
     }
     Ok((OwnedFd::from(sock), bound))
 }

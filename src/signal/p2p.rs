@@ -59,7 +59,10 @@ impl RoomKey {
 /// What a validated packet asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    Connect { user_id: String, room: RoomKey },
+    Connect {
+        user_id: String,
+        room: RoomKey,
+    },
     /// Relay the original text to every other member.
     Broadcast,
     Ping,
@@ -125,10 +128,16 @@ impl Session {
                     return Err(format!("{} before connect", h.event));
                 };
                 if !h.user_id.is_empty() && &h.user_id != user {
-                    return Err(format!("UserId {:?} is not this connection's user", h.user_id));
+                    return Err(format!(
+                        "UserId {:?} is not this connection's user",
+                        h.user_id
+                    ));
                 }
                 if !h.room_id.is_empty() && h.room_id != room.room {
-                    return Err(format!("RoomId {:?} is not this connection's room", h.room_id));
+                    return Err(format!(
+                        "RoomId {:?} is not this connection's room",
+                        h.room_id
+                    ));
                 }
                 Ok(match h.event.as_str() {
                     "broadcast" => Request::Broadcast,
@@ -296,7 +305,10 @@ mod tests {
         assert_eq!(p.payload, serde_json::json!("[\"a\",\"b\"]"));
         let d = rooms.disconnect(&key("r"), 1);
         assert_eq!(d.len(), 1);
-        assert!(d[0].text.contains("\"Event\":\"disconnect\"") && d[0].text.contains("\"UserId\":\"a\""));
+        assert!(
+            d[0].text.contains("\"Event\":\"disconnect\"")
+                && d[0].text.contains("\"UserId\":\"a\"")
+        );
         rooms.disconnect(&key("r"), 2);
         assert!(rooms.is_empty(), "an empty room is removed");
     }
@@ -305,10 +317,19 @@ mod tests {
     fn session_rejects_forged_user_malformed_json_and_early_packets() {
         let s = session(Some("alice"));
         let forged = packet("connect", "mallory", "r", "");
-        assert!(s.handle_text(&forged).unwrap_err().contains("does not match"));
-        assert!(s.handle_text("{not json").unwrap_err().contains("malformed"));
+        assert!(s
+            .handle_text(&forged)
+            .unwrap_err()
+            .contains("does not match"));
+        assert!(s
+            .handle_text("{not json")
+            .unwrap_err()
+            .contains("malformed"));
         let early = packet("broadcast", "alice", "r", "x");
-        assert!(s.handle_text(&early).unwrap_err().contains("before connect"));
+        assert!(s
+            .handle_text(&early)
+            .unwrap_err()
+            .contains("before connect"));
         let ok = s.handle_text(&packet("connect", "alice", "r", "")).unwrap();
         assert_eq!(
             ok,
@@ -323,7 +344,9 @@ mod tests {
     fn anonymous_session_takes_user_from_packet_and_validates_it() {
         let s = session(None);
         assert!(s.handle_text(&packet("connect", "", "r", "")).is_err());
-        assert!(s.handle_text(&packet("connect", "bad id", "r", "")).is_err());
+        assert!(s
+            .handle_text(&packet("connect", "bad id", "r", ""))
+            .is_err());
         assert!(matches!(
             s.handle_text(&packet("connect", "bob", "r", "")),
             Ok(Request::Connect { .. })
@@ -334,7 +357,9 @@ mod tests {
     fn token_room_scope_is_enforced() {
         let mut s = session(Some("alice"));
         s.token_room = Some("r1".into());
-        assert!(s.handle_text(&packet("connect", "alice", "r2", "")).is_err());
+        assert!(s
+            .handle_text(&packet("connect", "alice", "r2", ""))
+            .is_err());
         assert!(s.handle_text(&packet("connect", "alice", "r1", "")).is_ok());
     }
 
@@ -342,10 +367,18 @@ mod tests {
     fn joined_session_accepts_room_packets_and_refuses_a_second_connect() {
         let mut s = session(Some("alice"));
         s.joined = Some(("alice".into(), key("r")));
-        assert_eq!(s.handle_text(&packet("ping", "alice", "r", "")), Ok(Request::Ping));
-        assert_eq!(s.handle_text(&packet("broadcast", "", "", "x")), Ok(Request::Broadcast));
+        assert_eq!(
+            s.handle_text(&packet("ping", "alice", "r", "")),
+            Ok(Request::Ping)
+        );
+        assert_eq!(
+            s.handle_text(&packet("broadcast", "", "", "x")),
+            Ok(Request::Broadcast)
+        );
         assert!(s.handle_text(&packet("connect", "alice", "r", "")).is_err());
-        assert!(s.handle_text(&packet("ping", "alice", "other", "")).is_err());
+        assert!(s
+            .handle_text(&packet("ping", "alice", "other", ""))
+            .is_err());
         assert!(s.handle_text(&packet("dance", "alice", "r", "")).is_err());
     }
 }

@@ -1,0 +1,168 @@
+//! Helpers for tests against the real binary on loopback.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corelay::auth::{Authenticator, Grant};
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `corelay` process, killed when dropped.
+pub struct Server {
+    pub port: u16,
+    pub child: Child,
+}
+
+impl Server {
+    pub fn start(shards: usize, extra: &[&str]) -> Server {
+        Self::start_with_env(shards, extra, &[("JWT_SECRET", SECRET)])
+    }
+
+    pub fn start_with_env(shards: usize, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corelay"));
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            &shards.to_string(),
+            "--udp-port-base",
+            "0",
+        ])
+        .args(extra)
+        .env_remove("JWT_SECRET")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("corelay binary runs");
+        let server = Server { port, child };
+        server.wait_healthy(Duration::from_secs(20));
+        server
+    }
+
+    pub fn wait_healthy(&self, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok((200, _)) = http(self.port, "GET", "/health", &[], b"") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server on port {} not healthy within {limit:?}", self.port);
+    }
+
+    pub fn health(&self) -> serde_json::Value {
+        let (status, body) = http(self.port, "GET", "/health", &[], b"").unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn sigterm(&self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn token(user: &str, room: Option<&str>) -> String {
+    Authenticator::new(SECRET.as_bytes())
+        .mint(&Grant {
+            user_id: user,
+            user_name: None,
+            room,
+            ttl: Duration::from_secs(600),
+        })
+        .0
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    read_response(&mut s)
+}
+
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, String)> {
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    Ok((status, body))
+}
+
+pub type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// Opens a WebSocket; `Err` carries the HTTP status of a refused upgrade.
+pub fn ws_connect(port: u16, path: &str) -> Result<Ws, u16> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    match tungstenite::client(url.as_str(), stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            Err(resp.status().as_u16())
+        }
+        Err(e) => panic!("handshake failed: {e}"),
+    }
+}
+
+/// The next text message as JSON (skipping pings); panics after the read timeout.
+pub fn recv_json(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        match ws.read().expect("a message before the timeout") {
+            tungstenite::Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            tungstenite::Message::Close(c) => panic!("closed: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+pub fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(tungstenite::Message::text(text)).unwrap();
+}
