@@ -67,6 +67,10 @@ pub const KEYS: &[KeySpec] = &[
         "Let peer-to-peer relay clients connect without a token (UserId then comes from the packet)"),
     key!("limits.max_message_bytes", Some("CORELAY_MAX_MESSAGE_BYTES"), "max-message-bytes", Some("1048576"),
         "Largest WebSocket message or HTTP body accepted, in bytes"),
+    key!("tls.cert", Some("CORELAY_TLS_CERT"), "tls-cert", None,
+        "PEM certificate chain; with tls.key, the HTTP port speaks HTTPS/WSS only"),
+    key!("tls.key", Some("CORELAY_TLS_KEY"), "tls-key", None,
+        "PEM private key for tls.cert"),
     key!("log.level", Some("RUST_LOG"), "log-level", Some("info"),
         "Log filter (tracing EnvFilter syntax, e.g. info or corelay=debug)"),
     key!("log.format", Some("CORELAY_LOG_FORMAT"), "log-format", Some("text"),
@@ -301,8 +305,28 @@ impl Layers {
             "json" => Some(LogFormat::Json),
             _ => None,
         })?;
+        let tls = match (self.raw("tls.cert"), self.raw("tls.key")) {
+            (None, None) => None,
+            (Some((cert, _)), Some((key, _))) => Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            }),
+            (Some((v, origin)), None) | (None, Some((v, origin))) => {
+                return Err(ConfigError::Invalid {
+                    key: if self.raw("tls.cert").is_some() {
+                        "tls.cert"
+                    } else {
+                        "tls.key"
+                    },
+                    value: v.clone(),
+                    origin: origin.clone(),
+                    expected: "tls.cert and tls.key set together".into(),
+                })
+            }
+        };
         let dev_mode = jwt_secret.is_none();
         Ok(Config {
+            tls,
             listen,
             shards,
             health_timeout,
@@ -353,9 +377,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Certificate and key files for HTTPS/WSS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// The validated configuration every shard shares (read-only).
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// When set, the HTTP port speaks TLS only.
+    pub tls: Option<TlsFiles>,
     pub listen: SocketAddr,
     /// Requested shard count; 0 means one per available core.
     pub shards: usize,
@@ -488,6 +521,17 @@ mod tests {
         l.apply_flags([("server.listen", "nowhere".to_string())]);
         let err = l.build().unwrap_err();
         assert!(err.to_string().contains("--listen"), "{err}");
+    }
+
+    #[test]
+    fn tls_needs_cert_and_key_together() {
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("tls.cert", "/x/cert.pem".to_string())]);
+        let err = l.build().unwrap_err();
+        assert!(err.to_string().contains("together"), "{err}");
+        l.apply_env(env(&[("CORELAY_TLS_KEY", "/x/key.pem")]));
+        let c = l.build().unwrap();
+        assert_eq!(c.tls.unwrap().key, PathBuf::from("/x/key.pem"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod request;
 pub mod response;
+pub mod tls;
 pub mod ws;
 
 pub use request::{read_body, read_head, Head, HeadError, HeadLimits};

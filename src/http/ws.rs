@@ -94,6 +94,10 @@ impl<S> FrameBoundedStream<S> {
         &self.inner
     }
 
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// Takes the bytes read past the last frame handed out. Only meaningful at a message
     /// boundary, where the parser holds nothing.
     pub fn take_leftover(&mut self) -> Vec<u8> {

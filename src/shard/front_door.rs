@@ -6,14 +6,17 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures::future::{select, Either, FutureExt};
+use futures::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::conn::Conn;
 use super::mesh::collect_stats;
 use super::p2p_session;
 use super::state::Shard;
 use crate::auth::{validate_id, AuthError, Grant, Identity};
+use crate::http::tls::{TlsConn, TLS_HANDSHAKE_BYTE};
 use crate::http::{read_body, read_head, ws, Head, HeadError, HeadLimits, Response};
 use crate::signal::p2p;
 
@@ -56,9 +59,52 @@ enum Routed {
     P2p(p2p::Session),
 }
 
-async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
+async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
+    let conn = match &shard.tls {
+        None => Conn::Plain(stream),
+        Some(config) => match open_tls(&shard, stream, config.clone()).await {
+            Some(conn) => conn,
+            None => return,
+        },
+    };
+    serve_http(shard, conn, peer).await;
+}
+
+/// Starts TLS on a fresh connection. A client that speaks plain HTTP to the TLS port gets
+/// a plain-text 400 that says so, instead of a handshake failure it cannot read.
+async fn open_tls(
+    shard: &Shard,
+    mut stream: TcpStream,
+    config: std::sync::Arc<futures_rustls::rustls::ServerConfig>,
+) -> Option<Conn> {
+    let mut first = [0u8; 1024];
+    let n = within(shard.config.head_timeout, stream.read(&mut first))
+        .await?
+        .ok()?;
+    if n == 0 {
+        return None;
+    }
+    if first[0] != TLS_HANDSHAKE_BYTE {
+        let r = Response::error(
+            400,
+            "tls_required",
+            "this port speaks HTTPS: use https:// or wss://",
+        );
+        let _ = r.write_to(&mut stream, false).await;
+        return None;
+    }
+    match TlsConn::new(stream, config, &first[..n]) {
+        Ok(tls) => Some(Conn::Tls(Box::new(tls))),
+        Err(e) => {
+            tracing::debug!(shard = shard.id, "TLS handshake failed: {e}");
+            None
+        }
+    }
+}
+
+async fn serve_http(shard: Rc<Shard>, mut stream: Conn, peer: Option<std::net::SocketAddr>) {
     let limits = HeadLimits::default();
     let head_timeout = shard.config.head_timeout;
     let mut buf = Vec::new();
@@ -119,7 +165,7 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
 
 async fn read_request_body(
     shard: &Shard,
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     buf: &mut Vec<u8>,
     head: &Head,
 ) -> Result<Vec<u8>, Response> {

@@ -1,13 +1,13 @@
 //! Messages between shards. Rare things only: relocated connections and stats queries;
 //! never media.
 
-use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures::future::{select, Either, FusedFuture, FutureExt};
 use glommio::channels::channel_mesh::Receivers;
 
+use super::conn::Detached;
 use super::p2p_session;
 use super::state::Shard;
 use crate::signal::p2p;
@@ -15,7 +15,7 @@ use crate::stats::ShardSnapshot;
 
 /// A relay session moving to the shard that owns its room.
 pub struct P2pHandover {
-    pub fd: OwnedFd,
+    pub conn: Detached,
     /// Bytes read from the socket but not yet parsed.
     pub leftover: Vec<u8>,
     pub session: p2p::Session,

@@ -1,6 +1,7 @@
 //! The only place that knows glommio: one pinned executor per shard, its sockets, its
 //! tasks, the mesh between shards, and the process lifecycle.
 
+mod conn;
 mod front_door;
 mod mesh;
 mod p2p_session;
@@ -54,6 +55,8 @@ pub enum StartError {
     },
     #[error("cannot start shard {shard}: {reason}")]
     Executor { shard: usize, reason: String },
+    #[error(transparent)]
+    Tls(#[from] crate::http::tls::TlsSetupError),
     #[error("shards did not become ready within 10 s")]
     NotReady,
 }
@@ -140,6 +143,11 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         })?;
     }
 
+    let tls = match &config.tls {
+        Some(files) => Some(crate::http::tls::server_config(&files.cert, &files.key)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let config = Arc::new(config);
     let auth = Arc::new(Authenticator::new(config.jwt_secret.as_bytes()));
     let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shards, 1024);
@@ -157,13 +165,18 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             udp: udp_fd,
             udp_port,
         };
-        let (config, auth, mesh, ready_tx) =
-            (config.clone(), auth.clone(), mesh.clone(), ready_tx.clone());
+        let (config, auth, mesh, ready_tx, tls) = (
+            config.clone(),
+            auth.clone(),
+            mesh.clone(),
+            ready_tx.clone(),
+            tls.clone(),
+        );
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard{id}"))
             .io_memory(IO_MEMORY_PER_SHARD)
             .ring_depth(RING_DEPTH)
-            .spawn(move || state::run(init, config, auth, mesh, ready_tx, started))
+            .spawn(move || state::run(init, config, auth, tls, mesh, ready_tx, started))
             .map_err(|e| StartError::Executor {
                 shard: id,
                 reason: memlock_hint(e.to_string()),
@@ -180,12 +193,12 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         }
     }
     tracing::info!(
-        "corelay {} ready: http://{listen_addr} with {shards} shard(s), started in {} ms",
+        "corelay {} ready: {scheme}://{listen_addr} with {shards} shard(s), started in {} ms",
         env!("CARGO_PKG_VERSION"),
         started.elapsed().as_millis()
     );
     if config.dev_mode {
-        print_dev_banner(&config, &auth, listen_addr);
+        print_dev_banner(&config, &auth, scheme, listen_addr);
     }
 
     // Wait for the shards; they stop by themselves once SHUTDOWN is set. A shard that
@@ -223,7 +236,13 @@ fn memlock_hint(reason: String) -> String {
     }
 }
 
-fn print_dev_banner(config: &Config, auth: &Authenticator, addr: std::net::SocketAddr) {
+fn print_dev_banner(
+    config: &Config,
+    auth: &Authenticator,
+    scheme: &str,
+    addr: std::net::SocketAddr,
+) {
+    let ws_scheme = if scheme == "https" { "wss" } else { "ws" };
     let (token, _) = auth.mint(&crate::auth::Grant {
         user_id: "demo",
         user_name: Some("Demo"),
@@ -237,8 +256,8 @@ fn print_dev_banner(config: &Config, auth: &Authenticator, addr: std::net::Socke
         "A random secret is in use, POST /login is enabled, and tokens die with the process."
     );
     tracing::warn!("Never run this way in production.");
-    tracing::warn!("Health:    http://{addr}/health");
-    tracing::warn!("P2P relay: ws://{addr}/p2p?token={token}");
+    tracing::warn!("Health:    {scheme}://{addr}/health");
+    tracing::warn!("P2P relay: {ws_scheme}://{addr}/p2p?token={token}");
     tracing::warn!("{banner}");
 }
 

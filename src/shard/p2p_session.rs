@@ -1,29 +1,28 @@
 //! The socket side of a relay session: WebSocket in and out, delivery to room members,
 //! and relocation to the room's owner shard once `connect` names the room.
 
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 
 use async_tungstenite::WebSocketStream;
 use futures::{AsyncWriteExt, SinkExt, StreamExt};
-use glommio::net::TcpStream;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Error as WsError, Message};
 
+use super::conn::Conn;
 use super::mesh::{MeshMsg, P2pHandover};
-use super::state::{dup_fd, Outbound, Shard, OUTBOUND_QUEUE};
+use super::state::{Outbound, Shard, OUTBOUND_QUEUE};
 use crate::http::ws::{self, FrameBoundedStream};
 use crate::http::Head;
 use crate::signal::p2p::{self, ConnId, Delivery, Request};
 use crate::stats::ShardCounters;
 
-type Ws = WebSocketStream<FrameBoundedStream<TcpStream>>;
+type Ws = WebSocketStream<FrameBoundedStream<Conn>>;
 
 /// Completes the upgrade on the accepting shard and runs the session.
 pub(super) async fn start(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    mut stream: Conn,
     head: &Head,
     leftover: Vec<u8>,
     session: p2p::Session,
@@ -46,9 +45,7 @@ pub(super) async fn start(
 /// Continues a session relocated from another shard.
 pub(super) async fn adopt(shard: Rc<Shard>, handover: P2pHandover) {
     ShardCounters::add(&shard.counters.relocated_in, 1);
-    // SAFETY: the handover owns this descriptor; it is adopted exactly once.
-    let stream = unsafe { TcpStream::from_raw_fd(handover.fd.into_raw_fd()) };
-    let ws = websocket(&shard, stream, handover.leftover).await;
+    let ws = websocket(&shard, Conn::attach(handover.conn), handover.leftover).await;
     run(
         shard,
         ws,
@@ -59,7 +56,7 @@ pub(super) async fn adopt(shard: Rc<Shard>, handover: P2pHandover) {
     .await;
 }
 
-async fn websocket(shard: &Shard, stream: TcpStream, leftover: Vec<u8>) -> Ws {
+async fn websocket(shard: &Shard, stream: Conn, leftover: Vec<u8>) -> Ws {
     let config = ws::config(shard.config.max_message_bytes);
     WebSocketStream::from_raw_socket(
         FrameBoundedStream::new(stream, leftover),
@@ -272,14 +269,13 @@ async fn relocate(
         return;
     }
     let leftover = ws.get_mut().take_leftover();
-    let fd = match dup_fd(ws.get_ref().get_ref().as_raw_fd()) {
-        Ok(fd) => fd,
+    let conn = match ws.into_inner().into_inner().detach() {
+        Ok(conn) => conn,
         Err(e) => {
             tracing::warn!(shard = shard.id, "cannot relocate connection: {e}");
             return;
         }
     };
-    drop(ws);
     ShardCounters::add(&shard.counters.relocated_out, 1);
     tracing::info!(
         shard = shard.id,
@@ -288,7 +284,7 @@ async fn relocate(
         "relocating connection to the room's shard"
     );
     let msg = MeshMsg::AdoptP2p(Box::new(P2pHandover {
-        fd,
+        conn,
         leftover,
         session,
         pending,

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use futures::channel::mpsc as local_mpsc;
 use futures::future::{FutureExt, Shared};
+use futures_rustls::rustls::ServerConfig;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::net::{TcpListener, UdpSocket};
 
@@ -38,6 +39,8 @@ pub struct Shard {
     pub udp_port: u16,
     pub config: Arc<Config>,
     pub auth: Arc<Authenticator>,
+    /// Set when the HTTP port speaks TLS.
+    pub tls: Option<Arc<ServerConfig>>,
     pub started: Instant,
     pub mesh: Senders<MeshMsg>,
     pub counters: ShardCounters,
@@ -92,6 +95,7 @@ pub(super) async fn run(
     init: ShardInit,
     config: Arc<Config>,
     auth: Arc<Authenticator>,
+    tls: Option<Arc<ServerConfig>>,
     mesh: MeshBuilder<MeshMsg, Full>,
     ready: mpsc::Sender<usize>,
     started: Instant,
@@ -116,6 +120,7 @@ pub(super) async fn run(
         udp_port: init.udp_port,
         config,
         auth,
+        tls,
         started,
         mesh: senders,
         counters: ShardCounters::default(),

@@ -1,0 +1,94 @@
+//! A client connection on a shard: plain TCP or TLS over TCP. Both can be detached into
+//! an owned fd (plus the TLS state) and attached again on another shard.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::{AsyncRead, AsyncWrite};
+use futures_rustls::rustls::ServerConnection;
+use glommio::net::TcpStream;
+
+use super::state::dup_fd;
+use crate::http::tls::TlsConn;
+
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsConn<TcpStream>>),
+}
+
+/// What travels between shards for one connection.
+pub struct Detached {
+    pub fd: OwnedFd,
+    pub tls: Option<Box<ServerConnection>>,
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => t.get_ref(),
+        }
+    }
+
+    /// Duplicates the fd and drops the glommio stream. glommio reads by readiness polls
+    /// (never an in-flight receive into a buffer), so no byte is lost when the stream is
+    /// dropped between reads.
+    pub fn detach(self) -> io::Result<Detached> {
+        let fd = dup_fd(self.tcp().as_raw_fd())?;
+        let tls = match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(t) => Some(Box::new(t.into_parts().1)),
+        };
+        Ok(Detached { fd, tls })
+    }
+
+    /// Adopts a detached connection on this shard.
+    pub fn attach(d: Detached) -> Conn {
+        // SAFETY: the detached fd is owned and adopted exactly once.
+        let stream = unsafe { TcpStream::from_raw_fd(d.fd.into_raw_fd()) };
+        match d.tls {
+            None => Conn::Plain(stream),
+            Some(state) => Conn::Tls(Box::new(TlsConn::resume(stream, *state))),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_close(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_close(cx),
+        }
+    }
+}
