@@ -75,6 +75,8 @@ pub const KEYS: &[KeySpec] = &[
         "Log filter (tracing EnvFilter syntax, e.g. info or corelay=debug)"),
     key!("log.format", Some("CORELAY_LOG_FORMAT"), "log-format", Some("text"),
         "Log format: text or json"),
+    key!("log.file", Some("CORELAY_LOG_FILE"), "log-file", None,
+        "Also write logs to this file, rotated daily (FILE.YYYY-MM-DD); unset = stdout only"),
 ];
 
 /// Where a value came from; named in validation errors so an operator finds it.
@@ -305,6 +307,15 @@ impl Layers {
             "json" => Some(LogFormat::Json),
             _ => None,
         })?;
+        // A path that names a file: the appender writes FILE.YYYY-MM-DD beside it.
+        let log_file = self.parse(
+            "log.file",
+            "a file path such as /var/log/corelay/corelay.log",
+            |s| {
+                let path = PathBuf::from(s);
+                (!s.ends_with('/') && path.file_name().is_some()).then_some(path)
+            },
+        )?;
         let tls = match (self.raw("tls.cert"), self.raw("tls.key")) {
             (None, None) => None,
             (Some((cert, _)), Some((key, _))) => Some(TlsFiles {
@@ -344,6 +355,7 @@ impl Layers {
             max_message_bytes,
             log_level,
             log_format,
+            log_file,
         })
     }
 }
@@ -408,6 +420,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Extra log destination, rotated daily; stdout always gets the logs too.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -541,6 +555,42 @@ mod tests {
             .apply_toml("[udp]\nport_bsae = 1\n", Path::new("c.toml"))
             .unwrap_err();
         assert!(err.to_string().contains("udp.port_bsae"), "{err}");
+    }
+
+    #[test]
+    fn log_file_is_unset_by_default_and_set_by_each_layer() {
+        assert_eq!(Config::defaults().log_file, None);
+        let mut l = Layers::with_defaults();
+        l.apply_toml(
+            "[log]\nfile = \"/var/log/corelay/a.log\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            l.build().unwrap().log_file,
+            Some(PathBuf::from("/var/log/corelay/a.log"))
+        );
+        l.apply_env(env(&[("CORELAY_LOG_FILE", "/tmp/b.log")]));
+        assert_eq!(
+            l.build().unwrap().log_file,
+            Some(PathBuf::from("/tmp/b.log"))
+        );
+        l.apply_flags([("log.file", "c.log".to_string())]);
+        assert_eq!(l.build().unwrap().log_file, Some(PathBuf::from("c.log")));
+        let spec = KEYS.iter().find(|s| s.key == "log.file").unwrap();
+        assert_eq!(
+            (spec.env, spec.flag, spec.default),
+            (Some("CORELAY_LOG_FILE"), "log-file", None)
+        );
+    }
+
+    #[test]
+    fn log_file_must_name_a_file() {
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("log.file", "/var/log/corelay/".to_string())]);
+        let err = l.build().unwrap_err();
+        assert!(err.to_string().contains("log.file"), "{err}");
+        assert!(err.to_string().contains("--log-file"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,10 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod notify;
 pub mod routing;
+pub mod sfu;
 pub mod shard;
 pub mod signal;
 pub mod stats;
+pub mod tune_check;

@@ -1,4 +1,4 @@
-//! The `corelay` command: `serve` (the default), `token`, `config-table`.
+//! The `corelay` command: `serve` (the default), `token`, `tune-check`, `config-table`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::{Arg, ArgMatches, Command};
 use corelay::auth::{validate_id, Authenticator, Grant};
 use corelay::config::{self, Config, Layers, LogFormat, KEYS};
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -50,6 +52,11 @@ fn cli() -> Command {
                 .arg(Arg::new("name").long("name").value_name("NAME").help("Display name (default: the user id)"))
                 .arg(Arg::new("ttl").long("ttl").value_name("DURATION").default_value("1h").help("Lifetime, e.g. 30m, 1h, 7d")),
         )
+        .subcommand(
+            Command::new("tune-check")
+                .about("Check this host's limits and kernel settings against the configuration; exit 1 on a FAIL")
+                .args(setting_args()),
+        )
         .subcommand(Command::new("config-table").about("Print the configuration table (Markdown)"))
 }
 
@@ -68,17 +75,46 @@ fn load_config(m: &ArgMatches) -> Result<Config, String> {
     layers.build().map_err(|e| e.to_string())
 }
 
-fn init_logs(config: &Config) {
+/// Logs go to stdout, and also to `log.file` when set (rotated daily). The returned guard
+/// flushes the file writer's background thread when dropped: keep it until exit.
+fn init_logs(config: &Config) -> Result<Option<WorkerGuard>, String> {
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = match &config.log_file {
+        None => (BoxMakeWriter::new(std::io::stdout), None),
+        Some(path) => {
+            let (file, guard) = tracing_appender::non_blocking(daily_file(path)?);
+            (BoxMakeWriter::new(std::io::stdout.and(file)), Some(guard))
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .with_target(false);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
+    Ok(guard)
+}
+
+/// `/var/log/corelay/corelay.log` -> files `corelay.log.YYYY-MM-DD` in that directory
+/// (created if missing), a new one each day (UTC).
+fn daily_file(path: &std::path::Path) -> Result<RollingFileAppender, String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .expect("validated by config")
+        .to_string_lossy();
+    RollingFileAppender::builder()
+        .rotation(Rotation::DAILY)
+        .filename_prefix(name.as_ref())
+        .build(dir)
+        .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -94,6 +130,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(("token", m)) => token(m),
+        Some(("tune-check", m)) => tune_check(m),
         Some(("serve", m)) => serve(m),
         _ => serve(&matches),
     }
@@ -107,7 +144,11 @@ fn serve(m: &ArgMatches) -> ExitCode {
     if config.dev_mode {
         config.jwt_secret = corelay::auth::random_secret();
     }
-    init_logs(&config);
+    // Held to the end of this function, i.e. for the life of the server.
+    let _log_guard = match init_logs(&config) {
+        Ok(g) => g,
+        Err(e) => return fail(e),
+    };
     match corelay::shard::serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -150,4 +191,40 @@ fn token(m: &ArgMatches) -> ExitCode {
     });
     println!("{token}");
     ExitCode::SUCCESS
+}
+
+fn tune_check(m: &ArgMatches) -> ExitCode {
+    use corelay::tune_check::{check, exit_code, read_facts, Status, Wanted};
+    let config = match load_config(m) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    // The cores the shards would run on, by the rule `shard::serve` uses.
+    let cpus = corelay::shard::allowed_cpus();
+    let shards = if config.shards == 0 {
+        cpus.len().max(1)
+    } else {
+        config.shards
+    };
+    let cores: Vec<usize> = (0..shards).map(|i| cpus[i % cpus.len()]).collect();
+    let wanted = Wanted {
+        shards,
+        memlock: corelay::shard::required_memlock(shards),
+        recv_buffer: config.udp_recv_buffer as u64,
+        send_buffer: config.udp_send_buffer as u64,
+        port_base: config.udp_port_base,
+        cores,
+    };
+    let lines = check(&read_facts(&wanted.cores), &wanted);
+    for line in &lines {
+        println!("{line}");
+    }
+    let count = |s| lines.iter().filter(|l| l.status == s).count();
+    println!(
+        "tune-check: {} ok, {} warn, {} FAIL (limits are this shell's; a systemd unit sets its own)",
+        count(Status::Ok),
+        count(Status::Warn),
+        count(Status::Fail)
+    );
+    ExitCode::from(exit_code(&lines))
 }

@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 layer over any async byte stream: request heads (httparse), bodies by
 //! Content-Length, responses, and the WebSocket upgrade.
 
+pub mod api_docs;
 pub mod request;
 pub mod response;
 pub mod tls;

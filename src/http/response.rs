@@ -26,9 +26,10 @@ impl Response {
 
     /// The JSON error body every endpoint uses: `{"error": {"code", "message"}}`.
     pub fn error(status: u16, code: &str, message: &str) -> Self {
+        let body = super::api_docs::ErrorBody::new(code, message);
         Response::json(
             status,
-            &serde_json::json!({"error": {"code": code, "message": message}}),
+            &serde_json::to_value(&body).expect("error body serializes"),
         )
     }
 

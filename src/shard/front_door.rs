@@ -8,14 +8,17 @@ use std::time::Duration;
 use futures::future::{select, Either, FutureExt};
 use futures::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
-use serde::Deserialize;
-use serde_json::json;
 
 use super::conn::Conn;
 use super::mesh::collect_stats;
-use super::p2p_session;
+use super::msc_session::MscDialect;
+use super::p2p_session::P2pDialect;
+use super::ws_session;
 use super::state::Shard;
 use crate::auth::{validate_id, AuthError, Grant, Identity};
+use crate::http::api_docs::{
+    self, HealthBody, HealthStatus, LoginRequest, LoginResponse, ShardHealth, ShardSilent,
+};
 use crate::http::tls::{TlsConn, TLS_HANDSHAKE_BYTE};
 use crate::http::{read_body, read_head, ws, Head, HeadError, HeadLimits, Response};
 use crate::signal::p2p;
@@ -57,6 +60,7 @@ pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> Option<
 enum Routed {
     Respond(Response),
     P2p(p2p::Session),
+    Msc(Identity),
 }
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
@@ -156,7 +160,14 @@ async fn serve_http(shard: Rc<Shard>, mut stream: Conn, peer: Option<std::net::S
             }
             Routed::P2p(session) => {
                 let leftover = std::mem::take(&mut buf);
-                p2p_session::start(shard, stream, &head, leftover, session, peer).await;
+                let dialect = P2pDialect(session);
+                ws_session::start(shard, stream, &head, leftover, dialect, peer).await;
+                return;
+            }
+            Routed::Msc(identity) => {
+                let leftover = std::mem::take(&mut buf);
+                let dialect = MscDialect::new(identity);
+                ws_session::start(shard, stream, &head, leftover, dialect, peer).await;
                 return;
             }
         }
@@ -212,6 +223,16 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
             "POST" => login(shard, body),
             _ => method_not_allowed("POST"),
         },
+        "/" | "/ws" if ws::is_upgrade(head) => {
+            return match shard.auth.verify(head.token().unwrap_or("")) {
+                Ok(identity) => Routed::Msc(identity),
+                Err(e) => Routed::Respond(unauthorized(e)),
+            };
+        }
+        "/openapi.json" | "/docs" | "/asyncapi" => match head.method.as_str() {
+            "GET" => api_docs::document(path),
+            _ => method_not_allowed("GET"),
+        },
         _ if path == "/p2p" || path.starts_with("/p2p/") => {
             return match p2p_request(shard, head) {
                 Ok(session) => Routed::P2p(session),
@@ -226,51 +247,36 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
 async fn health(shard: &Rc<Shard>) -> Response {
     let stats = collect_stats(shard, shard.config.health_timeout).await;
     let degraded = stats.iter().any(Option::is_none);
-    let shards: Vec<serde_json::Value> = stats
-        .iter()
-        .enumerate()
-        .map(|(id, s)| match s {
-            Some(s) => serde_json::to_value(s).expect("snapshot serializes"),
-            None => json!({"id": id, "error": "no answer within the deadline"}),
-        })
-        .collect();
-    let body = json!({
-        "status": if degraded { "degraded" } else { "ok" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptimeSeconds": shard.started.elapsed().as_secs(),
-        "shards": shards,
-    });
+    let body = HealthBody {
+        status: if degraded {
+            HealthStatus::Degraded
+        } else {
+            HealthStatus::Ok
+        },
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: shard.started.elapsed().as_secs(),
+        shards: stats
+            .into_iter()
+            .enumerate()
+            .map(|(id, s)| match s {
+                Some(s) => ShardHealth::Answered(s),
+                None => ShardHealth::Silent(ShardSilent {
+                    id,
+                    error: "no answer within the deadline".into(),
+                }),
+            })
+            .collect(),
+    };
+    let body = serde_json::to_value(&body).expect("health serializes");
     Response::json(if degraded { 503 } else { 200 }, &body)
 }
 
-#[derive(Deserialize)]
-struct LoginRequest {
-    #[serde(rename = "userName")]
-    user_name: String,
-    #[serde(rename = "roomId")]
-    room_id: Option<String>,
-}
-
 fn login(shard: &Shard, body: &[u8]) -> Response {
-    let req: LoginRequest = match serde_json::from_slice(body) {
+    let req = match LoginRequest::from_body(body) {
         Ok(r) => r,
-        Err(e) => {
-            return Response::error(
-                400,
-                "bad_request",
-                &format!("expected {{\"userName\", \"roomId\"}}: {e}"),
-            )
-        }
+        Err(m) => return Response::error(400, "bad_request", &m),
     };
-    let name = req.user_name.trim();
-    if name.is_empty() || name.chars().count() > 64 {
-        return Response::error(400, "bad_request", "userName must be 1-64 characters");
-    }
-    if let Some(room) = &req.room_id {
-        if let Err(m) = validate_id("roomId", room) {
-            return Response::error(400, "bad_request", &m);
-        }
-    }
+    let name = req.name();
     let user_id = format!("user-{:08x}", shard.next_id() as u32 ^ rand_u32());
     let (token, expires_at) = shard.auth.mint(&Grant {
         user_id: &user_id,
@@ -278,10 +284,12 @@ fn login(shard: &Shard, body: &[u8]) -> Response {
         room: req.room_id.as_deref(),
         ttl: shard.config.token_ttl,
     });
-    Response::json(
-        200,
-        &json!({"token": token, "expiresAt": expires_at, "userId": user_id}),
-    )
+    let body = LoginResponse {
+        token,
+        expires_at,
+        user_id,
+    };
+    Response::json(200, &serde_json::to_value(&body).expect("login serializes"))
 }
 
 fn rand_u32() -> u32 {

@@ -8,24 +8,32 @@ use futures::future::{select, Either, FusedFuture, FutureExt};
 use glommio::channels::channel_mesh::Receivers;
 
 use super::conn::Detached;
-use super::p2p_session;
+use super::msc_session::MscDialect;
+use super::p2p_session::P2pDialect;
+use super::ws_session;
+use crate::auth::Identity;
 use super::state::Shard;
 use crate::signal::p2p;
 use crate::stats::ShardSnapshot;
 
-/// A relay session moving to the shard that owns its room.
-pub struct P2pHandover {
+/// A WebSocket session moving to the shard that owns its room.
+pub struct Handover {
     pub conn: Detached,
     /// Bytes read from the socket but not yet parsed.
     pub leftover: Vec<u8>,
-    pub session: p2p::Session,
-    /// The `connect` packet that named the room; the owner handles it first.
+    /// The message that named the room; the owner handles it first.
     pub pending: String,
     pub peer: Option<std::net::SocketAddr>,
 }
 
+/// A dialect's session state that survives relocation.
+pub enum Resumable {
+    P2p(p2p::Session),
+    Msc(Identity),
+}
+
 pub enum MeshMsg {
-    AdoptP2p(Box<P2pHandover>),
+    Adopt(Box<(Handover, Resumable)>),
     StatsRequest { from: usize, id: u64 },
     StatsReply { id: u64, stats: ShardSnapshot },
 }
@@ -49,8 +57,20 @@ pub(super) fn spawn_receivers(shard: &Rc<Shard>, receivers: Receivers<MeshMsg>) 
 
 async fn handle(shard: &Rc<Shard>, msg: MeshMsg) {
     match msg {
-        MeshMsg::AdoptP2p(handover) => {
-            glommio::spawn_local(p2p_session::adopt(shard.clone(), *handover)).detach();
+        MeshMsg::Adopt(moved) => {
+            let (handover, session) = *moved;
+            let shard = shard.clone();
+            match session {
+                Resumable::P2p(s) => {
+                    glommio::spawn_local(ws_session::adopt(shard, handover, P2pDialect(s))).detach()
+                }
+                Resumable::Msc(identity) => glommio::spawn_local(ws_session::adopt(
+                    shard,
+                    handover,
+                    MscDialect::new(identity),
+                ))
+                .detach(),
+            };
         }
         MeshMsg::StatsRequest { from, id } => {
             let stats = shard.snapshot();
@@ -111,3 +131,4 @@ pub async fn collect_stats(shard: &Rc<Shard>, deadline: Duration) -> Vec<Option<
     }
     out
 }
+

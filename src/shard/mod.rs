@@ -4,12 +4,15 @@
 mod conn;
 mod front_door;
 mod mesh;
+mod msc_session;
 mod p2p_session;
 mod sockets;
 mod state;
+mod udp;
+mod ws_session;
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::notify;
 
 pub use state::Shard;
 
@@ -69,6 +73,9 @@ struct ShardInit {
     listener: OwnedFd,
     udp: OwnedFd,
     udp_port: u16,
+    /// Slot `id` is this shard's liveness counter for the systemd watchdog.
+    heartbeats: Arc<notify::Heartbeats>,
+    heartbeat_period: Duration,
 }
 
 /// CPUs this process may run on (its affinity mask), in order.
@@ -85,9 +92,14 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// Locked memory (bytes) the given number of shards needs; `tune-check` reports it too.
+pub fn required_memlock(shards: usize) -> u64 {
+    MIN_MEMLOCK.max(shards as u64 * 4 * IO_MEMORY_PER_SHARD as u64)
+}
+
 /// Raises the soft RLIMIT_MEMLOCK to the hard limit, then checks it is enough.
 fn ensure_memlock(shards: usize) -> Result<(), StartError> {
-    let need = MIN_MEMLOCK.max(shards as u64 * 4 * IO_MEMORY_PER_SHARD as u64);
+    let need = required_memlock(shards);
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     let have = unsafe {
         let mut lim = libc::rlimit {
@@ -153,6 +165,9 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shards, 1024);
     let (ready_tx, ready_rx) = mpsc::channel::<usize>();
     let started = Instant::now();
+    let watchdog_timeout = notify::watchdog_timeout_from_env();
+    let heartbeat_period = notify::heartbeat_period(watchdog_timeout);
+    let heartbeats: Arc<notify::Heartbeats> = (0..shards).map(|_| AtomicU64::new(0)).collect();
 
     let mut handles = Vec::with_capacity(shards);
     for (id, (listener, (udp_fd, udp_port))) in listeners.into_iter().zip(udp).enumerate() {
@@ -164,6 +179,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             listener,
             udp: udp_fd,
             udp_port,
+            heartbeats: heartbeats.clone(),
+            heartbeat_period,
         };
         let (config, auth, mesh, ready_tx, tls) = (
             config.clone(),
@@ -197,9 +214,14 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         env!("CARGO_PKG_VERSION"),
         started.elapsed().as_millis()
     );
+    notify::ready(&format!(
+        "serving {scheme}://{listen_addr} with {shards} shard(s)"
+    ));
     if config.dev_mode {
         print_dev_banner(&config, &auth, scheme, listen_addr);
     }
+    let mut watchdog = watchdog_timeout
+        .map(|t| notify::Watchdog::new(t, Instant::now(), notify::read(&heartbeats)));
 
     // Wait for the shards; they stop by themselves once SHUTDOWN is set. A shard that
     // overruns the grace period does not hold the process hostage.
@@ -217,7 +239,11 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         if done_rx.recv_timeout(SHUTDOWN_POLL).is_ok() {
             break;
         }
+        if let Some(w) = watchdog.as_mut() {
+            w.tick(Instant::now(), &heartbeats);
+        }
         if SHUTDOWN.load(Ordering::SeqCst) {
+            notify::stopping();
             if done_rx.recv_timeout(hard_stop).is_err() {
                 tracing::warn!("shards did not stop within the grace period; exiting");
             }

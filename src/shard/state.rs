@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc as local_mpsc;
 use futures::future::{FutureExt, Shared};
@@ -17,13 +17,16 @@ use super::mesh::MeshMsg;
 use super::{ShardInit, SHUTDOWN_POLL};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::sfu::Engine;
 use crate::signal::p2p::{ConnId, Rooms};
-use crate::stats::{ShardCounters, ShardSnapshot};
+use crate::stats::{ForwardLatency, ShardCounters, ShardSnapshot};
 
 /// What a session's outbound queue carries.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     Text(Rc<str>),
+    /// Close the WebSocket with code 1011 and this reason.
+    Close(String),
 }
 
 /// How many messages may wait for a slow client before it is disconnected.
@@ -45,6 +48,11 @@ pub struct Shard {
     pub mesh: Senders<MeshMsg>,
     pub counters: ShardCounters,
     pub p2p_rooms: RefCell<Rooms>,
+    /// The media core of this shard's rooms.
+    pub engine: RefCell<Engine>,
+    /// Wakes the UDP driver when commands left datagrams to send.
+    pub udp_wake: local_mpsc::Sender<()>,
+    pub forward_latency: RefCell<ForwardLatency>,
     /// Outbound queues of the relay sessions on this shard.
     pub outbound: RefCell<HashMap<ConnId, local_mpsc::Sender<Outbound>>>,
     pub pending_stats: RefCell<HashMap<u64, futures::channel::oneshot::Sender<ShardSnapshot>>>,
@@ -65,17 +73,60 @@ impl Shard {
         crate::routing::owner_shard(key, self.shards)
     }
 
+    pub fn record_forward_latency(&self, elapsed: Duration, packets: u64) {
+        self.forward_latency
+            .borrow_mut()
+            .record(elapsed.as_micros() as u64, packets);
+    }
+
     pub fn snapshot(&self) -> ShardSnapshot {
         let c = &self.counters;
+        let engine = self.engine.borrow();
+        let e = engine.counters();
         ShardSnapshot {
             id: self.id,
             core: self.core,
             udp_port: self.udp_port,
-            rooms: self.p2p_rooms.borrow().len() as u64,
+            rooms: (self.p2p_rooms.borrow().len() + engine.rooms()) as u64,
             connections: c.connections.get(),
             relocated_in: c.relocated_in.get(),
             relocated_out: c.relocated_out.get(),
-            datagrams_dropped: c.datagrams_dropped.get(),
+            datagrams_dropped: c.datagrams_dropped.get() + e.datagrams_dropped,
+            transports: engine.transports() as u64,
+            producers: engine.producers() as u64,
+            consumers: engine.consumers() as u64,
+            packets_in: e.rtp_in,
+            packets_out: e.rtp_out,
+        }
+    }
+
+    /// Queues a text (or close) for one session; a session whose queue is full is cut
+    /// loose (its queue dropped) rather than letting one slow client hold up a room.
+    pub fn send_to_conn(&self, conn: ConnId, msg: Outbound) {
+        let mut outbound = self.outbound.borrow_mut();
+        if let Some(tx) = outbound.get_mut(&conn) {
+            if tx.try_send(msg).is_err() {
+                outbound.remove(&conn);
+            }
+        }
+    }
+
+    /// After any engine call: deliver its notices and let the UDP driver send.
+    pub fn after_engine_call(&self) {
+        use crate::signal::mediasoup::event_text;
+        let notices: Vec<_> = {
+            let mut engine = self.engine.borrow_mut();
+            std::iter::from_fn(|| engine.poll_notice()).collect()
+        };
+        for (peer, notice) in notices {
+            let msg = match &notice {
+                crate::sfu::Notice::MediaFailed { reason } => Outbound::Close(reason.clone()),
+                n => Outbound::Text(event_text(n).into()),
+            };
+            self.send_to_conn(peer, msg);
+        }
+        if !self.engine.borrow().outbox_is_empty() {
+            let _ = self.udp_wake.clone().try_send(());
         }
     }
 
@@ -113,6 +164,15 @@ pub(super) async fn run(
         "mesh peers are numbered in shard start order"
     );
     let (shutdown_tx, shutdown_rx) = futures::channel::oneshot::channel();
+    let candidate = std::net::SocketAddr::new(config.announced_ip, init.udp_port);
+    let engine = match Engine::new((init.id as u64) << 48, candidate) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(shard = init.id, "cannot start the media engine: {e}");
+            return;
+        }
+    };
+    let (udp_wake, udp_woken) = local_mpsc::channel(1);
     let shard = Rc::new(Shard {
         id: init.id,
         core: init.core,
@@ -125,6 +185,9 @@ pub(super) async fn run(
         mesh: senders,
         counters: ShardCounters::default(),
         p2p_rooms: RefCell::default(),
+        engine: RefCell::new(engine),
+        udp_wake,
+        forward_latency: RefCell::default(),
         outbound: RefCell::default(),
         pending_stats: RefCell::default(),
         next_id: Cell::new(0),
@@ -136,8 +199,9 @@ pub(super) async fn run(
     let udp = unsafe { UdpSocket::from_raw_fd(init.udp.into_raw_fd()) };
 
     super::mesh::spawn_receivers(&shard, receivers);
-    glommio::spawn_local(drop_datagrams(shard.clone(), udp)).detach();
+    glommio::spawn_local(super::udp::drive(shard.clone(), udp, udp_woken)).detach();
     glommio::spawn_local(watch_shutdown(shard.clone())).detach();
+    glommio::spawn_local(heartbeat(init.heartbeats, init.id, init.heartbeat_period)).detach();
     let _ = ready.send(init.id);
     tracing::debug!(shard = shard.id, core = shard.core, "shard serving");
 
@@ -161,18 +225,13 @@ async fn watch_shutdown(shard: Rc<Shard>) {
     shard.begin_shutdown();
 }
 
-/// Until the media core exists, every datagram belongs to no transport: count and drop.
-async fn drop_datagrams(shard: Rc<Shard>, udp: UdpSocket) {
-    let mut buf = vec![0u8; 2048];
-    let mut shutdown = shard.shutdown.clone();
+/// Bumps this shard's slot for the systemd watchdog (see `crate::notify`). It runs on
+/// the shard's own timer, so it stops when the executor is stuck; it ends with the
+/// executor.
+async fn heartbeat(beats: Arc<crate::notify::Heartbeats>, id: usize, period: Duration) {
     loop {
-        futures::select! {
-            r = udp.recv_from(&mut buf).fuse() => match r {
-                Ok(_) => ShardCounters::add(&shard.counters.datagrams_dropped, 1),
-                Err(e) => tracing::debug!(shard = shard.id, "udp receive error: {e}"),
-            },
-            _ = shutdown => return,
-        }
+        beats[id].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        glommio::timer::sleep(period).await;
     }
 }
 

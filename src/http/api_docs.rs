@@ -1,0 +1,407 @@
+//! The API documents the server serves about itself:
+//!
+//! - `GET /openapi.json`: OpenAPI 3.1 for every HTTP endpoint, generated with utoipa from
+//!   the types below, which are the types the endpoints build their bodies from (so the
+//!   document and the code cannot drift apart);
+//! - `GET /docs`: a self-contained HTML page (no external script, style or font) that
+//!   fetches `/openapi.json` and `/asyncapi` and renders them;
+//! - `GET /asyncapi`: AsyncAPI 3.0 for the WebSocket dialects (`asyncapi.json` beside this
+//!   file: one channel per endpoint, so a new dialect is a new set of channels, operations
+//!   and messages).
+//!
+//! A new HTTP endpoint is documented by a `#[utoipa::path]` stub in [`paths`] listed in
+//! [`ApiDoc`], with its body types deriving `ToSchema` here (or where they live).
+
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::Response;
+use crate::auth::validate_id;
+use crate::stats::ShardSnapshot;
+
+/// The body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: `not_found`, `method_not_allowed`, `bad_request`,
+    /// `unauthorized`, `upgrade_required`, `payload_too_large`, ...
+    #[schema(example = "bad_request")]
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: &str) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: message.to_string(),
+            },
+        }
+    }
+}
+
+/// `GET /health`: the state of every shard.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthBody {
+    pub status: HealthStatus,
+    /// The server's version (Cargo package version).
+    #[schema(example = "0.1.0")]
+    pub version: &'static str,
+    pub uptime_seconds: u64,
+    /// One entry per shard, in shard order.
+    pub shards: Vec<ShardHealth>,
+}
+
+/// `ok` when every shard answered within `server.health_timeout_ms`, else `degraded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+    Degraded,
+}
+
+/// A shard's figures, or why they are missing.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ShardHealth {
+    Answered(ShardSnapshot),
+    Silent(ShardSilent),
+}
+
+/// A shard that did not answer within the deadline.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShardSilent {
+    pub id: usize,
+    #[schema(example = "no answer within the deadline")]
+    pub error: String,
+}
+
+/// Ids of rooms, users and namespaces (`crate::auth::validate_id`).
+pub const ID_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,128}$";
+
+/// `POST /login` request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginRequest {
+    /// Display name: 1-64 characters, not all whitespace (space, tab, CR, LF, form
+    /// feed); surrounding whitespace is trimmed.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "[^\\t\\n\\f\\r ]",
+        example = "Ann"
+    )]
+    pub user_name: String,
+    /// Scope the token to this room (1-128 characters of `A-Z a-z 0-9 _ . : -`);
+    /// omitted or null: any room.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9_.:-]{1,128}$",
+        example = "r1"
+    )]
+    pub room_id: Option<String>,
+}
+
+impl LoginRequest {
+    /// Parses and validates a request body exactly as the schema above describes it; the
+    /// error is the message of the 400 answer.
+    pub fn from_body(body: &[u8]) -> Result<LoginRequest, String> {
+        let expected = "expected {\"userName\", \"roomId\"}";
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("{expected}: {e}"))?;
+        // serde would also take a struct from a JSON array: only an object is one.
+        if !value.is_object() {
+            return Err(format!("{expected}: the body must be a JSON object"));
+        }
+        let req: LoginRequest =
+            serde_json::from_value(value).map_err(|e| format!("{expected}: {e}"))?;
+        if req.user_name.chars().count() > 64 || req.name().is_empty() {
+            return Err("userName must be 1-64 characters, not all whitespace".into());
+        }
+        if let Some(room) = &req.room_id {
+            validate_id("roomId", room)?;
+        }
+        Ok(req)
+    }
+
+    /// The display name without surrounding whitespace.
+    pub fn name(&self) -> &str {
+        self.user_name
+            .trim_matches(|c: char| c.is_ascii_whitespace())
+    }
+}
+
+/// `POST /login` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginResponse {
+    /// HS256 JWT for every dialect.
+    pub token: String,
+    /// When the token expires, in seconds since the Unix epoch.
+    pub expires_at: u64,
+    /// The user id minted for this login.
+    #[schema(example = "user-1a2b3c4d")]
+    pub user_id: String,
+}
+
+/// Values of the WebSocket upgrade headers.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+enum UpgradeValue {
+    #[serde(rename = "websocket")]
+    Websocket,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+enum ConnectionValue {
+    Upgrade,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+enum WsVersionValue {
+    #[serde(rename = "13")]
+    V13,
+}
+
+/// Stubs that carry the path documentation; the handlers are in `shard::front_door`.
+#[allow(dead_code)]
+mod paths {
+    use super::*;
+
+    #[utoipa::path(
+        get, path = "/health", tag = "server",
+        summary = "State of every shard",
+        description = "Gathered from every shard; a shard that does not answer within \
+            `server.health_timeout_ms` makes the status `degraded`.",
+        responses(
+            (status = 200, description = "Every shard answered", body = HealthBody),
+            (status = 503, description = "Some shard did not answer in time", body = HealthBody),
+        )
+    )]
+    fn health() {}
+
+    #[utoipa::path(
+        post, path = "/login", tag = "auth",
+        summary = "Mint a token (dev mode or auth.login = true only)",
+        request_body(content = LoginRequest, content_type = "application/json"),
+        responses(
+            (status = 200, description = "A token for the new user", body = LoginResponse),
+            (status = 400, description = "Malformed body, bad userName or roomId", body = ErrorBody),
+            (status = 404, description = "Login is disabled (the default when JWT_SECRET is set)", body = ErrorBody),
+            (status = 413, description = "Body over limits.max_message_bytes", body = ErrorBody),
+        )
+    )]
+    fn login() {}
+
+    #[utoipa::path(
+        get, path = "/p2p", tag = "p2p",
+        summary = "Peer-to-peer relay WebSocket (default namespace)",
+        description = "WebSocket upgrade; the messages are described by the AsyncAPI \
+            document at `/asyncapi`. The token (`Authorization: Bearer` or `?token=`) is \
+            checked before the upgrade; it may be left out only when \
+            `p2p.allow_anonymous` is on.",
+        params(
+            ("Upgrade" = inline(UpgradeValue), Header, description = "Must hold `websocket`"),
+            ("Connection" = inline(ConnectionValue), Header, description = "Must hold `Upgrade`"),
+            ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{22}==$",
+                description = "Base64 of 16 random bytes (RFC 6455)"),
+            ("Sec-WebSocket-Version" = inline(WsVersionValue), Header),
+        ),
+        responses(
+            (status = 101, description = "Switching Protocols: the connection speaks WebSocket from now on",
+                headers(("Upgrade" = String), ("Connection" = String), ("Sec-WebSocket-Accept" = String))),
+            (status = 400, description = "Bad namespace, missing Sec-WebSocket-Key or version not 13", body = ErrorBody),
+            (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+            (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody,
+                headers(("Upgrade" = String, description = "`websocket`"))),
+        ),
+        security(("bearer" = []), ("token" = []))
+    )]
+    fn p2p() {}
+
+    #[utoipa::path(
+        get, path = "/p2p/{namespace}", tag = "p2p",
+        summary = "Peer-to-peer relay WebSocket (rooms scoped by namespace)",
+        description = "As `/p2p`, with rooms scoped by the namespace.",
+        params(
+            ("namespace" = String, Path, min_length = 1, max_length = 128,
+                pattern = "^[A-Za-z0-9_.:-]{1,128}$",
+                description = "1-128 characters of `A-Z a-z 0-9 _ . : -`"),
+            ("Upgrade" = inline(UpgradeValue), Header, description = "Must hold `websocket`"),
+            ("Connection" = inline(ConnectionValue), Header, description = "Must hold `Upgrade`"),
+            ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{22}==$",
+                description = "Base64 of 16 random bytes (RFC 6455)"),
+            ("Sec-WebSocket-Version" = inline(WsVersionValue), Header),
+        ),
+        responses(
+            (status = 101, description = "Switching Protocols: the connection speaks WebSocket from now on",
+                headers(("Upgrade" = String), ("Connection" = String), ("Sec-WebSocket-Accept" = String))),
+            (status = 400, description = "Bad namespace, missing Sec-WebSocket-Key or version not 13", body = ErrorBody),
+            (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+            (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody,
+                headers(("Upgrade" = String, description = "`websocket`"))),
+        ),
+        security(("bearer" = []), ("token" = []))
+    )]
+    fn p2p_namespace() {}
+
+    #[utoipa::path(
+        get, path = "/openapi.json", tag = "docs",
+        summary = "This document (OpenAPI 3.1)",
+        responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"))
+    )]
+    fn openapi() {}
+
+    #[utoipa::path(
+        get, path = "/docs", tag = "docs",
+        summary = "The API documents rendered as an HTML page (works offline)",
+        responses((status = 200, description = "HTML page", body = String, content_type = "text/html"))
+    )]
+    fn docs() {}
+
+    #[utoipa::path(
+        get, path = "/asyncapi", tag = "docs",
+        summary = "The WebSocket dialects (AsyncAPI 3.0)",
+        responses((status = 200, description = "The AsyncAPI document", body = Object, content_type = "application/json"))
+    )]
+    fn asyncapi() {}
+}
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("HS256 JWT (README, Tokens)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "token",
+                "The same JWT as a query parameter (browsers cannot set headers on WebSockets)",
+            ))),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "corelay",
+        description = "HTTP endpoints of corelay, a thread-per-core WebRTC SFU. The \
+            WebSocket dialects are described by the AsyncAPI document at `/asyncapi`. \
+            Errors are JSON `{\"error\": {\"code\", \"message\"}}`; every endpoint answers \
+            405 with `Allow` for a method it does not take.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        paths::health,
+        paths::login,
+        paths::p2p,
+        paths::p2p_namespace,
+        paths::openapi,
+        paths::docs,
+        paths::asyncapi,
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&Security),
+    tags(
+        (name = "server", description = "Server state"),
+        (name = "auth", description = "Tokens"),
+        (name = "p2p", description = "Peer-to-peer relay dialect (WebSocket)"),
+        (name = "docs", description = "API documents"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as JSON text (built once per process).
+pub fn openapi_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_json()
+            .expect("the OpenAPI document serializes")
+    })
+}
+
+/// The AsyncAPI document as JSON text, with `info.version` set to this build's version.
+pub fn asyncapi_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(include_str!("asyncapi.json")).expect("asyncapi.json is JSON");
+        doc["info"]["version"] = env!("CARGO_PKG_VERSION").into();
+        doc.to_string()
+    })
+}
+
+/// The `/docs` page.
+pub const DOCS_HTML: &str = include_str!("docs.html");
+
+/// The answer to `GET` on one of the document paths (404 for any other path).
+pub fn document(path: &str) -> Response {
+    let (content_type, body) = match path {
+        "/openapi.json" => ("application/json", openapi_json()),
+        "/asyncapi" => ("application/json", asyncapi_json()),
+        "/docs" => ("text/html; charset=utf-8", DOCS_HTML),
+        _ => return Response::error(404, "not_found", &format!("no route for {path}")),
+    };
+    Response::new(200)
+        .header("Content-Type", content_type)
+        .header("Cache-Control", "no-cache")
+        .body(body.as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login(body: &str) -> Result<LoginRequest, String> {
+        LoginRequest::from_body(body.as_bytes())
+    }
+
+    #[test]
+    fn login_request_matches_its_schema() {
+        assert_eq!(login(r#"{"userName": " Ann\t"}"#).unwrap().name(), "Ann");
+        assert!(login(r#"{"userName": "Ann", "roomId": null}"#).is_ok());
+        assert!(login(r#"{"userName": "Ann", "roomId": "r1", "x": 1}"#).is_ok());
+        assert!(login(&format!(r#"{{"userName": "{}"}}"#, "é".repeat(64))).is_ok());
+        assert!(login(&format!(r#"{{"userName": "{}"}}"#, "é".repeat(65))).is_err());
+        assert!(login(&format!(r#"{{"userName": " {}"}}"#, "a".repeat(64))).is_err());
+        assert!(login(r#"{"userName": " \r\n\f\t"}"#).is_err());
+        assert!(login(r#"{"userName": ""}"#).is_err());
+        assert!(login(r#"["Ann", "r1"]"#).is_err());
+        assert!(login(r#"{"userName": "Ann", "roomId": "a b"}"#).is_err());
+        assert!(login(r#"{"roomId": "r1"}"#).is_err());
+    }
+
+    #[test]
+    fn documents_are_json() {
+        let openapi: serde_json::Value = serde_json::from_str(openapi_json()).unwrap();
+        assert!(openapi["openapi"].as_str().unwrap().starts_with("3.1."));
+        let asyncapi: serde_json::Value = serde_json::from_str(asyncapi_json()).unwrap();
+        assert_eq!(asyncapi["asyncapi"], "3.0.0");
+        assert_eq!(asyncapi["info"]["version"], env!("CARGO_PKG_VERSION"));
+    }
+}

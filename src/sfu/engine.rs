@@ -1,0 +1,965 @@
+//! One shard's media core: rooms, peers, transports, producers and consumers.
+//!
+//! Sans-IO: datagrams and commands go in with the current time, datagrams to send and
+//! events for signaling sessions come out. Nothing here reads a clock or touches a socket.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use str0m::config::DtlsCert;
+use str0m::ice::StunMessage;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::{Event as RtcEvent, IceConnectionState, Input, Output};
+
+use super::keyframe::is_keyframe;
+use super::ortc::{self, Kind, ProducerSpec, RtpParameters};
+use super::rewrite::Rewriter;
+use super::transport::{Direction, Transport};
+use super::SfuError;
+
+pub type PeerId = u64;
+
+/// How often a producer may be asked for a keyframe.
+const KEYFRAME_DEBOUNCE: Duration = Duration::from_millis(500);
+/// A simulcast layer without packets for this long counts as inactive.
+const LAYER_IDLE: Duration = Duration::from_millis(1500);
+
+/// What the engine tells a signaling session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    PeerJoined { user_id: String, user_name: String },
+    PeerLeft { user_id: String },
+    NewProducer { producer_id: String, user_id: String, user_name: String, kind: Kind },
+    ProducerClosed { producer_id: String },
+    ConsumerClosed { consumer_id: String },
+    /// ICE or DTLS failed, or consent expired: everything of the peer was released.
+    MediaFailed { reason: String },
+}
+
+/// A producer as `join-room` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProducerInfo {
+    pub producer_id: String,
+    pub user_id: String,
+    pub user_name: String,
+    pub kind: Kind,
+}
+
+pub struct JoinInfo {
+    pub producers: Vec<ProducerInfo>,
+    pub peers: Vec<(String, String)>,
+}
+
+pub struct TransportInfo {
+    pub id: String,
+    pub ice_parameters: Value,
+    pub ice_candidates: Value,
+    pub dtls_parameters: Value,
+}
+
+pub struct ConsumerInfo {
+    pub id: String,
+    pub producer_id: String,
+    pub kind: Kind,
+    pub rtp_parameters: Value,
+    pub producer_paused: bool,
+}
+
+/// Counters the shard reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EngineCounters {
+    pub rtp_in: u64,
+    pub rtp_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub datagrams_dropped: u64,
+}
+
+struct Peer {
+    user_id: String,
+    user_name: String,
+    room: String,
+    rtp_capabilities: Option<Value>,
+    transports: Vec<u64>,
+    producers: Vec<u64>,
+    consumers: Vec<u64>,
+}
+
+#[derive(Default)]
+struct Room {
+    peers: Vec<PeerId>,
+    producers: Vec<u64>,
+}
+
+struct Layer {
+    rid: Option<Rid>,
+    ssrc: Option<Ssrc>,
+    last_packet: Option<Instant>,
+}
+
+struct Producer {
+    id: u64,
+    peer: PeerId,
+    transport: u64,
+    kind: Kind,
+    spec: ProducerSpec,
+    mid: Mid,
+    paused: bool,
+    consumers: Vec<u64>,
+    /// One entry per encoding, lowest first.
+    layers: Vec<Layer>,
+    /// The layer forwarded now.
+    selected: usize,
+    last_keyframe_request: Option<Instant>,
+}
+
+struct Consumer {
+    peer: PeerId,
+    transport: u64,
+    producer: u64,
+    mid: Mid,
+    ssrc: Ssrc,
+    paused: bool,
+    wait_keyframe: bool,
+    rewriter: Rewriter,
+}
+
+pub struct Engine {
+    id_base: u64,
+    next_id: u64,
+    cert: DtlsCert,
+    /// The address clients send to: announced IP and this shard's UDP port.
+    candidate: SocketAddr,
+    peers: HashMap<PeerId, Peer>,
+    rooms: HashMap<String, Room>,
+    transports: HashMap<u64, Transport>,
+    producers: HashMap<u64, Producer>,
+    consumers: HashMap<u64, Consumer>,
+    by_ufrag: HashMap<String, u64>,
+    by_source: HashMap<SocketAddr, u64>,
+    producer_by_mid: HashMap<(u64, Mid), u64>,
+    consumer_by_mid: HashMap<(u64, Mid), u64>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// Transports written to since their last drain.
+    dirty: HashSet<u64>,
+    outbox: Vec<Transmit>,
+    notices: VecDeque<(PeerId, Notice)>,
+    counters: EngineCounters,
+}
+
+fn wire_id(prefix: &str, id: u64) -> String {
+    format!("{prefix}{id:x}")
+}
+
+fn parse_id(prefix: &str, s: &str) -> Option<u64> {
+    u64::from_str_radix(s.strip_prefix(prefix)?, 16).ok()
+}
+
+impl Engine {
+    /// `id_base` keeps ids unique across shards; `candidate` is what ICE advertises.
+    pub fn new(id_base: u64, candidate: SocketAddr) -> Result<Engine, SfuError> {
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| SfuError::Internal("cannot generate a DTLS certificate".into()))?;
+        Ok(Engine {
+            id_base,
+            next_id: 0,
+            cert,
+            candidate,
+            peers: HashMap::new(),
+            rooms: HashMap::new(),
+            transports: HashMap::new(),
+            producers: HashMap::new(),
+            consumers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_source: HashMap::new(),
+            producer_by_mid: HashMap::new(),
+            consumer_by_mid: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            dirty: HashSet::new(),
+            outbox: Vec::new(),
+            notices: VecDeque::new(),
+            counters: EngineCounters::default(),
+        })
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.id_base | self.next_id
+    }
+
+    // ------------------------------------------------------------------ figures
+
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+    pub fn transports(&self) -> usize {
+        self.transports.len()
+    }
+    pub fn producers(&self) -> usize {
+        self.producers.len()
+    }
+    pub fn consumers(&self) -> usize {
+        self.consumers.len()
+    }
+    pub fn counters(&self) -> EngineCounters {
+        self.counters
+    }
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    // ------------------------------------------------------------------ outputs
+
+    /// Datagrams to send, oldest first.
+    pub fn take_outbox(&mut self) -> Vec<Transmit> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    pub fn outbox_is_empty(&self) -> bool {
+        self.outbox.is_empty()
+    }
+
+    pub fn poll_notice(&mut self) -> Option<(PeerId, Notice)> {
+        self.notices.pop_front()
+    }
+
+    /// The earliest time any transport wants `handle_timeout`.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    fn peer(&self, peer: PeerId) -> Result<&Peer, SfuError> {
+        self.peers.get(&peer).ok_or(SfuError::NotJoined)
+    }
+
+    /// Adds a peer to a room (created on first use).
+    pub fn join(
+        &mut self,
+        peer: PeerId,
+        room: &str,
+        user_id: &str,
+        user_name: &str,
+        rtp_capabilities: Option<Value>,
+    ) -> Result<JoinInfo, SfuError> {
+        if self.peers.contains_key(&peer) {
+            return Err(SfuError::BadRequest("already joined".into()));
+        }
+        let r = self.rooms.entry(room.to_string()).or_default();
+        let others: Vec<PeerId> = r.peers.clone();
+        r.peers.push(peer);
+        let producers = r
+            .producers
+            .iter()
+            .filter_map(|pid| self.producers.get(pid))
+            .filter_map(|p| {
+                let owner = self.peers.get(&p.peer)?;
+                Some(ProducerInfo {
+                    producer_id: wire_id("p", p.id),
+                    user_id: owner.user_id.clone(),
+                    user_name: owner.user_name.clone(),
+                    kind: p.kind,
+                })
+            })
+            .collect();
+        let peers = others
+            .iter()
+            .filter_map(|o| self.peers.get(o))
+            .map(|p| (p.user_id.clone(), p.user_name.clone()))
+            .collect();
+        self.peers.insert(
+            peer,
+            Peer {
+                user_id: user_id.to_string(),
+                user_name: user_name.to_string(),
+                room: room.to_string(),
+                rtp_capabilities,
+                transports: Vec::new(),
+                producers: Vec::new(),
+                consumers: Vec::new(),
+            },
+        );
+        for o in others {
+            self.notices.push_back((
+                o,
+                Notice::PeerJoined {
+                    user_id: user_id.to_string(),
+                    user_name: user_name.to_string(),
+                },
+            ));
+        }
+        Ok(JoinInfo { producers, peers })
+    }
+
+    pub fn set_rtp_capabilities(&mut self, peer: PeerId, caps: Value) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.rtp_capabilities = Some(caps);
+        }
+    }
+
+    pub fn create_transport(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        direction: Direction,
+    ) -> Result<TransportInfo, SfuError> {
+        self.peer(peer)?;
+        let id = self.fresh_id();
+        let mut t = Transport::new(now, id, peer, direction, &self.cert, self.candidate)?;
+        let info = TransportInfo {
+            id: wire_id("t", id),
+            ice_parameters: t.ice_parameters(),
+            ice_candidates: t.ice_candidates(),
+            dtls_parameters: t.dtls_parameters(),
+        };
+        self.by_ufrag.insert(t.ufrag.clone(), id);
+        self.transports.insert(id, t);
+        self.peers.get_mut(&peer).expect("checked").transports.push(id);
+        self.drain(now, id);
+        Ok(info)
+    }
+
+    fn own_transport(&self, peer: PeerId, transport: &str) -> Result<u64, SfuError> {
+        let id = parse_id("t", transport).ok_or_else(|| SfuError::UnknownId(transport.into()))?;
+        match self.transports.get(&id) {
+            Some(t) if t.peer == peer => Ok(id),
+            _ => Err(SfuError::UnknownId(transport.into())),
+        }
+    }
+
+    pub fn connect_transport(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        transport: &str,
+        dtls: &Value,
+    ) -> Result<(), SfuError> {
+        let id = self.own_transport(peer, transport)?;
+        let fps = dtls
+            .get("fingerprints")
+            .and_then(Value::as_array)
+            .ok_or_else(|| SfuError::BadRequest("dtlsParameters.fingerprints missing".into()))?;
+        // str0m verifies sha-256 and sha-1 only; prefer sha-256.
+        let pick = |alg: &str| {
+            fps.iter().find(|f| {
+                f.get("algorithm")
+                    .and_then(Value::as_str)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(alg))
+            })
+        };
+        let fp = pick("sha-256").ok_or_else(|| {
+            SfuError::BadRequest("dtlsParameters.fingerprints has no sha-256 entry".into())
+        })?;
+        let value = fp
+            .get("value")
+            .and_then(Value::as_str)
+            .ok_or_else(|| SfuError::BadRequest("fingerprint value missing".into()))?;
+        self.transports
+            .get_mut(&id)
+            .expect("checked")
+            .connect("sha-256", value)?;
+        self.drain(now, id);
+        Ok(())
+    }
+
+    pub fn restart_ice(&mut self, now: Instant, peer: PeerId, transport: &str) -> Result<Value, SfuError> {
+        let id = self.own_transport(peer, transport)?;
+        let t = self.transports.get_mut(&id).expect("checked");
+        let old = t.ufrag.clone();
+        let new = t.restart_ice();
+        let params = t.ice_parameters();
+        self.by_ufrag.remove(&old);
+        self.by_ufrag.insert(new, id);
+        self.drain(now, id);
+        Ok(params)
+    }
+
+    pub fn produce(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        transport: &str,
+        kind: Kind,
+        params: &RtpParameters,
+    ) -> Result<String, SfuError> {
+        let tid = self.own_transport(peer, transport)?;
+        let p = self.peer(peer)?;
+        let room = p.room.clone();
+        let (user_id, user_name) = (p.user_id.clone(), p.user_name.clone());
+        let t = self.transports.get_mut(&tid).expect("checked");
+        if t.direction != Direction::Send {
+            return Err(SfuError::BadRequest("produce needs a send transport".into()));
+        }
+        let spec = ortc::check_producer(kind, params).map_err(SfuError::BadRequest)?;
+        let mid: Mid = spec.mid.as_str().into();
+        if self.producer_by_mid.contains_key(&(tid, mid)) {
+            return Err(SfuError::BadRequest(format!("mid {} already produces on this transport", spec.mid)));
+        }
+        let media_kind = match kind {
+            Kind::Audio => MediaKind::Audio,
+            Kind::Video => MediaKind::Video,
+        };
+        let layers = {
+            let mut api = t.rtc.direct_api();
+            let media = api.declare_media(mid, media_kind);
+            for rid in &spec.rids {
+                media.expect_rid_rx(rid.as_str().into());
+            }
+            if let Some((ssrc, rtx)) = spec.ssrc {
+                api.expect_stream_rx(ssrc.into(), rtx.map(Into::into), mid, None);
+                vec![Layer {
+                    rid: None,
+                    ssrc: Some(ssrc.into()),
+                    last_packet: None,
+                }]
+            } else {
+                spec.rids
+                    .iter()
+                    .map(|r| Layer {
+                        rid: Some(r.as_str().into()),
+                        ssrc: None,
+                        last_packet: None,
+                    })
+                    .collect()
+            }
+        };
+        let id = self.fresh_id();
+        let selected = layers.len() - 1;
+        self.producers.insert(
+            id,
+            Producer {
+                id,
+                peer,
+                transport: tid,
+                kind,
+                spec,
+                mid,
+                paused: false,
+                consumers: Vec::new(),
+                layers,
+                selected,
+                last_keyframe_request: None,
+            },
+        );
+        self.producer_by_mid.insert((tid, mid), id);
+        self.peers.get_mut(&peer).expect("checked").producers.push(id);
+        let r = self.rooms.get_mut(&room).expect("a peer's room exists");
+        r.producers.push(id);
+        let producer_id = wire_id("p", id);
+        for &o in r.peers.iter().filter(|&&o| o != peer) {
+            self.notices.push_back((
+                o,
+                Notice::NewProducer {
+                    producer_id: producer_id.clone(),
+                    user_id: user_id.clone(),
+                    user_name: user_name.clone(),
+                    kind,
+                },
+            ));
+        }
+        self.drain(now, tid);
+        Ok(producer_id)
+    }
+
+    fn producer_in_room(&self, peer: PeerId, producer: &str) -> Result<u64, SfuError> {
+        let id = parse_id("p", producer).ok_or_else(|| SfuError::UnknownId(producer.into()))?;
+        let room = &self.peer(peer)?.room;
+        match self.producers.get(&id) {
+            Some(p) if self.peers.get(&p.peer).is_some_and(|o| &o.room == room) => Ok(id),
+            _ => Err(SfuError::UnknownId(producer.into())),
+        }
+    }
+
+    pub fn consume(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        transport: &str,
+        producer: &str,
+        rtp_capabilities: Option<&Value>,
+    ) -> Result<ConsumerInfo, SfuError> {
+        let tid = self.own_transport(peer, transport)?;
+        let pid = self.producer_in_room(peer, producer)?;
+        let p = self.peer(peer)?;
+        let caps = rtp_capabilities.or(p.rtp_capabilities.as_ref());
+        let prod = &self.producers[&pid];
+        let (codec, kind, cname, paused) = (prod.spec.codec, prod.kind, prod.spec.cname.clone(), prod.paused);
+        if !ortc::can_consume(caps, &codec) {
+            return Err(SfuError::BadRequest(format!("rtpCapabilities cannot receive {}", codec.mime)));
+        }
+        let t = self.transports.get_mut(&tid).expect("checked");
+        if t.direction != Direction::Recv {
+            return Err(SfuError::BadRequest("consume needs a recv transport".into()));
+        }
+        let mid_text = t.next_mid();
+        let mid: Mid = mid_text.as_str().into();
+        let (ssrc, rtx) = {
+            let mut api = t.rtc.direct_api();
+            let ssrc = api.new_ssrc();
+            let rtx = api.new_ssrc();
+            let media_kind = match kind {
+                Kind::Audio => MediaKind::Audio,
+                Kind::Video => MediaKind::Video,
+            };
+            api.declare_media(mid, media_kind);
+            let rtx_ssrc = (kind == Kind::Video).then_some(rtx);
+            api.declare_stream_tx(ssrc, rtx_ssrc, mid, None);
+            (ssrc, rtx)
+        };
+        let id = self.fresh_id();
+        self.consumers.insert(
+            id,
+            Consumer {
+                peer,
+                transport: tid,
+                producer: pid,
+                mid,
+                ssrc,
+                paused: true,
+                wait_keyframe: kind == Kind::Video,
+                rewriter: Rewriter::default(),
+            },
+        );
+        self.consumer_by_mid.insert((tid, mid), id);
+        self.producers.get_mut(&pid).expect("checked").consumers.push(id);
+        self.peers.get_mut(&peer).expect("checked").consumers.push(id);
+        self.drain(now, tid);
+        Ok(ConsumerInfo {
+            id: wire_id("c", id),
+            producer_id: producer.to_string(),
+            kind,
+            rtp_parameters: ortc::consumer_parameters(&codec, &mid_text, *ssrc, *rtx, &cname),
+            producer_paused: paused,
+        })
+    }
+
+    fn own_consumer(&self, peer: PeerId, consumer: &str) -> Result<u64, SfuError> {
+        let id = parse_id("c", consumer).ok_or_else(|| SfuError::UnknownId(consumer.into()))?;
+        match self.consumers.get(&id) {
+            Some(c) if c.peer == peer => Ok(id),
+            _ => Err(SfuError::UnknownId(consumer.into())),
+        }
+    }
+
+    fn own_producer(&self, peer: PeerId, producer: &str) -> Result<u64, SfuError> {
+        let id = parse_id("p", producer).ok_or_else(|| SfuError::UnknownId(producer.into()))?;
+        match self.producers.get(&id) {
+            Some(p) if p.peer == peer => Ok(id),
+            _ => Err(SfuError::UnknownId(producer.into())),
+        }
+    }
+
+    pub fn set_consumer_paused(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        consumer: &str,
+        paused: bool,
+    ) -> Result<(), SfuError> {
+        let id = self.own_consumer(peer, consumer)?;
+        let c = self.consumers.get_mut(&id).expect("checked");
+        if c.paused == paused {
+            return Ok(());
+        }
+        c.paused = paused;
+        c.rewriter.mark_discontinuity();
+        let producer = c.producer;
+        if !paused && self.producers[&producer].kind == Kind::Video {
+            c.wait_keyframe = true;
+            self.request_keyframe(now, producer);
+        }
+        Ok(())
+    }
+
+    pub fn set_producer_paused(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        producer: &str,
+        paused: bool,
+    ) -> Result<(), SfuError> {
+        let id = self.own_producer(peer, producer)?;
+        let p = self.producers.get_mut(&id).expect("checked");
+        if p.paused == paused {
+            return Ok(());
+        }
+        p.paused = paused;
+        let video = p.kind == Kind::Video;
+        for cid in p.consumers.clone() {
+            if let Some(c) = self.consumers.get_mut(&cid) {
+                c.rewriter.mark_discontinuity();
+                c.wait_keyframe = video;
+            }
+        }
+        if !paused && video {
+            self.request_keyframe(now, id);
+        }
+        Ok(())
+    }
+
+    pub fn close_producer(&mut self, now: Instant, peer: PeerId, producer: &str) -> Result<(), SfuError> {
+        let id = self.own_producer(peer, producer)?;
+        self.remove_producer(now, id);
+        Ok(())
+    }
+
+    /// Releases everything of a peer and tells the room.
+    pub fn leave(&mut self, now: Instant, peer: PeerId) {
+        let Some(p) = self.peers.get(&peer) else { return };
+        let (producers, consumers, transports) = (p.producers.clone(), p.consumers.clone(), p.transports.clone());
+        for id in producers {
+            self.remove_producer(now, id);
+        }
+        for id in consumers {
+            self.remove_consumer(now, id, false);
+        }
+        for id in transports {
+            self.remove_transport(id);
+        }
+        let p = self.peers.remove(&peer).expect("checked");
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.peers.retain(|&o| o != peer);
+            for &o in &room.peers {
+                self.notices.push_back((o, Notice::PeerLeft { user_id: p.user_id.clone() }));
+            }
+            if room.peers.is_empty() {
+                self.rooms.remove(&p.room);
+            }
+        }
+    }
+
+    fn remove_producer(&mut self, now: Instant, id: u64) {
+        let Some(p) = self.producers.remove(&id) else { return };
+        self.producer_by_mid.remove(&(p.transport, p.mid));
+        for cid in &p.consumers {
+            self.remove_consumer(now, *cid, true);
+        }
+        if let Some(t) = self.transports.get_mut(&p.transport) {
+            t.rtc.direct_api().remove_media(p.mid);
+            self.dirty.insert(p.transport);
+        }
+        if let Some(owner) = self.peers.get_mut(&p.peer) {
+            owner.producers.retain(|&x| x != id);
+            let room = owner.room.clone();
+            if let Some(r) = self.rooms.get_mut(&room) {
+                r.producers.retain(|&x| x != id);
+                for &o in &r.peers {
+                    self.notices.push_back((o, Notice::ProducerClosed { producer_id: wire_id("p", id) }));
+                }
+            }
+        }
+        self.drain_dirty(now);
+    }
+
+    fn remove_consumer(&mut self, now: Instant, id: u64, notify: bool) {
+        let Some(c) = self.consumers.remove(&id) else { return };
+        self.consumer_by_mid.remove(&(c.transport, c.mid));
+        if let Some(p) = self.producers.get_mut(&c.producer) {
+            p.consumers.retain(|&x| x != id);
+        }
+        if let Some(t) = self.transports.get_mut(&c.transport) {
+            t.rtc.direct_api().remove_stream_tx(c.ssrc);
+            t.rtc.direct_api().remove_media(c.mid);
+            self.dirty.insert(c.transport);
+        }
+        if let Some(owner) = self.peers.get_mut(&c.peer) {
+            owner.consumers.retain(|&x| x != id);
+        }
+        if notify {
+            self.notices.push_back((c.peer, Notice::ConsumerClosed { consumer_id: wire_id("c", id) }));
+        }
+        self.drain_dirty(now);
+    }
+
+    fn remove_transport(&mut self, id: u64) {
+        let Some(mut t) = self.transports.remove(&id) else { return };
+        t.rtc.disconnect();
+        self.by_ufrag.remove(&t.ufrag);
+        for s in &t.sources {
+            self.by_source.remove(s);
+        }
+        self.deadlines.remove(&(t.deadline, id));
+        self.dirty.remove(&id);
+        if let Some(p) = self.peers.get_mut(&t.peer) {
+            p.transports.retain(|&x| x != id);
+        }
+    }
+
+    // ------------------------------------------------------------------ network
+
+    /// One datagram from the shard's socket. Returns false when it belongs to no
+    /// transport or cannot be parsed (counted as dropped).
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> bool {
+        let tid = match self.by_source.get(&source) {
+            Some(&t) => t,
+            None => match self.route_stun(source, data) {
+                Some(t) => t,
+                None => {
+                    self.counters.datagrams_dropped += 1;
+                    return false;
+                }
+            },
+        };
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.candidate, data) else {
+            self.counters.datagrams_dropped += 1;
+            return false;
+        };
+        let Some(t) = self.transports.get_mut(&tid) else { return false };
+        let input = Input::Receive(now, receive);
+        if !t.rtc.accepts(&input) {
+            self.counters.datagrams_dropped += 1;
+            return false;
+        }
+        if let Err(e) = t.rtc.handle_input(input) {
+            tracing::debug!(transport = tid, "input refused: {e}");
+        }
+        self.drain(now, tid);
+        true
+    }
+
+    /// Before ICE completes, a STUN request's USERNAME (server:client ufrag) names the
+    /// transport; its source address is remembered for the datagrams that follow.
+    fn route_stun(&mut self, source: SocketAddr, data: &[u8]) -> Option<u64> {
+        let msg = StunMessage::parse(data).ok()?;
+        if !msg.is_binding_request() {
+            return None;
+        }
+        let (local, remote) = msg.split_username()?;
+        let tid = *self.by_ufrag.get(local)?;
+        let t = self.transports.get_mut(&tid)?;
+        t.learn_remote_ufrag(remote);
+        if !t.sources.contains(&source) {
+            t.sources.push(source);
+        }
+        self.by_source.insert(source, tid);
+        Some(tid)
+    }
+
+    /// Feeds timeouts to every transport that is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .deadlines
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in due {
+            if let Some(t) = self.transports.get_mut(&id) {
+                let _ = t.rtc.handle_input(Input::Timeout(now));
+            }
+            self.drain(now, id);
+        }
+    }
+
+    /// Drains one transport's outputs until it only has a timeout left, then every
+    /// transport that got media written into it meanwhile.
+    fn drain(&mut self, now: Instant, id: u64) {
+        self.dirty.insert(id);
+        self.drain_dirty(now);
+    }
+
+    fn drain_dirty(&mut self, now: Instant) {
+        let mut events = Vec::new();
+        while let Some(&id) = self.dirty.iter().next() {
+            self.dirty.remove(&id);
+            let Some(t) = self.transports.get_mut(&id) else { continue };
+            let mut failed = None;
+            let mut timeout_fed = false;
+            loop {
+                match t.rtc.poll_output() {
+                    Ok(Output::Timeout(at)) => {
+                        if at <= now && !timeout_fed {
+                            // Due already: feed it now and drain again.
+                            timeout_fed = true;
+                            let _ = t.rtc.handle_input(Input::Timeout(now));
+                            continue;
+                        }
+                        self.deadlines.remove(&(t.deadline, id));
+                        t.deadline = at;
+                        self.deadlines.insert((at, id));
+                        break;
+                    }
+                    Ok(Output::Transmit(tx)) => {
+                        self.counters.bytes_out += tx.contents.len() as u64;
+                        self.outbox.push(tx);
+                    }
+                    Ok(Output::Event(e)) => match e {
+                        RtcEvent::RtpPacket(pkt) => {
+                            // Forward right away: the Rtc holds one pending packet.
+                            events.push((id, RtcEvent::RtpPacket(pkt)));
+                        }
+                        RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                            failed = Some("ICE disconnected (consent expired or failed)".to_string());
+                        }
+                        RtcEvent::KeyframeRequest(_) => events.push((id, e)),
+                        _ => {}
+                    },
+                    Err(e) => {
+                        failed = Some(format!("transport failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            if let Some(reason) = failed {
+                self.fail_transport(now, id, reason);
+                continue;
+            }
+            for (tid, e) in events.drain(..) {
+                match e {
+                    RtcEvent::RtpPacket(pkt) => self.forward(now, tid, pkt),
+                    RtcEvent::KeyframeRequest(req) => {
+                        if let Some(&cid) = self.consumer_by_mid.get(&(tid, req.mid)) {
+                            let producer = self.consumers[&cid].producer;
+                            self.request_keyframe(now, producer);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn fail_transport(&mut self, now: Instant, id: u64, reason: String) {
+        let Some(peer) = self.transports.get(&id).map(|t| t.peer) else { return };
+        tracing::info!(transport = id, "{reason}");
+        self.leave(now, peer);
+        self.notices.push_back((peer, Notice::MediaFailed { reason }));
+    }
+
+    /// Asks a producer's publisher for a keyframe, at most once per debounce interval.
+    fn request_keyframe(&mut self, now: Instant, producer: u64) {
+        let Some(p) = self.producers.get_mut(&producer) else { return };
+        if p.last_keyframe_request.is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_DEBOUNCE) {
+            return;
+        }
+        let Some(ssrc) = p.layers.get(p.selected).and_then(|l| l.ssrc) else { return };
+        p.last_keyframe_request = Some(now);
+        let tid = p.transport;
+        if let Some(t) = self.transports.get_mut(&tid) {
+            if let Some(rx) = t.rtc.direct_api().stream_rx(&ssrc) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                self.dirty.insert(tid);
+            }
+        }
+    }
+
+    /// The heart of the SFU: one received packet to every consumer of its producer.
+    fn forward(&mut self, now: Instant, tid: u64, pkt: RtpPacket) {
+        self.counters.rtp_in += 1;
+        self.counters.bytes_in += pkt.payload.len() as u64;
+        let pid = match pkt.header.ext_vals.mid {
+            Some(mid) => self.producer_by_mid.get(&(tid, mid)).copied(),
+            None => self
+                .producers
+                .values()
+                .find(|p| p.transport == tid && p.layers.iter().any(|l| l.ssrc == Some(pkt.header.ssrc)))
+                .map(|p| p.id),
+        };
+        let Some(pid) = pid else { return };
+        let Some(p) = self.producers.get_mut(&pid) else { return };
+
+        // Which layer is this? Learn SSRCs of rid layers as they show up.
+        let layer = match p.layers.iter().position(|l| l.ssrc == Some(pkt.header.ssrc)) {
+            Some(i) => i,
+            None => {
+                let rid = pkt.header.ext_vals.rid;
+                match p.layers.iter().position(|l| l.rid.is_some() && l.rid == rid) {
+                    Some(i) => {
+                        p.layers[i].ssrc = Some(pkt.header.ssrc);
+                        i
+                    }
+                    None => return,
+                }
+            }
+        };
+        p.layers[layer].last_packet = Some(now);
+        // Forward the highest active layer; switching waits for a keyframe.
+        let best = p
+            .layers
+            .iter()
+            .rposition(|l| l.last_packet.is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE))
+            .unwrap_or(layer);
+        let mut switched = false;
+        if best != p.selected {
+            p.selected = best;
+            switched = true;
+        }
+        if layer != p.selected {
+            if switched {
+                self.layer_switched(now, pid);
+            }
+            return;
+        }
+        if switched {
+            self.layer_switched(now, pid);
+        }
+        let p = &self.producers[&pid];
+        if p.paused {
+            return;
+        }
+        let codec = p.spec.codec;
+        let keyframe = p.kind == Kind::Video && is_keyframe(&codec, &pkt.payload);
+        let consumer_ids = p.consumers.clone();
+        let video = p.kind == Kind::Video;
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            video_orientation: pkt.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        let mut want_keyframe = false;
+        for cid in consumer_ids {
+            let Some(c) = self.consumers.get_mut(&cid) else { continue };
+            if c.paused {
+                continue;
+            }
+            let Some(t) = self.transports.get_mut(&c.transport) else { continue };
+            if !t.rtc.is_connected() {
+                c.wait_keyframe = video;
+                continue;
+            }
+            if c.wait_keyframe {
+                if !keyframe {
+                    want_keyframe = true;
+                    continue;
+                }
+                c.wait_keyframe = false;
+                c.rewriter.mark_discontinuity();
+            }
+            let (seq, ts) = c
+                .rewriter
+                .rewrite(*pkt.seq_no, pkt.header.timestamp, codec.clock_rate, now);
+            let mut api = t.rtc.direct_api();
+            let Some(tx) = api.stream_tx(&c.ssrc) else { continue };
+            let write = RtpWrite::new(codec.pt.into(), seq.into(), ts, now, pkt.payload.clone())
+                .marker(pkt.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(video);
+            tx.write_rtp(write);
+            self.counters.rtp_out += 1;
+            self.dirty.insert(c.transport);
+        }
+        if want_keyframe {
+            self.request_keyframe(now, pid);
+        }
+    }
+
+    fn layer_switched(&mut self, now: Instant, pid: u64) {
+        let consumers = self.producers[&pid].consumers.clone();
+        for cid in consumers {
+            if let Some(c) = self.consumers.get_mut(&cid) {
+                c.wait_keyframe = true;
+                c.rewriter.mark_discontinuity();
+            }
+        }
+        self.producers.get_mut(&pid).expect("exists").last_keyframe_request = None;
+        self.request_keyframe(now, pid);
+    }
+}

@@ -1,0 +1,466 @@
+//! RTP capabilities and parameters in mediasoup's JSON shapes, which mediasoup-client
+//! expects, and the checks that keep them consistent with what str0m can receive.
+//!
+//! str0m fixes payload types and header-extension ids when an `Rtc` is built, so the
+//! router advertises exactly str0m's defaults, which are also Chrome's native values
+//! (Opus 111, VP8 96/97, VP9 98/99, H264 127/121; extension ids 1-4, 10, 11, 13). A
+//! producer whose parameters use other numbers is refused with a clear error.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// What a track carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Audio,
+    Video,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Audio => "audio",
+            Kind::Video => "video",
+        }
+    }
+}
+
+/// A codec the router forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouterCodec {
+    pub kind: Kind,
+    pub mime: &'static str,
+    pub clock_rate: u32,
+    pub pt: u8,
+    pub rtx_pt: Option<u8>,
+}
+
+pub const OPUS: RouterCodec = RouterCodec {
+    kind: Kind::Audio,
+    mime: "audio/opus",
+    clock_rate: 48_000,
+    pt: 111,
+    rtx_pt: None,
+};
+pub const VP8: RouterCodec = RouterCodec {
+    kind: Kind::Video,
+    mime: "video/VP8",
+    clock_rate: 90_000,
+    pt: 96,
+    rtx_pt: Some(97),
+};
+pub const VP9: RouterCodec = RouterCodec {
+    kind: Kind::Video,
+    mime: "video/VP9",
+    clock_rate: 90_000,
+    pt: 98,
+    rtx_pt: Some(99),
+};
+pub const H264: RouterCodec = RouterCodec {
+    kind: Kind::Video,
+    mime: "video/H264",
+    clock_rate: 90_000,
+    pt: 127,
+    rtx_pt: Some(121),
+};
+
+/// In preference order: mediasoup-client sends with the first one the browser supports.
+pub const ROUTER_CODECS: [RouterCodec; 4] = [OPUS, VP8, VP9, H264];
+
+/// Header extensions the router speaks: (uri, id, kinds).
+pub const EXT_AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub const EXT_ABS_SEND_TIME: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
+pub const EXT_TWCC: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+pub const EXT_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+pub const EXT_RID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+pub const EXT_RRID: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+pub const EXT_VIDEO_ORIENTATION: &str = "urn:3gpp:video-orientation";
+
+struct RouterExt {
+    uri: &'static str,
+    id: u8,
+    audio: bool,
+    video: bool,
+    /// Only the server receives it (simulcast ids).
+    recv_only: bool,
+}
+
+const ROUTER_EXTS: [RouterExt; 7] = [
+    RouterExt { uri: EXT_AUDIO_LEVEL, id: 1, audio: true, video: false, recv_only: false },
+    RouterExt { uri: EXT_ABS_SEND_TIME, id: 2, audio: true, video: true, recv_only: false },
+    RouterExt { uri: EXT_TWCC, id: 3, audio: true, video: true, recv_only: false },
+    RouterExt { uri: EXT_MID, id: 4, audio: true, video: true, recv_only: false },
+    RouterExt { uri: EXT_RID, id: 10, audio: false, video: true, recv_only: true },
+    RouterExt { uri: EXT_RRID, id: 11, audio: false, video: true, recv_only: true },
+    RouterExt { uri: EXT_VIDEO_ORIENTATION, id: 13, audio: false, video: true, recv_only: false },
+];
+
+fn codec_parameters(c: &RouterCodec) -> Value {
+    match c.mime {
+        "audio/opus" => json!({"minptime": 10, "useinbandfec": 1}),
+        "video/VP9" => json!({"profile-id": 0}),
+        "video/H264" => json!({
+            "packetization-mode": 1,
+            "profile-level-id": "42001f",
+            "level-asymmetry-allowed": 1
+        }),
+        _ => json!({}),
+    }
+}
+
+fn feedback(kind: Kind) -> Value {
+    match kind {
+        Kind::Audio => json!([{"type": "transport-cc", "parameter": ""}]),
+        Kind::Video => json!([
+            {"type": "nack", "parameter": ""},
+            {"type": "nack", "parameter": "pli"},
+            {"type": "ccm", "parameter": "fir"},
+            {"type": "transport-cc", "parameter": ""}
+        ]),
+    }
+}
+
+/// The router's RTP capabilities, as `join-room` returns them.
+pub fn router_capabilities() -> Value {
+    let mut codecs = Vec::new();
+    for c in &ROUTER_CODECS {
+        let mut codec = json!({
+            "kind": c.kind.as_str(),
+            "mimeType": c.mime,
+            "clockRate": c.clock_rate,
+            "preferredPayloadType": c.pt,
+            "parameters": codec_parameters(c),
+            "rtcpFeedback": feedback(c.kind),
+        });
+        if c.kind == Kind::Audio {
+            codec["channels"] = json!(2);
+        }
+        codecs.push(codec);
+        if let Some(rtx) = c.rtx_pt {
+            codecs.push(json!({
+                "kind": "video",
+                "mimeType": "video/rtx",
+                "clockRate": 90000,
+                "preferredPayloadType": rtx,
+                "parameters": {"apt": c.pt},
+                "rtcpFeedback": [],
+            }));
+        }
+    }
+    let mut exts = Vec::new();
+    for e in &ROUTER_EXTS {
+        for (kind, on) in [("audio", e.audio), ("video", e.video)] {
+            if on {
+                exts.push(json!({
+                    "kind": kind,
+                    "uri": e.uri,
+                    "preferredId": e.id,
+                    "preferredEncrypt": false,
+                    "direction": if e.recv_only { "recvonly" } else { "sendrecv" },
+                }));
+            }
+        }
+    }
+    json!({"codecs": codecs, "headerExtensions": exts})
+}
+
+// ---- parameters a client sends (only the fields corelay uses; others are ignored) ----
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CodecParameters {
+    pub mime_type: String,
+    pub payload_type: u8,
+    pub clock_rate: u32,
+    #[serde(default)]
+    pub channels: Option<u8>,
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, Value>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct HeaderExtensionParameters {
+    pub uri: String,
+    pub id: u8,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RtxParameters {
+    pub ssrc: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Encoding {
+    #[serde(default)]
+    pub ssrc: Option<u32>,
+    #[serde(default)]
+    pub rid: Option<String>,
+    #[serde(default)]
+    pub rtx: Option<RtxParameters>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RtcpParameters {
+    #[serde(default)]
+    pub cname: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RtpParameters {
+    #[serde(default)]
+    pub mid: Option<String>,
+    pub codecs: Vec<CodecParameters>,
+    #[serde(default)]
+    pub header_extensions: Vec<HeaderExtensionParameters>,
+    #[serde(default)]
+    pub encodings: Vec<Encoding>,
+    #[serde(default)]
+    pub rtcp: RtcpParameters,
+}
+
+/// What a producer sends, checked against the router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerSpec {
+    pub codec: RouterCodec,
+    pub mid: String,
+    pub cname: String,
+    /// Simulcast rids, lowest first; empty for a single stream.
+    pub rids: Vec<String>,
+    /// Declared (ssrc, rtx ssrc) of a single-stream producer.
+    pub ssrc: Option<(u32, Option<u32>)>,
+}
+
+/// Checks a producer's parameters against the router; the error says what to change.
+pub fn check_producer(kind: Kind, p: &RtpParameters) -> Result<ProducerSpec, String> {
+    let mid = p
+        .mid
+        .clone()
+        .filter(|m| !m.is_empty() && m.len() <= 16)
+        .ok_or("rtpParameters.mid is required (1-16 characters)")?;
+    let media = p
+        .codecs
+        .iter()
+        .find(|c| !c.mime_type.eq_ignore_ascii_case("video/rtx"))
+        .ok_or("rtpParameters.codecs has no media codec")?;
+    let codec = ROUTER_CODECS
+        .iter()
+        .find(|r| r.mime.eq_ignore_ascii_case(&media.mime_type) && r.clock_rate == media.clock_rate)
+        .copied()
+        .ok_or_else(|| {
+            format!(
+                "codec {} at {} Hz is not supported (router codecs: opus, VP8, VP9, H264)",
+                media.mime_type, media.clock_rate
+            )
+        })?;
+    if codec.kind != kind {
+        return Err(format!("codec {} does not carry {}", codec.mime, kind.as_str()));
+    }
+    if media.payload_type != codec.pt {
+        return Err(format!(
+            "{} uses payload type {}; corelay receives it as {} (use the router's preferredPayloadType)",
+            codec.mime, media.payload_type, codec.pt
+        ));
+    }
+    if codec.mime == "video/H264" {
+        let pm = media.parameters.get("packetization-mode").and_then(Value::as_u64).unwrap_or(0);
+        if pm != 1 {
+            return Err("H264 needs packetization-mode 1".into());
+        }
+    }
+    for rtx in p.codecs.iter().filter(|c| c.mime_type.eq_ignore_ascii_case("video/rtx")) {
+        let apt = rtx.parameters.get("apt").and_then(Value::as_u64);
+        if apt == Some(codec.pt as u64) && Some(rtx.payload_type) != codec.rtx_pt {
+            return Err(format!(
+                "RTX for {} uses payload type {}; corelay expects {:?}",
+                codec.mime, rtx.payload_type, codec.rtx_pt
+            ));
+        }
+    }
+    for ext in &p.header_extensions {
+        if let Some(ours) = ROUTER_EXTS.iter().find(|e| e.uri == ext.uri) {
+            if ours.id != ext.id {
+                return Err(format!(
+                    "header extension {} uses id {}; corelay receives it as id {}",
+                    ext.uri, ext.id, ours.id
+                ));
+            }
+        }
+    }
+    if p.encodings.is_empty() {
+        return Err("rtpParameters.encodings is empty".into());
+    }
+    let rids: Vec<String> = p.encodings.iter().filter_map(|e| e.rid.clone()).collect();
+    let ssrc = if rids.is_empty() {
+        let e = &p.encodings[0];
+        e.ssrc.map(|s| (s, e.rtx.as_ref().map(|r| r.ssrc)))
+    } else {
+        None
+    };
+    if rids.is_empty() && ssrc.is_none() {
+        return Err("each encoding needs an ssrc or a rid".into());
+    }
+    Ok(ProducerSpec {
+        codec,
+        mid,
+        cname: p.rtcp.cname.clone().unwrap_or_else(|| "corelay".into()),
+        rids,
+        ssrc,
+    })
+}
+
+/// The parameters of a consumer, as `consume` returns them.
+pub fn consumer_parameters(codec: &RouterCodec, mid: &str, ssrc: u32, rtx_ssrc: u32, cname: &str) -> Value {
+    let mut codecs = vec![json!({
+        "mimeType": codec.mime,
+        "payloadType": codec.pt,
+        "clockRate": codec.clock_rate,
+        "parameters": codec_parameters(codec),
+        "rtcpFeedback": feedback(codec.kind),
+    })];
+    if codec.kind == Kind::Audio {
+        codecs[0]["channels"] = json!(2);
+    }
+    if let Some(rtx) = codec.rtx_pt {
+        codecs.push(json!({
+            "mimeType": "video/rtx",
+            "payloadType": rtx,
+            "clockRate": codec.clock_rate,
+            "parameters": {"apt": codec.pt},
+            "rtcpFeedback": [],
+        }));
+    }
+    let exts: Vec<Value> = ROUTER_EXTS
+        .iter()
+        .filter(|e| !e.recv_only)
+        .filter(|e| match codec.kind {
+            Kind::Audio => e.audio,
+            Kind::Video => e.video,
+        })
+        .map(|e| json!({"uri": e.uri, "id": e.id, "encrypt": false, "parameters": {}}))
+        .collect();
+    let mut encoding = json!({"ssrc": ssrc});
+    if codec.rtx_pt.is_some() {
+        encoding["rtx"] = json!({"ssrc": rtx_ssrc});
+    }
+    json!({
+        "mid": mid,
+        "codecs": codecs,
+        "headerExtensions": exts,
+        "encodings": [encoding],
+        "rtcp": {"cname": cname, "reducedSize": true, "mux": true},
+    })
+}
+
+/// Whether a client's capabilities can receive a codec. Missing capabilities mean yes.
+pub fn can_consume(caps: Option<&Value>, codec: &RouterCodec) -> bool {
+    let Some(codecs) = caps.and_then(|c| c.get("codecs")).and_then(Value::as_array) else {
+        return true;
+    };
+    codecs.iter().any(|c| {
+        c.get("mimeType")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.eq_ignore_ascii_case(codec.mime))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(v: Value) -> RtpParameters {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn capabilities_have_what_mediasoup_client_needs() {
+        let caps = router_capabilities();
+        let codecs = caps["codecs"].as_array().unwrap();
+        let opus = codecs.iter().find(|c| c["mimeType"] == "audio/opus").unwrap();
+        assert_eq!(opus["channels"], 2);
+        for c in codecs {
+            for k in ["kind", "mimeType", "clockRate", "preferredPayloadType", "parameters", "rtcpFeedback"] {
+                assert!(c.get(k).is_some(), "{k} missing in {c}");
+            }
+        }
+        for video in codecs.iter().filter(|c| c["kind"] == "video" && c["mimeType"] != "video/rtx") {
+            let pt = &video["preferredPayloadType"];
+            assert!(
+                codecs.iter().any(|r| r["mimeType"] == "video/rtx" && &r["parameters"]["apt"] == pt),
+                "no rtx for {video}"
+            );
+        }
+        let h264 = codecs.iter().find(|c| c["mimeType"] == "video/H264").unwrap();
+        assert!(h264["parameters"]["profile-level-id"].is_string());
+        assert!(caps["headerExtensions"].as_array().unwrap().iter().all(|e| e["direction"].is_string()));
+    }
+
+    #[test]
+    fn a_chrome_vp8_producer_is_accepted() {
+        let p = params(json!({
+            "mid": "1",
+            "codecs": [
+                {"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000},
+                {"mimeType": "video/rtx", "payloadType": 97, "clockRate": 90000, "parameters": {"apt": 96}}
+            ],
+            "headerExtensions": [{"uri": EXT_MID, "id": 4}, {"uri": EXT_TWCC, "id": 3}],
+            "encodings": [{"ssrc": 1111, "rtx": {"ssrc": 2222}}],
+            "rtcp": {"cname": "abc"}
+        }));
+        let spec = check_producer(Kind::Video, &p).unwrap();
+        assert_eq!(spec.codec, VP8);
+        assert_eq!(spec.ssrc, Some((1111, Some(2222))));
+        assert_eq!(spec.cname, "abc");
+    }
+
+    #[test]
+    fn mismatched_numbers_are_refused_with_the_reason() {
+        let p = params(json!({
+            "mid": "0",
+            "codecs": [{"mimeType": "audio/opus", "payloadType": 109, "clockRate": 48000, "channels": 2}],
+            "encodings": [{"ssrc": 1}]
+        }));
+        assert!(check_producer(Kind::Audio, &p).unwrap_err().contains("payload type 109"));
+        let p = params(json!({
+            "mid": "0",
+            "codecs": [{"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000}],
+            "headerExtensions": [{"uri": EXT_MID, "id": 9}],
+            "encodings": [{"ssrc": 1}]
+        }));
+        assert!(check_producer(Kind::Audio, &p).unwrap_err().contains("id 9"));
+        let p = params(json!({
+            "mid": "0",
+            "codecs": [{"mimeType": "video/AV1", "payloadType": 45, "clockRate": 90000}],
+            "encodings": [{"ssrc": 1}]
+        }));
+        assert!(check_producer(Kind::Video, &p).unwrap_err().contains("not supported"));
+        let p = params(json!({
+            "mid": "0",
+            "codecs": [{"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000}],
+            "encodings": [{"ssrc": 1}]
+        }));
+        assert!(check_producer(Kind::Video, &p).is_err(), "kind mismatch");
+    }
+
+    #[test]
+    fn simulcast_by_rid_is_accepted() {
+        let p = params(json!({
+            "mid": "2",
+            "codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}],
+            "encodings": [{"rid": "r0"}, {"rid": "r1"}, {"rid": "r2"}]
+        }));
+        let spec = check_producer(Kind::Video, &p).unwrap();
+        assert_eq!(spec.rids, vec!["r0", "r1", "r2"]);
+    }
+
+    #[test]
+    fn consumer_parameters_have_one_encoding_with_rtx() {
+        let v = consumer_parameters(&VP8, "3", 10, 11, "cn");
+        assert_eq!(v["encodings"], json!([{"ssrc": 10, "rtx": {"ssrc": 11}}]));
+        assert_eq!(v["codecs"][1]["parameters"]["apt"], 96);
+        assert_eq!(v["rtcp"]["cname"], "cn");
+        assert_eq!(v["mid"], "3");
+    }
+}

@@ -1,0 +1,150 @@
+//! A WebRtcTransport: one str0m `Rtc` in RTP mode, set up through the Direct API as an
+//! ICE-lite, DTLS-server endpoint with one host candidate on the shard's UDP port.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use str0m::config::{DtlsCert, Fingerprint};
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+
+use super::SfuError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The client sends media (producers live here).
+    Send,
+    /// The client receives media (consumers live here).
+    Recv,
+}
+
+pub struct Transport {
+    pub id: u64,
+    pub peer: u64,
+    pub direction: Direction,
+    pub rtc: Rtc,
+    pub ufrag: String,
+    pub candidate: SocketAddr,
+    /// DTLS started (connect-transport received).
+    pub connected: bool,
+    /// Next consumer mid on this transport ("0", "1", ...).
+    pub next_mid: u32,
+    /// When str0m next wants `handle_timeout`.
+    pub deadline: Instant,
+    /// Source addresses seen for this transport, to forget them on close.
+    pub sources: Vec<SocketAddr>,
+}
+
+impl Transport {
+    pub fn new(
+        now: Instant,
+        id: u64,
+        peer: u64,
+        direction: Direction,
+        cert: &DtlsCert,
+        candidate: SocketAddr,
+    ) -> Result<Transport, SfuError> {
+        let creds = IceCreds::new();
+        let mut rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .set_ice_lite(true)
+            .set_dtls_cert(cert.clone())
+            .set_local_ice_credentials(creds.clone())
+            // Stats events are not used; skip computing them.
+            .set_stats_interval(None)
+            .build(now);
+        let host = Candidate::host(candidate, "udp").map_err(|e| SfuError::Internal(e.to_string()))?;
+        rtc.add_local_candidate(host);
+        {
+            let mut api = rtc.direct_api();
+            api.set_ice_controlling(false);
+            if direction == Direction::Send {
+                // Congestion feedback: the browser's send-side estimator needs TWCC to
+                // ramp its rate beyond the start value.
+                api.enable_twcc_feedback();
+            }
+        }
+        Ok(Transport {
+            id,
+            peer,
+            direction,
+            rtc,
+            ufrag: creds.ufrag,
+            candidate,
+            connected: false,
+            next_mid: 0,
+            deadline: now,
+            sources: Vec::new(),
+        })
+    }
+
+    fn local_creds(&mut self) -> IceCreds {
+        self.rtc.direct_api().local_ice_credentials()
+    }
+
+    /// `iceParameters` as mediasoup-client expects them.
+    pub fn ice_parameters(&mut self) -> Value {
+        let c = self.local_creds();
+        json!({"usernameFragment": c.ufrag, "password": c.pass, "iceLite": true})
+    }
+
+    pub fn ice_candidates(&self) -> Value {
+        json!([{
+            "foundation": "udpcandidate",
+            "priority": 1_076_302_079u32,
+            "address": self.candidate.ip().to_string(),
+            "ip": self.candidate.ip().to_string(),
+            "protocol": "udp",
+            "port": self.candidate.port(),
+            "type": "host",
+        }])
+    }
+
+    pub fn dtls_parameters(&mut self) -> Value {
+        let fp = self.rtc.direct_api().local_dtls_fingerprint().clone();
+        let value = fp.to_string();
+        let value = value.split_once(' ').map(|x| x.1).unwrap_or(&value).to_string();
+        json!({"role": "auto", "fingerprints": [{"algorithm": fp.hash_func, "value": value}]})
+    }
+
+    /// Completes the transport with the client's DTLS fingerprint (sha-256 or sha-1; str0m
+    /// verifies no other). The client is the DTLS client.
+    pub fn connect(&mut self, algorithm: &str, value: &str) -> Result<(), SfuError> {
+        if self.connected {
+            return Err(SfuError::BadRequest("transport already connected".into()));
+        }
+        let fp: Fingerprint = format!("{} {}", algorithm.to_ascii_lowercase(), value)
+            .parse()
+            .map_err(|e| SfuError::BadRequest(format!("bad DTLS fingerprint: {e}")))?;
+        let mut api = self.rtc.direct_api();
+        api.set_remote_fingerprint(fp);
+        api.start_dtls(false)
+            .map_err(|e| SfuError::Internal(format!("cannot start DTLS: {e}")))?;
+        self.connected = true;
+        Ok(())
+    }
+
+    /// The remote ufrag comes from the client's first STUN request: mediasoup-client never
+    /// sends its ICE parameters, and ice-lite never checks the remote password.
+    pub fn learn_remote_ufrag(&mut self, ufrag: &str) {
+        let mut api = self.rtc.direct_api();
+        api.set_remote_ice_credentials(IceCreds {
+            ufrag: ufrag.to_string(),
+            pass: String::new(),
+        });
+    }
+
+    /// New local ICE credentials (restart-ice); returns the new ufrag.
+    pub fn restart_ice(&mut self) -> String {
+        let creds = IceCreds::new();
+        self.rtc.direct_api().set_local_ice_credentials(creds.clone());
+        self.ufrag = creds.ufrag.clone();
+        creds.ufrag
+    }
+
+    pub fn next_mid(&mut self) -> String {
+        let m = self.next_mid;
+        self.next_mid += 1;
+        m.to_string()
+    }
+}

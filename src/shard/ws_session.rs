@@ -1,0 +1,232 @@
+//! The socket side of every WebSocket dialect: the upgrade, the read/write loop, the
+//! outbound queue, shutdown, and relocation to the shard that owns the session's room.
+//! Each dialect plugs in through [`Dialect`].
+
+use std::rc::Rc;
+
+use async_tungstenite::WebSocketStream;
+use futures::{AsyncWriteExt, SinkExt, StreamExt};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role};
+use tungstenite::{Error as WsError, Message};
+
+use super::conn::Conn;
+use super::mesh::{Handover, MeshMsg, Resumable};
+use super::state::{Outbound, Shard, OUTBOUND_QUEUE};
+use crate::http::ws::{self, FrameBoundedStream};
+use crate::http::Head;
+use crate::signal::p2p::ConnId;
+use crate::stats::ShardCounters;
+
+pub type Ws = WebSocketStream<FrameBoundedStream<Conn>>;
+
+/// What a dialect wants after one text message.
+pub enum Step {
+    /// Send these texts to the client (possibly none).
+    Reply(Vec<String>),
+    /// Move the session to this shard and replay the message there.
+    Relocate(usize),
+}
+
+pub trait Dialect {
+    fn name(&self) -> &'static str;
+    fn on_text(&mut self, shard: &Shard, conn: ConnId, text: &str) -> Step;
+    /// An error text for the client (binary frames, oversized messages).
+    fn error_text(&self, reason: &str) -> String;
+    /// Releases whatever the session holds on this shard.
+    fn on_close(&mut self, shard: &Shard, conn: ConnId);
+    /// What travels with the connection when it relocates.
+    fn into_resumable(self) -> Resumable;
+}
+
+/// Completes the upgrade on the accepting shard and runs the session.
+pub(super) async fn start<D: Dialect>(
+    shard: Rc<Shard>,
+    mut stream: Conn,
+    head: &Head,
+    leftover: Vec<u8>,
+    dialect: D,
+    peer: Option<std::net::SocketAddr>,
+) {
+    match ws::accept(head) {
+        Err(resp) => {
+            let _ = resp.write_to(&mut stream, false).await;
+        }
+        Ok(reply) => {
+            if stream.write_all(&reply).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+            let ws = websocket(&shard, stream, leftover).await;
+            run(shard, ws, dialect, None, peer).await;
+        }
+    }
+}
+
+/// Continues a session relocated from another shard.
+pub(super) async fn adopt<D: Dialect>(shard: Rc<Shard>, handover: Handover, dialect: D) {
+    ShardCounters::add(&shard.counters.relocated_in, 1);
+    let ws = websocket(&shard, Conn::attach(handover.conn), handover.leftover).await;
+    run(shard, ws, dialect, Some(handover.pending), handover.peer).await;
+}
+
+async fn websocket(shard: &Shard, stream: Conn, leftover: Vec<u8>) -> Ws {
+    let config = ws::config(shard.config.max_message_bytes);
+    WebSocketStream::from_raw_socket(
+        FrameBoundedStream::new(stream, leftover),
+        Role::Server,
+        Some(config),
+    )
+    .await
+}
+
+enum Event {
+    Incoming(Option<Result<Message, WsError>>),
+    Outgoing(Option<Outbound>),
+    Shutdown,
+}
+
+enum End {
+    Closed(&'static str),
+    Relocate { owner: usize, pending: String },
+}
+
+async fn run<D: Dialect>(
+    shard: Rc<Shard>,
+    mut ws: Ws,
+    mut dialect: D,
+    mut pending: Option<String>,
+    peer: Option<std::net::SocketAddr>,
+) {
+    let conn = shard.next_id();
+    ShardCounters::add(&shard.counters.connections, 1);
+    let (tx, mut rx) = futures::channel::mpsc::channel(OUTBOUND_QUEUE);
+    shard.outbound.borrow_mut().insert(conn, tx);
+    let mut shutdown = shard.shutdown.clone();
+    let name = dialect.name();
+    tracing::info!(shard = shard.id, conn, ?peer, dialect = name, "connection open");
+
+    let end = loop {
+        let event = match pending.take() {
+            Some(text) => Event::Incoming(Some(Ok(Message::text(text)))),
+            None => {
+                futures::select! {
+                    m = ws.next() => Event::Incoming(m),
+                    o = rx.next() => Event::Outgoing(o),
+                    _ = shutdown => Event::Shutdown,
+                }
+            }
+        };
+        let replies = match event {
+            Event::Incoming(Some(Ok(Message::Text(text)))) => {
+                match dialect.on_text(&shard, conn, text.as_str()) {
+                    Step::Reply(replies) => replies,
+                    Step::Relocate(owner) => {
+                        break End::Relocate {
+                            owner,
+                            pending: text.as_str().to_string(),
+                        }
+                    }
+                }
+            }
+            Event::Incoming(Some(Ok(Message::Binary(_)))) => {
+                vec![dialect.error_text("binary messages are not supported; send JSON text")]
+            }
+            Event::Incoming(Some(Ok(Message::Close(_)))) | Event::Incoming(None) => {
+                break End::Closed("client closed")
+            }
+            Event::Incoming(Some(Ok(_))) => Vec::new(), // ping/pong: tungstenite answers
+            Event::Incoming(Some(Err(WsError::Capacity(e)))) => {
+                // The parser cannot resynchronise after an oversized frame, so the client
+                // learns why and is closed with 1009; nobody else is affected.
+                let reason = format!(
+                    "message too large: {e} (limit {} bytes)",
+                    shard.config.max_message_bytes
+                );
+                let _ = ws.send(Message::text(dialect.error_text(&reason))).await;
+                let _ = close(&mut ws, CloseCode::Size, "message too large").await;
+                break End::Closed("message too large");
+            }
+            Event::Incoming(Some(Err(_))) => break End::Closed("protocol error"),
+            Event::Outgoing(Some(Outbound::Text(text))) => vec![text.to_string()],
+            Event::Outgoing(Some(Outbound::Close(reason))) => {
+                let _ = close(&mut ws, CloseCode::Error, &reason).await;
+                break End::Closed("closed by server");
+            }
+            Event::Outgoing(None) => {
+                // Our queue was dropped: this client fell too far behind.
+                let _ = close(&mut ws, CloseCode::Again, "too slow").await;
+                break End::Closed("too slow");
+            }
+            Event::Shutdown => {
+                let _ = close(&mut ws, CloseCode::Away, "server shutting down").await;
+                break End::Closed("server shutdown");
+            }
+        };
+        let mut failed = false;
+        for text in replies {
+            if ws.send(Message::text(text)).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed {
+            break End::Closed("send failed");
+        }
+    };
+
+    shard.outbound.borrow_mut().remove(&conn);
+    dialect.on_close(&shard, conn);
+    ShardCounters::sub(&shard.counters.connections, 1);
+    match end {
+        End::Closed(reason) => {
+            tracing::info!(shard = shard.id, conn, dialect = name, reason, "connection closed");
+        }
+        End::Relocate { owner, pending } => {
+            relocate(&shard, ws, dialect.into_resumable(), pending, owner, peer).await
+        }
+    }
+}
+
+async fn close(ws: &mut Ws, code: CloseCode, reason: &str) -> Result<(), WsError> {
+    ws.close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+    .await
+}
+
+/// Hands the socket, the unparsed bytes and the session to the owner shard.
+async fn relocate(
+    shard: &Shard,
+    mut ws: Ws,
+    session: Resumable,
+    pending: String,
+    owner: usize,
+    peer: Option<std::net::SocketAddr>,
+) {
+    if ws.flush().await.is_err() {
+        return;
+    }
+    let leftover = ws.get_mut().take_leftover();
+    let conn = match ws.into_inner().into_inner().detach() {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(shard = shard.id, "cannot relocate connection: {e}");
+            return;
+        }
+    };
+    ShardCounters::add(&shard.counters.relocated_out, 1);
+    tracing::info!(shard = shard.id, to = owner, "relocating connection to the room's shard");
+    let msg = MeshMsg::Adopt(Box::new((
+        Handover {
+            conn,
+            leftover,
+            pending,
+            peer,
+        },
+        session,
+    )));
+    if shard.mesh.send_to(owner, msg).await.is_err() {
+        tracing::warn!(shard = shard.id, to = owner, "relocation failed: owner shard is gone");
+    }
+}
