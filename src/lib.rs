@@ -5,6 +5,7 @@
 //! dialect's messages; `auth`, `config` and `stats` are shared plain data.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod notify;

@@ -31,13 +31,29 @@ const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// What the engine tells a signaling session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
-    PeerJoined { user_id: String, user_name: String },
-    PeerLeft { user_id: String },
-    NewProducer { producer_id: String, user_id: String, user_name: String, kind: Kind },
-    ProducerClosed { producer_id: String },
-    ConsumerClosed { consumer_id: String },
+    PeerJoined {
+        user_id: String,
+        user_name: String,
+    },
+    PeerLeft {
+        user_id: String,
+    },
+    NewProducer {
+        producer_id: String,
+        user_id: String,
+        user_name: String,
+        kind: Kind,
+    },
+    ProducerClosed {
+        producer_id: String,
+    },
+    ConsumerClosed {
+        consumer_id: String,
+    },
     /// ICE or DTLS failed, or consent expired: everything of the peer was released.
-    MediaFailed { reason: String },
+    MediaFailed {
+        reason: String,
+    },
 }
 
 /// A producer as `join-room` lists it.
@@ -321,7 +337,11 @@ impl Engine {
         };
         self.by_ufrag.insert(t.ufrag.clone(), id);
         self.transports.insert(id, t);
-        self.peers.get_mut(&peer).expect("checked").transports.push(id);
+        self.peers
+            .get_mut(&peer)
+            .expect("checked")
+            .transports
+            .push(id);
         self.drain(now, id);
         Ok(info)
     }
@@ -369,7 +389,12 @@ impl Engine {
         Ok(())
     }
 
-    pub fn restart_ice(&mut self, now: Instant, peer: PeerId, transport: &str) -> Result<Value, SfuError> {
+    pub fn restart_ice(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        transport: &str,
+    ) -> Result<Value, SfuError> {
         let id = self.own_transport(peer, transport)?;
         let t = self.transports.get_mut(&id).expect("checked");
         let old = t.ufrag.clone();
@@ -395,12 +420,17 @@ impl Engine {
         let (user_id, user_name) = (p.user_id.clone(), p.user_name.clone());
         let t = self.transports.get_mut(&tid).expect("checked");
         if t.direction != Direction::Send {
-            return Err(SfuError::BadRequest("produce needs a send transport".into()));
+            return Err(SfuError::BadRequest(
+                "produce needs a send transport".into(),
+            ));
         }
         let spec = ortc::check_producer(kind, params).map_err(SfuError::BadRequest)?;
         let mid: Mid = spec.mid.as_str().into();
         if self.producer_by_mid.contains_key(&(tid, mid)) {
-            return Err(SfuError::BadRequest(format!("mid {} already produces on this transport", spec.mid)));
+            return Err(SfuError::BadRequest(format!(
+                "mid {} already produces on this transport",
+                spec.mid
+            )));
         }
         let media_kind = match kind {
             Kind::Audio => MediaKind::Audio,
@@ -449,7 +479,11 @@ impl Engine {
             },
         );
         self.producer_by_mid.insert((tid, mid), id);
-        self.peers.get_mut(&peer).expect("checked").producers.push(id);
+        self.peers
+            .get_mut(&peer)
+            .expect("checked")
+            .producers
+            .push(id);
         let r = self.rooms.get_mut(&room).expect("a peer's room exists");
         r.producers.push(id);
         let producer_id = wire_id("p", id);
@@ -490,13 +524,23 @@ impl Engine {
         let p = self.peer(peer)?;
         let caps = rtp_capabilities.or(p.rtp_capabilities.as_ref());
         let prod = &self.producers[&pid];
-        let (codec, kind, cname, paused) = (prod.spec.codec, prod.kind, prod.spec.cname.clone(), prod.paused);
+        let (codec, kind, cname, paused) = (
+            prod.spec.codec,
+            prod.kind,
+            prod.spec.cname.clone(),
+            prod.paused,
+        );
         if !ortc::can_consume(caps, &codec) {
-            return Err(SfuError::BadRequest(format!("rtpCapabilities cannot receive {}", codec.mime)));
+            return Err(SfuError::BadRequest(format!(
+                "rtpCapabilities cannot receive {}",
+                codec.mime
+            )));
         }
         let t = self.transports.get_mut(&tid).expect("checked");
         if t.direction != Direction::Recv {
-            return Err(SfuError::BadRequest("consume needs a recv transport".into()));
+            return Err(SfuError::BadRequest(
+                "consume needs a recv transport".into(),
+            ));
         }
         let mid_text = t.next_mid();
         let mid: Mid = mid_text.as_str().into();
@@ -528,8 +572,16 @@ impl Engine {
             },
         );
         self.consumer_by_mid.insert((tid, mid), id);
-        self.producers.get_mut(&pid).expect("checked").consumers.push(id);
-        self.peers.get_mut(&peer).expect("checked").consumers.push(id);
+        self.producers
+            .get_mut(&pid)
+            .expect("checked")
+            .consumers
+            .push(id);
+        self.peers
+            .get_mut(&peer)
+            .expect("checked")
+            .consumers
+            .push(id);
         self.drain(now, tid);
         Ok(ConsumerInfo {
             id: wire_id("c", id),
@@ -574,6 +626,7 @@ impl Engine {
         if !paused && self.producers[&producer].kind == Kind::Video {
             c.wait_keyframe = true;
             self.request_keyframe(now, producer);
+            self.drain_dirty(now);
         }
         Ok(())
     }
@@ -600,11 +653,17 @@ impl Engine {
         }
         if !paused && video {
             self.request_keyframe(now, id);
+            self.drain_dirty(now);
         }
         Ok(())
     }
 
-    pub fn close_producer(&mut self, now: Instant, peer: PeerId, producer: &str) -> Result<(), SfuError> {
+    pub fn close_producer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        producer: &str,
+    ) -> Result<(), SfuError> {
         let id = self.own_producer(peer, producer)?;
         self.remove_producer(now, id);
         Ok(())
@@ -612,8 +671,14 @@ impl Engine {
 
     /// Releases everything of a peer and tells the room.
     pub fn leave(&mut self, now: Instant, peer: PeerId) {
-        let Some(p) = self.peers.get(&peer) else { return };
-        let (producers, consumers, transports) = (p.producers.clone(), p.consumers.clone(), p.transports.clone());
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let (producers, consumers, transports) = (
+            p.producers.clone(),
+            p.consumers.clone(),
+            p.transports.clone(),
+        );
         for id in producers {
             self.remove_producer(now, id);
         }
@@ -627,7 +692,12 @@ impl Engine {
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.peers.retain(|&o| o != peer);
             for &o in &room.peers {
-                self.notices.push_back((o, Notice::PeerLeft { user_id: p.user_id.clone() }));
+                self.notices.push_back((
+                    o,
+                    Notice::PeerLeft {
+                        user_id: p.user_id.clone(),
+                    },
+                ));
             }
             if room.peers.is_empty() {
                 self.rooms.remove(&p.room);
@@ -636,7 +706,9 @@ impl Engine {
     }
 
     fn remove_producer(&mut self, now: Instant, id: u64) {
-        let Some(p) = self.producers.remove(&id) else { return };
+        let Some(p) = self.producers.remove(&id) else {
+            return;
+        };
         self.producer_by_mid.remove(&(p.transport, p.mid));
         for cid in &p.consumers {
             self.remove_consumer(now, *cid, true);
@@ -651,7 +723,12 @@ impl Engine {
             if let Some(r) = self.rooms.get_mut(&room) {
                 r.producers.retain(|&x| x != id);
                 for &o in &r.peers {
-                    self.notices.push_back((o, Notice::ProducerClosed { producer_id: wire_id("p", id) }));
+                    self.notices.push_back((
+                        o,
+                        Notice::ProducerClosed {
+                            producer_id: wire_id("p", id),
+                        },
+                    ));
                 }
             }
         }
@@ -659,7 +736,9 @@ impl Engine {
     }
 
     fn remove_consumer(&mut self, now: Instant, id: u64, notify: bool) {
-        let Some(c) = self.consumers.remove(&id) else { return };
+        let Some(c) = self.consumers.remove(&id) else {
+            return;
+        };
         self.consumer_by_mid.remove(&(c.transport, c.mid));
         if let Some(p) = self.producers.get_mut(&c.producer) {
             p.consumers.retain(|&x| x != id);
@@ -673,13 +752,20 @@ impl Engine {
             owner.consumers.retain(|&x| x != id);
         }
         if notify {
-            self.notices.push_back((c.peer, Notice::ConsumerClosed { consumer_id: wire_id("c", id) }));
+            self.notices.push_back((
+                c.peer,
+                Notice::ConsumerClosed {
+                    consumer_id: wire_id("c", id),
+                },
+            ));
         }
         self.drain_dirty(now);
     }
 
     fn remove_transport(&mut self, id: u64) {
-        let Some(mut t) = self.transports.remove(&id) else { return };
+        let Some(mut t) = self.transports.remove(&id) else {
+            return;
+        };
         t.rtc.disconnect();
         self.by_ufrag.remove(&t.ufrag);
         for s in &t.sources {
@@ -711,7 +797,9 @@ impl Engine {
             self.counters.datagrams_dropped += 1;
             return false;
         };
-        let Some(t) = self.transports.get_mut(&tid) else { return false };
+        let Some(t) = self.transports.get_mut(&tid) else {
+            return false;
+        };
         let input = Input::Receive(now, receive);
         if !t.rtc.accepts(&input) {
             self.counters.datagrams_dropped += 1;
@@ -769,7 +857,9 @@ impl Engine {
         let mut events = Vec::new();
         while let Some(&id) = self.dirty.iter().next() {
             self.dirty.remove(&id);
-            let Some(t) = self.transports.get_mut(&id) else { continue };
+            let Some(t) = self.transports.get_mut(&id) else {
+                continue;
+            };
             let mut failed = None;
             let mut timeout_fed = false;
             loop {
@@ -796,7 +886,8 @@ impl Engine {
                             events.push((id, RtcEvent::RtpPacket(pkt)));
                         }
                         RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                            failed = Some("ICE disconnected (consent expired or failed)".to_string());
+                            failed =
+                                Some("ICE disconnected (consent expired or failed)".to_string());
                         }
                         RtcEvent::KeyframeRequest(_) => events.push((id, e)),
                         _ => {}
@@ -827,19 +918,28 @@ impl Engine {
     }
 
     fn fail_transport(&mut self, now: Instant, id: u64, reason: String) {
-        let Some(peer) = self.transports.get(&id).map(|t| t.peer) else { return };
+        let Some(peer) = self.transports.get(&id).map(|t| t.peer) else {
+            return;
+        };
         tracing::info!(transport = id, "{reason}");
         self.leave(now, peer);
-        self.notices.push_back((peer, Notice::MediaFailed { reason }));
+        self.notices
+            .push_back((peer, Notice::MediaFailed { reason }));
     }
 
     /// Asks a producer's publisher for a keyframe, at most once per debounce interval.
     fn request_keyframe(&mut self, now: Instant, producer: u64) {
-        let Some(p) = self.producers.get_mut(&producer) else { return };
-        if p.last_keyframe_request.is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_DEBOUNCE) {
+        let Some(p) = self.producers.get_mut(&producer) else {
+            return;
+        };
+        if p.last_keyframe_request
+            .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_DEBOUNCE)
+        {
             return;
         }
-        let Some(ssrc) = p.layers.get(p.selected).and_then(|l| l.ssrc) else { return };
+        let Some(ssrc) = p.layers.get(p.selected).and_then(|l| l.ssrc) else {
+            return;
+        };
         p.last_keyframe_request = Some(now);
         let tid = p.transport;
         if let Some(t) = self.transports.get_mut(&tid) {
@@ -859,18 +959,30 @@ impl Engine {
             None => self
                 .producers
                 .values()
-                .find(|p| p.transport == tid && p.layers.iter().any(|l| l.ssrc == Some(pkt.header.ssrc)))
+                .find(|p| {
+                    p.transport == tid && p.layers.iter().any(|l| l.ssrc == Some(pkt.header.ssrc))
+                })
                 .map(|p| p.id),
         };
         let Some(pid) = pid else { return };
-        let Some(p) = self.producers.get_mut(&pid) else { return };
+        let Some(p) = self.producers.get_mut(&pid) else {
+            return;
+        };
 
         // Which layer is this? Learn SSRCs of rid layers as they show up.
-        let layer = match p.layers.iter().position(|l| l.ssrc == Some(pkt.header.ssrc)) {
+        let layer = match p
+            .layers
+            .iter()
+            .position(|l| l.ssrc == Some(pkt.header.ssrc))
+        {
             Some(i) => i,
             None => {
                 let rid = pkt.header.ext_vals.rid;
-                match p.layers.iter().position(|l| l.rid.is_some() && l.rid == rid) {
+                match p
+                    .layers
+                    .iter()
+                    .position(|l| l.rid.is_some() && l.rid == rid)
+                {
                     Some(i) => {
                         p.layers[i].ssrc = Some(pkt.header.ssrc);
                         i
@@ -884,7 +996,10 @@ impl Engine {
         let best = p
             .layers
             .iter()
-            .rposition(|l| l.last_packet.is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE))
+            .rposition(|l| {
+                l.last_packet
+                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE)
+            })
             .unwrap_or(layer);
         let mut switched = false;
         if best != p.selected {
@@ -916,11 +1031,15 @@ impl Engine {
         };
         let mut want_keyframe = false;
         for cid in consumer_ids {
-            let Some(c) = self.consumers.get_mut(&cid) else { continue };
+            let Some(c) = self.consumers.get_mut(&cid) else {
+                continue;
+            };
             if c.paused {
                 continue;
             }
-            let Some(t) = self.transports.get_mut(&c.transport) else { continue };
+            let Some(t) = self.transports.get_mut(&c.transport) else {
+                continue;
+            };
             if !t.rtc.is_connected() {
                 c.wait_keyframe = video;
                 continue;
@@ -933,11 +1052,13 @@ impl Engine {
                 c.wait_keyframe = false;
                 c.rewriter.mark_discontinuity();
             }
-            let (seq, ts) = c
-                .rewriter
-                .rewrite(*pkt.seq_no, pkt.header.timestamp, codec.clock_rate, now);
+            let (seq, ts) =
+                c.rewriter
+                    .rewrite(*pkt.seq_no, pkt.header.timestamp, codec.clock_rate, now);
             let mut api = t.rtc.direct_api();
-            let Some(tx) = api.stream_tx(&c.ssrc) else { continue };
+            let Some(tx) = api.stream_tx(&c.ssrc) else {
+                continue;
+            };
             let write = RtpWrite::new(codec.pt.into(), seq.into(), ts, now, pkt.payload.clone())
                 .marker(pkt.header.marker)
                 .ext_vals(ext.clone())
@@ -959,7 +1080,10 @@ impl Engine {
                 c.rewriter.mark_discontinuity();
             }
         }
-        self.producers.get_mut(&pid).expect("exists").last_keyframe_request = None;
+        self.producers
+            .get_mut(&pid)
+            .expect("exists")
+            .last_keyframe_request = None;
         self.request_keyframe(now, pid);
     }
 }

@@ -88,13 +88,55 @@ struct RouterExt {
 }
 
 const ROUTER_EXTS: [RouterExt; 7] = [
-    RouterExt { uri: EXT_AUDIO_LEVEL, id: 1, audio: true, video: false, recv_only: false },
-    RouterExt { uri: EXT_ABS_SEND_TIME, id: 2, audio: true, video: true, recv_only: false },
-    RouterExt { uri: EXT_TWCC, id: 3, audio: true, video: true, recv_only: false },
-    RouterExt { uri: EXT_MID, id: 4, audio: true, video: true, recv_only: false },
-    RouterExt { uri: EXT_RID, id: 10, audio: false, video: true, recv_only: true },
-    RouterExt { uri: EXT_RRID, id: 11, audio: false, video: true, recv_only: true },
-    RouterExt { uri: EXT_VIDEO_ORIENTATION, id: 13, audio: false, video: true, recv_only: false },
+    RouterExt {
+        uri: EXT_AUDIO_LEVEL,
+        id: 1,
+        audio: true,
+        video: false,
+        recv_only: false,
+    },
+    RouterExt {
+        uri: EXT_ABS_SEND_TIME,
+        id: 2,
+        audio: true,
+        video: true,
+        recv_only: false,
+    },
+    RouterExt {
+        uri: EXT_TWCC,
+        id: 3,
+        audio: true,
+        video: true,
+        recv_only: false,
+    },
+    RouterExt {
+        uri: EXT_MID,
+        id: 4,
+        audio: true,
+        video: true,
+        recv_only: false,
+    },
+    RouterExt {
+        uri: EXT_RID,
+        id: 10,
+        audio: false,
+        video: true,
+        recv_only: true,
+    },
+    RouterExt {
+        uri: EXT_RRID,
+        id: 11,
+        audio: false,
+        video: true,
+        recv_only: true,
+    },
+    RouterExt {
+        uri: EXT_VIDEO_ORIENTATION,
+        id: 13,
+        audio: false,
+        video: true,
+        recv_only: false,
+    },
 ];
 
 fn codec_parameters(c: &RouterCodec) -> Value {
@@ -256,7 +298,11 @@ pub fn check_producer(kind: Kind, p: &RtpParameters) -> Result<ProducerSpec, Str
             )
         })?;
     if codec.kind != kind {
-        return Err(format!("codec {} does not carry {}", codec.mime, kind.as_str()));
+        return Err(format!(
+            "codec {} does not carry {}",
+            codec.mime,
+            kind.as_str()
+        ));
     }
     if media.payload_type != codec.pt {
         return Err(format!(
@@ -265,12 +311,20 @@ pub fn check_producer(kind: Kind, p: &RtpParameters) -> Result<ProducerSpec, Str
         ));
     }
     if codec.mime == "video/H264" {
-        let pm = media.parameters.get("packetization-mode").and_then(Value::as_u64).unwrap_or(0);
+        let pm = media
+            .parameters
+            .get("packetization-mode")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         if pm != 1 {
             return Err("H264 needs packetization-mode 1".into());
         }
     }
-    for rtx in p.codecs.iter().filter(|c| c.mime_type.eq_ignore_ascii_case("video/rtx")) {
+    for rtx in p
+        .codecs
+        .iter()
+        .filter(|c| c.mime_type.eq_ignore_ascii_case("video/rtx"))
+    {
         let apt = rtx.parameters.get("apt").and_then(Value::as_u64);
         if apt == Some(codec.pt as u64) && Some(rtx.payload_type) != codec.rtx_pt {
             return Err(format!(
@@ -312,7 +366,13 @@ pub fn check_producer(kind: Kind, p: &RtpParameters) -> Result<ProducerSpec, Str
 }
 
 /// The parameters of a consumer, as `consume` returns them.
-pub fn consumer_parameters(codec: &RouterCodec, mid: &str, ssrc: u32, rtx_ssrc: u32, cname: &str) -> Value {
+pub fn consumer_parameters(
+    codec: &RouterCodec,
+    mid: &str,
+    ssrc: u32,
+    rtx_ssrc: u32,
+    cname: &str,
+) -> Value {
     let mut codecs = vec![json!({
         "mimeType": codec.mime,
         "payloadType": codec.pt,
@@ -378,23 +438,45 @@ mod tests {
     fn capabilities_have_what_mediasoup_client_needs() {
         let caps = router_capabilities();
         let codecs = caps["codecs"].as_array().unwrap();
-        let opus = codecs.iter().find(|c| c["mimeType"] == "audio/opus").unwrap();
+        let opus = codecs
+            .iter()
+            .find(|c| c["mimeType"] == "audio/opus")
+            .unwrap();
         assert_eq!(opus["channels"], 2);
         for c in codecs {
-            for k in ["kind", "mimeType", "clockRate", "preferredPayloadType", "parameters", "rtcpFeedback"] {
+            for k in [
+                "kind",
+                "mimeType",
+                "clockRate",
+                "preferredPayloadType",
+                "parameters",
+                "rtcpFeedback",
+            ] {
                 assert!(c.get(k).is_some(), "{k} missing in {c}");
             }
         }
-        for video in codecs.iter().filter(|c| c["kind"] == "video" && c["mimeType"] != "video/rtx") {
+        for video in codecs
+            .iter()
+            .filter(|c| c["kind"] == "video" && c["mimeType"] != "video/rtx")
+        {
             let pt = &video["preferredPayloadType"];
             assert!(
-                codecs.iter().any(|r| r["mimeType"] == "video/rtx" && &r["parameters"]["apt"] == pt),
+                codecs
+                    .iter()
+                    .any(|r| r["mimeType"] == "video/rtx" && &r["parameters"]["apt"] == pt),
                 "no rtx for {video}"
             );
         }
-        let h264 = codecs.iter().find(|c| c["mimeType"] == "video/H264").unwrap();
+        let h264 = codecs
+            .iter()
+            .find(|c| c["mimeType"] == "video/H264")
+            .unwrap();
         assert!(h264["parameters"]["profile-level-id"].is_string());
-        assert!(caps["headerExtensions"].as_array().unwrap().iter().all(|e| e["direction"].is_string()));
+        assert!(caps["headerExtensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["direction"].is_string()));
     }
 
     #[test]
@@ -422,20 +504,26 @@ mod tests {
             "codecs": [{"mimeType": "audio/opus", "payloadType": 109, "clockRate": 48000, "channels": 2}],
             "encodings": [{"ssrc": 1}]
         }));
-        assert!(check_producer(Kind::Audio, &p).unwrap_err().contains("payload type 109"));
+        assert!(check_producer(Kind::Audio, &p)
+            .unwrap_err()
+            .contains("payload type 109"));
         let p = params(json!({
             "mid": "0",
             "codecs": [{"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000}],
             "headerExtensions": [{"uri": EXT_MID, "id": 9}],
             "encodings": [{"ssrc": 1}]
         }));
-        assert!(check_producer(Kind::Audio, &p).unwrap_err().contains("id 9"));
+        assert!(check_producer(Kind::Audio, &p)
+            .unwrap_err()
+            .contains("id 9"));
         let p = params(json!({
             "mid": "0",
             "codecs": [{"mimeType": "video/AV1", "payloadType": 45, "clockRate": 90000}],
             "encodings": [{"ssrc": 1}]
         }));
-        assert!(check_producer(Kind::Video, &p).unwrap_err().contains("not supported"));
+        assert!(check_producer(Kind::Video, &p)
+            .unwrap_err()
+            .contains("not supported"));
         let p = params(json!({
             "mid": "0",
             "codecs": [{"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000}],

@@ -53,7 +53,8 @@ impl Transport {
             // Stats events are not used; skip computing them.
             .set_stats_interval(None)
             .build(now);
-        let host = Candidate::host(candidate, "udp").map_err(|e| SfuError::Internal(e.to_string()))?;
+        let host =
+            Candidate::host(candidate, "udp").map_err(|e| SfuError::Internal(e.to_string()))?;
         rtc.add_local_candidate(host);
         {
             let mut api = rtc.direct_api();
@@ -103,7 +104,11 @@ impl Transport {
     pub fn dtls_parameters(&mut self) -> Value {
         let fp = self.rtc.direct_api().local_dtls_fingerprint().clone();
         let value = fp.to_string();
-        let value = value.split_once(' ').map(|x| x.1).unwrap_or(&value).to_string();
+        let value = value
+            .split_once(' ')
+            .map(|x| x.1)
+            .unwrap_or(&value)
+            .to_string();
         json!({"role": "auto", "fingerprints": [{"algorithm": fp.hash_func, "value": value}]})
     }
 
@@ -137,7 +142,9 @@ impl Transport {
     /// New local ICE credentials (restart-ice); returns the new ufrag.
     pub fn restart_ice(&mut self) -> String {
         let creds = IceCreds::new();
-        self.rtc.direct_api().set_local_ice_credentials(creds.clone());
+        self.rtc
+            .direct_api()
+            .set_local_ice_credentials(creds.clone());
         self.ufrag = creds.ufrag.clone();
         creds.ufrag
     }

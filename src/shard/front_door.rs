@@ -13,8 +13,8 @@ use super::conn::Conn;
 use super::mesh::collect_stats;
 use super::msc_session::MscDialect;
 use super::p2p_session::P2pDialect;
-use super::ws_session;
 use super::state::Shard;
+use super::ws_session;
 use crate::auth::{validate_id, AuthError, Grant, Identity};
 use crate::http::api_docs::{
     self, HealthBody, HealthStatus, LoginRequest, LoginResponse, ShardHealth, ShardSilent,

@@ -10,9 +10,9 @@ use glommio::channels::channel_mesh::Receivers;
 use super::conn::Detached;
 use super::msc_session::MscDialect;
 use super::p2p_session::P2pDialect;
+use super::state::Shard;
 use super::ws_session;
 use crate::auth::Identity;
-use super::state::Shard;
 use crate::signal::p2p;
 use crate::stats::ShardSnapshot;
 
@@ -131,4 +131,3 @@ pub async fn collect_stats(shard: &Rc<Shard>, deadline: Duration) -> Vec<Option<
     }
     out
 }
-

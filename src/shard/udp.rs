@@ -109,7 +109,9 @@ fn gso_runs(outbox: &[Transmit]) -> Vec<(SocketAddr, Vec<usize>)> {
         let t = &outbox[i];
         let fits = runs.last().is_some_and(|(dest, run)| {
             let seg = outbox[run[0]].contents.len();
-            let last = outbox[*run.last().expect("runs are never empty")].contents.len();
+            let last = outbox[*run.last().expect("runs are never empty")]
+                .contents
+                .len();
             *dest == t.destination
                 && last == seg
                 && t.contents.len() <= seg
@@ -147,7 +149,12 @@ async fn send_all(socket: &UdpSocket, fd: RawFd, outbox: &[Transmit], gso: &mut 
     }
 }
 
-fn send_gso(fd: RawFd, dest: SocketAddr, outbox: &[Transmit], run: &[usize]) -> std::io::Result<()> {
+fn send_gso(
+    fd: RawFd,
+    dest: SocketAddr,
+    outbox: &[Transmit],
+    run: &[usize],
+) -> std::io::Result<()> {
     let seg = outbox[run[0]].contents.len() as u16;
     let mut payload = Vec::with_capacity(run.len() * seg as usize);
     for &i in run {

@@ -103,7 +103,13 @@ async fn run<D: Dialect>(
     shard.outbound.borrow_mut().insert(conn, tx);
     let mut shutdown = shard.shutdown.clone();
     let name = dialect.name();
-    tracing::info!(shard = shard.id, conn, ?peer, dialect = name, "connection open");
+    tracing::info!(
+        shard = shard.id,
+        conn,
+        ?peer,
+        dialect = name,
+        "connection open"
+    );
 
     let end = loop {
         let event = match pending.take() {
@@ -179,7 +185,13 @@ async fn run<D: Dialect>(
     ShardCounters::sub(&shard.counters.connections, 1);
     match end {
         End::Closed(reason) => {
-            tracing::info!(shard = shard.id, conn, dialect = name, reason, "connection closed");
+            tracing::info!(
+                shard = shard.id,
+                conn,
+                dialect = name,
+                reason,
+                "connection closed"
+            );
         }
         End::Relocate { owner, pending } => {
             relocate(&shard, ws, dialect.into_resumable(), pending, owner, peer).await
@@ -216,7 +228,11 @@ async fn relocate(
         }
     };
     ShardCounters::add(&shard.counters.relocated_out, 1);
-    tracing::info!(shard = shard.id, to = owner, "relocating connection to the room's shard");
+    tracing::info!(
+        shard = shard.id,
+        to = owner,
+        "relocating connection to the room's shard"
+    );
     let msg = MeshMsg::Adopt(Box::new((
         Handover {
             conn,
@@ -227,6 +243,10 @@ async fn relocate(
         session,
     )));
     if shard.mesh.send_to(owner, msg).await.is_err() {
-        tracing::warn!(shard = shard.id, to = owner, "relocation failed: owner shard is gone");
+        tracing::warn!(
+            shard = shard.id,
+            to = owner,
+            "relocation failed: owner shard is gone"
+        );
     }
 }

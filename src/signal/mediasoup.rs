@@ -63,7 +63,10 @@ pub fn room_of_join(identity: &Identity, text: &str) -> Option<Result<String, St
     if req.kind != "join-room" {
         return None;
     }
-    Some(choose_room(identity, &req.data).map_err(|e| error(&req.request_id, e.code(), &e.to_string())))
+    Some(
+        choose_room(identity, &req.data)
+            .map_err(|e| error(&req.request_id, e.code(), &e.to_string())),
+    )
 }
 
 fn choose_room(identity: &Identity, data: &Value) -> Result<String, SfuError> {
@@ -113,7 +116,12 @@ pub fn handle_text(
     })
 }
 
-fn dispatch(engine: &mut Engine, now: Instant, s: &mut Session, req: &Request) -> Result<Value, SfuError> {
+fn dispatch(
+    engine: &mut Engine,
+    now: Instant,
+    s: &mut Session,
+    req: &Request,
+) -> Result<Value, SfuError> {
     let d = &req.data;
     let peer = s.peer;
     if req.kind != "join-room" && s.room.is_none() {
@@ -122,11 +130,19 @@ fn dispatch(engine: &mut Engine, now: Instant, s: &mut Session, req: &Request) -
     match req.kind.as_str() {
         "join-room" => {
             if s.room.is_some() {
-                return Err(SfuError::BadRequest("already joined; send leave-room first".into()));
+                return Err(SfuError::BadRequest(
+                    "already joined; send leave-room first".into(),
+                ));
             }
             let room = choose_room(&s.identity, d)?;
             let caps = d.get("rtpCapabilities").cloned();
-            let info = engine.join(peer, &room, &s.identity.user_id, &s.identity.user_name, caps)?;
+            let info = engine.join(
+                peer,
+                &room,
+                &s.identity.user_id,
+                &s.identity.user_name,
+                caps,
+            )?;
             s.room = Some(room.clone());
             Ok(json!({
                 "roomId": room,
@@ -142,10 +158,22 @@ fn dispatch(engine: &mut Engine, now: Instant, s: &mut Session, req: &Request) -
         "create-transport" => {
             let direction = match str_field(d, "direction")? {
                 "send" if s.identity.can_publish => Direction::Send,
-                "send" => return Err(SfuError::BadRequest("token does not allow publishing".into())),
+                "send" => {
+                    return Err(SfuError::BadRequest(
+                        "token does not allow publishing".into(),
+                    ))
+                }
                 "recv" if s.identity.can_subscribe => Direction::Recv,
-                "recv" => return Err(SfuError::BadRequest("token does not allow subscribing".into())),
-                other => return Err(SfuError::BadRequest(format!("direction must be send or recv, not {other:?}"))),
+                "recv" => {
+                    return Err(SfuError::BadRequest(
+                        "token does not allow subscribing".into(),
+                    ))
+                }
+                other => {
+                    return Err(SfuError::BadRequest(format!(
+                        "direction must be send or recv, not {other:?}"
+                    )))
+                }
             };
             let t = engine.create_transport(now, peer, direction)?;
             Ok(json!({
@@ -164,12 +192,15 @@ fn dispatch(engine: &mut Engine, now: Instant, s: &mut Session, req: &Request) -
             let kind = match str_field(d, "kind")? {
                 "audio" => Kind::Audio,
                 "video" => Kind::Video,
-                other => return Err(SfuError::BadRequest(format!("kind must be audio or video, not {other:?}"))),
+                other => {
+                    return Err(SfuError::BadRequest(format!(
+                        "kind must be audio or video, not {other:?}"
+                    )))
+                }
             };
-            let params: RtpParameters = serde_json::from_value(
-                d.get("rtpParameters").cloned().unwrap_or(Value::Null),
-            )
-            .map_err(|e| SfuError::BadRequest(format!("data.rtpParameters: {e}")))?;
+            let params: RtpParameters =
+                serde_json::from_value(d.get("rtpParameters").cloned().unwrap_or(Value::Null))
+                    .map_err(|e| SfuError::BadRequest(format!("data.rtpParameters: {e}")))?;
             let id = engine.produce(now, peer, str_field(d, "transportId")?, kind, &params)?;
             Ok(json!({"id": id}))
         }
@@ -213,23 +244,35 @@ fn dispatch(engine: &mut Engine, now: Instant, s: &mut Session, req: &Request) -
             s.room = None;
             Ok(json!({}))
         }
-        other => Err(SfuError::BadRequest(format!("unknown request type {other:?}"))),
+        other => Err(SfuError::BadRequest(format!(
+            "unknown request type {other:?}"
+        ))),
     }
 }
 
 /// An engine notice as the event this dialect sends.
 pub fn event_text(notice: &Notice) -> String {
     let (kind, data) = match notice {
-        Notice::PeerJoined { user_id, user_name } => {
-            ("peer-joined", json!({"userId": user_id, "userName": user_name}))
-        }
+        Notice::PeerJoined { user_id, user_name } => (
+            "peer-joined",
+            json!({"userId": user_id, "userName": user_name}),
+        ),
         Notice::PeerLeft { user_id } => ("peer-left", json!({"userId": user_id})),
-        Notice::NewProducer { producer_id, user_id, user_name, kind } => (
+        Notice::NewProducer {
+            producer_id,
+            user_id,
+            user_name,
+            kind,
+        } => (
             "new-producer",
             json!({"producerId": producer_id, "userId": user_id, "userName": user_name, "kind": kind.as_str()}),
         ),
-        Notice::ProducerClosed { producer_id } => ("producer-closed", json!({"producerId": producer_id})),
-        Notice::ConsumerClosed { consumer_id } => ("consumer-closed", json!({"consumerId": consumer_id})),
+        Notice::ProducerClosed { producer_id } => {
+            ("producer-closed", json!({"producerId": producer_id}))
+        }
+        Notice::ConsumerClosed { consumer_id } => {
+            ("consumer-closed", json!({"consumerId": consumer_id}))
+        }
         Notice::MediaFailed { reason } => ("media-failed", json!({"reason": reason})),
     };
     json!({"type": kind, "data": data}).to_string()
