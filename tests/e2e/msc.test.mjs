@@ -293,12 +293,13 @@ test('(a) B joins later and receives A\'s audio and video', { timeout: 40_000 },
     }
     await sleep(200);
   }
+  const framesAfterMs = Date.now() - bStarted;
   const first = stats.audioPacketsReceived;
   await sleep(1_000);
   const second = (await peerB.page.evaluate(() => window.__e2e.stats())).audioPacketsReceived;
   assert.ok(second > first, `audio packets keep arriving at B (${first} -> ${second})`);
   console.log(`B: first frame via ${b.firstFrameSource}; ${stats.videoFramesDecoded} video frames decoded ` +
-    `${Date.now() - bStarted} ms after opening the page; audio packets ${first} -> ${second} in 1 s`);
+    `${framesAfterMs} ms after opening the page; audio packets ${first} -> ${second} in 1 s`);
   const bSnap = await snapshot(peerB);
   assert.deepEqual(bSnap.errors, []);
   assert.ok(

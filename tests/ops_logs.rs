@@ -1,0 +1,113 @@
+//! `log.file`: logs go to stdout and to a daily-rotated file.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Server, SECRET};
+
+/// The text of every `corelay.log.*` file in `dir`.
+fn log_files(dir: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("corelay.log."))
+        .map(|n| (n.clone(), std::fs::read_to_string(dir.join(&n)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn the_log_file_receives_the_ready_line_and_the_last_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory that does not exist yet: the appender creates it.
+    let logs = dir.path().join("logs");
+    let file = logs.join("corelay.log");
+    let mut server = Server::start(1, &["--log-file", file.to_str().unwrap()]);
+
+    // While running: the ready line is there (written by a background thread, so poll).
+    let start = Instant::now();
+    loop {
+        let files = log_files(&logs);
+        if files.iter().any(|(_, t)| t.contains(" ready: http://")) {
+            // Daily rotation: the name carries the date, FILE.YYYY-MM-DD.
+            let (name, _) = &files[0];
+            let date = name.strip_prefix("corelay.log.").unwrap();
+            assert_eq!(date.len(), 10, "{name}");
+            assert_eq!(date.matches('-').count(), 2, "{name}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no ready line in {logs:?}: {files:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    server.sigterm();
+    let status = server.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    // The guard lives to the end: the last line of the process is in the file too.
+    let text: String = log_files(&logs).into_iter().map(|(_, t)| t).collect();
+    assert!(text.contains("corelay stopped"), "{text}");
+}
+
+#[test]
+fn stdout_still_gets_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("corelay.log");
+    let port = common::free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_corelay"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "1"])
+        .args(["--udp-port-base", "0", "--log-format", "json"])
+        .env("JWT_SECRET", SECRET)
+        .env("CORELAY_LOG_FILE", &file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !matches!(common::http(port, "GET", "/health", &[], b""), Ok((200, _))) {
+        assert!(start.elapsed() < Duration::from_secs(20), "not healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ready: http://"), "{stdout}");
+    let text: String = log_files(dir.path()).into_iter().map(|(_, t)| t).collect();
+    let first = text.lines().next().expect("a line in the file");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "the file gets the same format: {first}"
+    );
+}
+
+#[test]
+fn an_unusable_log_file_stops_start_up_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file where the directory should be.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_corelay"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--udp-port-base",
+            "0",
+        ])
+        .arg("--log-file")
+        .arg(blocker.join("corelay.log"))
+        .env("JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open log file"), "{err}");
+}
