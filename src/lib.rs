@@ -13,5 +13,6 @@ pub mod routing;
 pub mod sfu;
 pub mod shard;
 pub mod signal;
+pub mod sim;
 pub mod stats;
 pub mod tune_check;

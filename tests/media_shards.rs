@@ -33,7 +33,10 @@ impl Signal {
     fn request(&mut self, kind: &str, data: Value) -> Value {
         self.next += 1;
         let id = format!("r{}", self.next);
-        send_text(&mut self.ws, &json!({"type": kind, "data": data, "requestId": id}).to_string());
+        send_text(
+            &mut self.ws,
+            &json!({"type": kind, "data": data, "requestId": id}).to_string(),
+        );
         loop {
             let msg = recv_json(&mut self.ws);
             if msg["type"] == "response" && msg["requestId"] == id.as_str() {
@@ -77,7 +80,10 @@ impl Endpoint {
         self.client.connect(Instant::now(), &t).unwrap();
         let id = t["id"].as_str().unwrap().to_string();
         let dtls = self.client.dtls_parameters();
-        sig.request("connect-transport", json!({"transportId": id, "dtlsParameters": dtls}));
+        sig.request(
+            "connect-transport",
+            json!({"transportId": id, "dtlsParameters": dtls}),
+        );
         let port = t["iceCandidates"][0]["port"].as_u64().unwrap() as u16;
         (id, SocketAddr::from(([127, 0, 0, 1], port)))
     }
@@ -143,10 +149,15 @@ fn run_room(port: u16, room: String, packets_per_frame: u32, frames: u32) -> Roo
             .events
             .retain(|e| !matches!(e, ClientEvent::KeyframeRequest(_)));
         for i in 0..packets_per_frame {
-            let mut payload = vec![if i == 0 { 0x10 } else { 0x00 }, if key { 0x00 } else { 0x01 }];
+            let mut payload = vec![
+                if i == 0 { 0x10 } else { 0x00 },
+                if key { 0x00 } else { 0x01 },
+            ];
             payload.extend(std::iter::repeat_n(0x5a, 1000));
             let last = i + 1 == packets_per_frame;
-            publisher.client.send_rtp(Instant::now(), ssrc, VP8.pt, seq, ts, last, &payload);
+            publisher
+                .client
+                .send_rtp(Instant::now(), ssrc, VP8.pt, seq, ts, last, &payload);
             seq += 1;
             sent += 1;
         }
@@ -191,7 +202,9 @@ fn two_rooms_on_two_shards_forward_at_once_each_on_its_owner() {
             break;
         }
     }
-    let [Some(room0), Some(room1)] = rooms else { unreachable!() };
+    let [Some(room0), Some(room1)] = rooms else {
+        unreachable!()
+    };
     let port = server.port;
     let a = std::thread::spawn(move || run_room(port, room0, 3, 90));
     let b = std::thread::spawn(move || run_room(port, room1, 2, 90));
@@ -201,7 +214,11 @@ fn two_rooms_on_two_shards_forward_at_once_each_on_its_owner() {
     let shards = health["shards"].as_array().unwrap();
     for (owner, run) in runs.iter().enumerate() {
         let s = &shards[owner];
-        assert_eq!(s["udpPort"], run.media_port, "ICE candidate is the owner's port ({})", run.room);
+        assert_eq!(
+            s["udpPort"], run.media_port,
+            "ICE candidate is the owner's port ({})",
+            run.room
+        );
         assert!(
             run.received as f64 >= run.sent as f64 * 0.95,
             "{}: subscriber got {} of {} packets",

@@ -27,6 +27,13 @@ pub fn accept(head: &Head) -> Result<Vec<u8>, Response> {
     let key = head
         .header("sec-websocket-key")
         .ok_or_else(|| Response::error(400, "bad_request", "missing Sec-WebSocket-Key"))?;
+    if !valid_key(key.trim()) {
+        return Err(Response::error(
+            400,
+            "bad_request",
+            "Sec-WebSocket-Key must be the base64 of 16 bytes",
+        ));
+    }
     if head.header("sec-websocket-version").map(str::trim) != Some("13") {
         return Err(
             Response::error(400, "bad_request", "Sec-WebSocket-Version must be 13")
@@ -38,6 +45,15 @@ pub fn accept(head: &Head) -> Result<Vec<u8>, Response> {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     )
     .into_bytes())
+}
+
+/// RFC 6455 4.2.1: the key is the base64 of 16 bytes (24 characters, canonical padding).
+fn valid_key(key: &str) -> bool {
+    use base64::Engine;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
 }
 
 /// The WebSocket limits for a session.
@@ -187,6 +203,15 @@ mod tests {
         f.extend([0, 0, 0, 0]);
         f.extend(payload);
         f
+    }
+
+    #[test]
+    fn keys_are_base64_of_16_bytes() {
+        assert!(valid_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_key("dGhlIHNhbXBsZSBub25jZR==")); // non-zero trailing bits
+        assert!(!valid_key("dGhlIHNhbXBsZSBub25j"));
+        assert!(!valid_key("dGhlIHNhbXBsZSBub25jZQ=!"));
+        assert!(!valid_key(""));
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! Sans-IO: datagrams and commands go in with the current time, datagrams to send and
 //! events for signaling sessions come out. Nothing here reads a clock or touches a socket.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap as HashMap;
 use serde_json::Value;
 use str0m::config::DtlsCert;
 use str0m::ice::StunMessage;
@@ -159,9 +160,13 @@ pub struct Engine {
     by_source: HashMap<SocketAddr, u64>,
     producer_by_mid: HashMap<(u64, Mid), u64>,
     consumer_by_mid: HashMap<(u64, Mid), u64>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// No transport's deadline is earlier than this (it may be earlier than needed: an
+    /// early wake-up finds nothing due and recomputes it).
+    earliest: Option<Instant>,
     /// Transports written to since their last drain.
-    dirty: HashSet<u64>,
+    dirty: Vec<u64>,
+    /// Reused between drains so the packet path does not allocate.
+    scratch_events: Vec<(u64, RtcEvent)>,
     outbox: Vec<Transmit>,
     notices: VecDeque<(PeerId, Notice)>,
     counters: EngineCounters,
@@ -187,17 +192,18 @@ impl Engine {
             next_id: 0,
             cert,
             candidate,
-            peers: HashMap::new(),
-            rooms: HashMap::new(),
-            transports: HashMap::new(),
-            producers: HashMap::new(),
-            consumers: HashMap::new(),
-            by_ufrag: HashMap::new(),
-            by_source: HashMap::new(),
-            producer_by_mid: HashMap::new(),
-            consumer_by_mid: HashMap::new(),
-            deadlines: BTreeSet::new(),
-            dirty: HashSet::new(),
+            peers: HashMap::default(),
+            rooms: HashMap::default(),
+            transports: HashMap::default(),
+            producers: HashMap::default(),
+            consumers: HashMap::default(),
+            by_ufrag: HashMap::default(),
+            by_source: HashMap::default(),
+            producer_by_mid: HashMap::default(),
+            consumer_by_mid: HashMap::default(),
+            earliest: None,
+            dirty: Vec::new(),
+            scratch_events: Vec::new(),
             outbox: Vec::new(),
             notices: VecDeque::new(),
             counters: EngineCounters::default(),
@@ -247,7 +253,7 @@ impl Engine {
 
     /// The earliest time any transport wants `handle_timeout`.
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(t, _)| *t)
+        self.earliest
     }
 
     // ------------------------------------------------------------------ commands
@@ -715,7 +721,7 @@ impl Engine {
         }
         if let Some(t) = self.transports.get_mut(&p.transport) {
             t.rtc.direct_api().remove_media(p.mid);
-            self.dirty.insert(p.transport);
+            self.mark_dirty(p.transport);
         }
         if let Some(owner) = self.peers.get_mut(&p.peer) {
             owner.producers.retain(|&x| x != id);
@@ -746,7 +752,7 @@ impl Engine {
         if let Some(t) = self.transports.get_mut(&c.transport) {
             t.rtc.direct_api().remove_stream_tx(c.ssrc);
             t.rtc.direct_api().remove_media(c.mid);
-            self.dirty.insert(c.transport);
+            self.mark_dirty(c.transport);
         }
         if let Some(owner) = self.peers.get_mut(&c.peer) {
             owner.consumers.retain(|&x| x != id);
@@ -771,8 +777,7 @@ impl Engine {
         for s in &t.sources {
             self.by_source.remove(s);
         }
-        self.deadlines.remove(&(t.deadline, id));
-        self.dirty.remove(&id);
+        self.dirty.retain(|&d| d != id);
         if let Some(p) = self.peers.get_mut(&t.peer) {
             p.transports.retain(|&x| x != id);
         }
@@ -832,11 +837,14 @@ impl Engine {
 
     /// Feeds timeouts to every transport that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.earliest.is_none_or(|t| t > now) {
+            return;
+        }
         let due: Vec<u64> = self
-            .deadlines
-            .iter()
-            .take_while(|(t, _)| *t <= now)
-            .map(|(_, id)| *id)
+            .transports
+            .values()
+            .filter(|t| t.deadline <= now)
+            .map(|t| t.id)
             .collect();
         for id in due {
             if let Some(t) = self.transports.get_mut(&id) {
@@ -844,22 +852,32 @@ impl Engine {
             }
             self.drain(now, id);
         }
+        self.earliest = self.transports.values().map(|t| t.deadline).min();
+    }
+
+    fn mark_dirty(&mut self, id: u64) {
+        if let Some(t) = self.transports.get_mut(&id) {
+            if !t.dirty {
+                t.dirty = true;
+                self.dirty.push(id);
+            }
+        }
     }
 
     /// Drains one transport's outputs until it only has a timeout left, then every
     /// transport that got media written into it meanwhile.
     fn drain(&mut self, now: Instant, id: u64) {
-        self.dirty.insert(id);
+        self.mark_dirty(id);
         self.drain_dirty(now);
     }
 
     fn drain_dirty(&mut self, now: Instant) {
-        let mut events = Vec::new();
-        while let Some(&id) = self.dirty.iter().next() {
-            self.dirty.remove(&id);
+        let mut events = std::mem::take(&mut self.scratch_events);
+        while let Some(id) = self.dirty.pop() {
             let Some(t) = self.transports.get_mut(&id) else {
                 continue;
             };
+            t.dirty = false;
             let mut failed = None;
             let mut timeout_fed = false;
             loop {
@@ -871,9 +889,10 @@ impl Engine {
                             let _ = t.rtc.handle_input(Input::Timeout(now));
                             continue;
                         }
-                        self.deadlines.remove(&(t.deadline, id));
                         t.deadline = at;
-                        self.deadlines.insert((at, id));
+                        if self.earliest.is_none_or(|e| at < e) {
+                            self.earliest = Some(at);
+                        }
                         break;
                     }
                     Ok(Output::Transmit(tx)) => {
@@ -915,6 +934,7 @@ impl Engine {
                 }
             }
         }
+        self.scratch_events = events;
     }
 
     fn fail_transport(&mut self, now: Instant, id: u64, reason: String) {
@@ -945,7 +965,7 @@ impl Engine {
         if let Some(t) = self.transports.get_mut(&tid) {
             if let Some(rx) = t.rtc.direct_api().stream_rx(&ssrc) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
-                self.dirty.insert(tid);
+                self.mark_dirty(tid);
             }
         }
     }
@@ -1021,7 +1041,6 @@ impl Engine {
         }
         let codec = p.spec.codec;
         let keyframe = p.kind == Kind::Video && is_keyframe(&codec, &pkt.payload);
-        let consumer_ids = p.consumers.clone();
         let video = p.kind == Kind::Video;
         let ext = ExtensionValues {
             audio_level: pkt.header.ext_vals.audio_level,
@@ -1030,14 +1049,24 @@ impl Engine {
             ..Default::default()
         };
         let mut want_keyframe = false;
-        for cid in consumer_ids {
-            let Some(c) = self.consumers.get_mut(&cid) else {
+        // Disjoint fields: the producer's list is read while consumers and transports
+        // change, so the per-packet path copies no list.
+        let Engine {
+            producers,
+            consumers,
+            transports,
+            dirty,
+            counters,
+            ..
+        } = self;
+        for cid in &producers[&pid].consumers {
+            let Some(c) = consumers.get_mut(cid) else {
                 continue;
             };
             if c.paused {
                 continue;
             }
-            let Some(t) = self.transports.get_mut(&c.transport) else {
+            let Some(t) = transports.get_mut(&c.transport) else {
                 continue;
             };
             if !t.rtc.is_connected() {
@@ -1064,8 +1093,11 @@ impl Engine {
                 .ext_vals(ext.clone())
                 .nackable(video);
             tx.write_rtp(write);
-            self.counters.rtp_out += 1;
-            self.dirty.insert(c.transport);
+            counters.rtp_out += 1;
+            if !t.dirty {
+                t.dirty = true;
+                dirty.push(t.id);
+            }
         }
         if want_keyframe {
             self.request_keyframe(now, pid);

@@ -31,6 +31,8 @@ pub struct Transport {
     pub next_mid: u32,
     /// When str0m next wants `handle_timeout`.
     pub deadline: Instant,
+    /// Queued for draining (the engine's dirty list holds it once).
+    pub dirty: bool,
     /// Source addresses seen for this transport, to forget them on close.
     pub sources: Vec<SocketAddr>,
 }
@@ -75,6 +77,7 @@ impl Transport {
             connected: false,
             next_mid: 0,
             deadline: now,
+            dirty: false,
             sources: Vec::new(),
         })
     }

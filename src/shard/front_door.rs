@@ -19,6 +19,7 @@ use crate::auth::{validate_id, AuthError, Grant, Identity};
 use crate::http::api_docs::{
     self, HealthBody, HealthStatus, LoginRequest, LoginResponse, ShardHealth, ShardSilent,
 };
+use crate::http::request::percent_decode;
 use crate::http::tls::{TlsConn, TLS_HANDSHAKE_BYTE};
 use crate::http::{read_body, read_head, ws, Head, HeadError, HeadLimits, Response};
 use crate::signal::p2p;
@@ -310,9 +311,11 @@ fn p2p_request(shard: &Shard, head: &Head) -> Result<p2p::Session, Response> {
         );
     }
     let namespace = head.path.strip_prefix("/p2p").unwrap_or("");
-    let namespace = namespace.strip_prefix('/').unwrap_or(namespace);
+    // Clients may percent-encode the segment (encodeURIComponent turns ':' into %3A).
+    let namespace = percent_decode(namespace.strip_prefix('/').unwrap_or(namespace));
     if !namespace.is_empty() {
-        validate_id("namespace", namespace).map_err(|m| Response::error(400, "bad_request", &m))?;
+        validate_id("namespace", &namespace)
+            .map_err(|m| Response::error(400, "bad_request", &m))?;
     }
     let identity: Option<Identity> = match head.token() {
         Some(t) => Some(shard.auth.verify(t).map_err(unauthorized)?),

@@ -1,0 +1,262 @@
+"""Checks the AsyncAPI document that a running corelay serves at /asyncapi.
+
+1. It validates against the official AsyncAPI 3.0.0 JSON Schema (shipped in the npm
+   package @asyncapi/specs; the path is an argument).
+2. Every local $ref resolves, every operation's messages belong to its channel, and every
+   `{param}` of a channel address is declared (and nothing else).
+3. Every message example matches its payload schema.
+4. Real traffic: a scripted peer-to-peer relay session on each channel. Every packet the
+   client sends must match a message of the channel's `receive` operation, every packet
+   the server sends must match a message of its `send` operation, and every message of
+   the `send` operation must be seen at least once.
+
+Usage: check_asyncapi.py BASE_URL ASYNCAPI_SCHEMA CORELAY_BIN  (JWT_SECRET set)
+Exit status 1 with the reasons on any violation.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+import jsonschema
+from websockets.sync.client import connect
+
+FAILURES = []
+
+
+def fail(msg):
+    FAILURES.append(msg)
+    print("FAIL:", msg, file=sys.stderr)
+
+
+def resolve(doc, ref):
+    assert ref.startswith("#/"), f"only local references are used: {ref}"
+    node = doc
+    for key in ref[2:].split("/"):
+        key = key.replace("~1", "/").replace("~0", "~")
+        node = node[key]
+    return node
+
+
+def deref(doc, node):
+    while isinstance(node, dict) and "$ref" in node:
+        node = resolve(doc, node["$ref"])
+    return node
+
+
+def all_refs(node, path="#"):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "$ref" and isinstance(v, str):
+                yield path, v
+            else:
+                yield from all_refs(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from all_refs(v, f"{path}/{i}")
+
+
+def payload_validator(doc, message_ref):
+    """A validator for a message's payload; `$ref`s resolve within the document."""
+    message = deref(doc, {"$ref": message_ref})
+    pointer = message_ref
+    # The payload of the message the reference ends at.
+    while True:
+        node = resolve(doc, pointer)
+        if isinstance(node, dict) and "$ref" in node:
+            pointer = node["$ref"]
+        else:
+            break
+    root = dict(doc)
+    root["$ref"] = pointer + "/payload"  # draft 7: siblings of $ref are ignored
+    assert "payload" in message, f"{message_ref} has no payload"
+    return jsonschema.Draft7Validator(root)
+
+
+def static_checks(doc, official_schema):
+    validator = jsonschema.Draft7Validator(official_schema)
+    for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
+        path = "/".join(str(p) for p in e.absolute_path)
+        fail(f"official AsyncAPI 3.0.0 schema: at /{path}: {e.message[:300]}")
+    if doc.get("asyncapi") != "3.0.0":
+        fail(f"asyncapi is {doc.get('asyncapi')!r}, expected 3.0.0")
+
+    for where, ref in all_refs(doc):
+        try:
+            resolve(doc, ref)
+        except (KeyError, IndexError, TypeError, AssertionError):
+            fail(f"{where}: $ref {ref} does not resolve")
+
+    for op_id, op in doc.get("operations", {}).items():
+        channel_ref = op["channel"]["$ref"]
+        for m in op.get("messages", []):
+            if not m["$ref"].startswith(channel_ref + "/messages/"):
+                fail(f"operation {op_id}: message {m['$ref']} is not one of {channel_ref}'s")
+
+    for ch_id, ch in doc.get("channels", {}).items():
+        in_address = set(re.findall(r"\{([^}]+)\}", ch.get("address") or ""))
+        declared = set((ch.get("parameters") or {}).keys())
+        if in_address != declared:
+            fail(f"channel {ch_id}: address parameters {in_address} != declared {declared}")
+
+    for name in doc.get("components", {}).get("messages", {}):
+        ref = f"#/components/messages/{name}"
+        v = payload_validator(doc, ref)
+        examples = deref(doc, {"$ref": ref}).get("examples", [])
+        if not examples:
+            fail(f"message {name} has no example")
+        for ex in examples:
+            for e in v.iter_errors(ex.get("payload")):
+                fail(f"message {name}: example {ex.get('name')!r}: {e.message[:300]}")
+
+
+class Channel:
+    """The messages of one channel's operations, to validate packets against."""
+
+    def __init__(self, doc, channel_id):
+        self.id = channel_id
+        self.address = doc["channels"][channel_id]["address"]
+        self.ops = {"receive": {}, "send": {}}
+        for op in doc["operations"].values():
+            if op["channel"]["$ref"] == f"#/channels/{channel_id}":
+                for m in op["messages"]:
+                    self.ops[op["action"]][m["$ref"]] = payload_validator(doc, m["$ref"])
+        self.seen = set()
+        if not self.ops["receive"] or not self.ops["send"]:
+            fail(f"channel {channel_id} lacks a receive or a send operation")
+
+    def check(self, action, packet, label):
+        matched = [ref for ref, v in self.ops[action].items() if v.is_valid(packet)]
+        if not matched:
+            fail(f"{self.address}: {label}: {json.dumps(packet)} matches no message of "
+                 f"the {action} operation")
+        if action == "send":
+            self.seen.update(matched)
+        return packet
+
+
+class Peer:
+    def __init__(self, channel, url, token, bearer=False):
+        self.channel = channel
+        headers = {}
+        if bearer:
+            headers["Authorization"] = f"Bearer {token}"
+        else:
+            url += f"?token={token}"
+        self.ws = connect(url, additional_headers=headers, open_timeout=10, close_timeout=2)
+
+    def send(self, packet, valid=True):
+        if valid:
+            self.channel.check("receive", packet, "client packet")
+        self.ws.send(json.dumps(packet))
+
+    def send_raw(self, data):
+        self.ws.send(data)
+
+    def expect(self, event):
+        text = self.ws.recv(timeout=10)
+        packet = json.loads(text)
+        self.channel.check("send", packet, f"server packet (expected {event})")
+        got = packet.get("Header", {}).get("Event")
+        if got != event:
+            fail(f"{self.channel.address}: expected a {event} packet, got {text}")
+        return packet
+
+    def close(self):
+        self.ws.close()
+
+
+def pkt(event, user, room, payload=""):
+    return {"Header": {"Event": event, "UserId": user, "RoomId": room}, "Payload": payload}
+
+
+def session(base_ws, channel, path, tokens, room):
+    url = base_ws + path
+    alice = Peer(channel, url, tokens["alice"])
+    bob = Peer(channel, url, tokens["bob"], bearer=True)
+    # A packet before connect.
+    alice.send(pkt("ping", "alice", room))
+    alice.expect("error")
+    alice.send(pkt("connect", "alice", room))
+    first = alice.expect("connect")
+    if first["Payload"] != "{true}":
+        fail(f"{path}: the first member is not the initiator: {first}")
+    bob.send(pkt("connect", "", room))  # UserId may be left to the token
+    bob.expect("connect")
+    alice.expect("connect")
+    offer = pkt("broadcast", "alice", room, json.dumps({"type": "offer", "sdp": "v=0"}))
+    alice.send(offer)
+    relayed = bob.expect("broadcast")
+    if relayed != offer:
+        fail(f"{path}: broadcast not relayed unchanged: {relayed}")
+    bob.send(pkt("ping", "bob", room))
+    pong = bob.expect("ping")
+    if sorted(json.loads(pong["Payload"])) != ["alice", "bob"]:
+        fail(f"{path}: ping lists {pong['Payload']}")
+    # Refused packets: the session lives on.
+    alice.send_raw("not json")
+    alice.expect("error")
+    alice.send(pkt("dance", "alice", room), valid=False)
+    alice.expect("error")
+    alice.send(pkt("broadcast", "mallory", room), valid=False)
+    alice.expect("error")
+    alice.send_raw(b"\x00\x01")
+    alice.expect("error")
+    bob.send(pkt("disconnect", "bob", room))
+    alice.expect("disconnect")
+    # A second connect after disconnect is fine; one without is not.
+    bob.send(pkt("connect", "bob", room))
+    bob.expect("connect")
+    alice.expect("connect")
+    bob.send(pkt("connect", "bob", room))
+    bob.expect("error")
+    bob.close()
+    alice.expect("disconnect")
+    alice.close()
+
+
+def main():
+    base, schema_path, binary = sys.argv[1:4]
+    with urllib.request.urlopen(base + "/asyncapi", timeout=10) as r:
+        if r.status != 200:
+            fail(f"/asyncapi answered {r.status}")
+        doc = json.load(r)
+    with open(schema_path, encoding="utf-8") as f:
+        official = json.load(f)
+    static_checks(doc, official)
+
+    with urllib.request.urlopen(base + "/health", timeout=10) as r:
+        version = json.load(r)["version"]
+    if doc["info"]["version"] != version:
+        fail(f"info.version {doc['info']['version']} != server version {version}")
+
+    tokens = {
+        user: subprocess.run([binary, "token", "--user", user, "--ttl", "10m"], check=True,
+                             capture_output=True, text=True, env=os.environ).stdout.strip()
+        for user in ("alice", "bob")
+    }
+    base_ws = "ws" + base[len("http"):]
+    channels = {cid: Channel(doc, cid) for cid in doc["channels"]}
+    for cid, ch in channels.items():
+        if not ch.address.startswith("/p2p"):
+            fail(f"channel {cid} ({ch.address}): no live scenario for it in {__file__}")
+            continue
+        path = ch.address.replace("{namespace}", "team-a")
+        session(base_ws, ch, path, tokens, "room-" + cid)
+        for ref in ch.ops["send"]:
+            if ref not in ch.seen:
+                fail(f"{ch.address}: the server never sent {ref} in the scripted session")
+        print(f"asyncapi: {ch.address}: {len(ch.seen)} server messages seen, all conform")
+
+    if FAILURES:
+        print(f"asyncapi: {len(FAILURES)} violation(s)", file=sys.stderr)
+        sys.exit(1)
+    print("asyncapi: document valid (official 3.0.0 schema), references, examples and live "
+          "traffic conform")
+
+
+if __name__ == "__main__":
+    main()
