@@ -160,6 +160,31 @@ impl Client {
         })
     }
 
+    /// Declares a simulcast sender: one stream per (rid, ssrc), lowest first; returns
+    /// `rtpParameters` whose encodings carry only rids, as browsers send them.
+    pub fn add_simulcast_sender(&mut self, codec: &RouterCodec, layers: &[(&str, u32)]) -> Value {
+        let mid_text = self.next_mid.to_string();
+        self.next_mid += 1;
+        let mid: Mid = mid_text.as_str().into();
+        {
+            let mut api = self.rtc.direct_api();
+            api.declare_media(mid, MediaKind::Video);
+            for (rid, ssrc) in layers {
+                api.declare_stream_tx((*ssrc).into(), None, mid, Some((*rid).into()));
+            }
+        }
+        json!({
+            "mid": mid_text,
+            "codecs": [{"mimeType": codec.mime, "payloadType": codec.pt, "clockRate": codec.clock_rate}],
+            "headerExtensions": [
+                {"uri": EXT_MID, "id": 4}, {"uri": EXT_TWCC, "id": 3},
+                {"uri": crate::sfu::ortc::EXT_RID, "id": 10},
+            ],
+            "encodings": layers.iter().map(|(rid, _)| json!({"rid": rid})).collect::<Vec<_>>(),
+            "rtcp": {"cname": "simulcast-client"},
+        })
+    }
+
     /// Declares an incoming stream from a `consume` answer's `rtpParameters`.
     pub fn add_receiver(&mut self, kind: &str, params: &Value) -> Result<Ssrc, ClientError> {
         let mid = text(params, &["mid"])?;

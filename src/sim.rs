@@ -19,6 +19,8 @@ pub struct World {
     pub now: Instant,
     pub engine: Engine,
     pub clients: Vec<Client>,
+    /// Client addresses cut off the network: their datagrams are lost both ways.
+    pub offline: Vec<SocketAddr>,
 }
 
 /// A subscribing peer: its client, its consumer id, its peer id.
@@ -41,6 +43,7 @@ impl World {
             now,
             engine: Engine::new(1 << 48, SERVER.parse().unwrap()).unwrap(),
             clients: Vec::new(),
+            offline: Vec::new(),
         }
     }
 
@@ -60,11 +63,17 @@ impl World {
             for c in self.clients.iter_mut() {
                 for t in std::mem::take(&mut c.outbox) {
                     moved = true;
+                    if self.offline.contains(&c.addr) {
+                        continue;
+                    }
                     self.engine.handle_datagram(self.now, c.addr, &t.contents);
                 }
             }
             for t in self.engine.take_outbox() {
                 moved = true;
+                if self.offline.contains(&t.destination) {
+                    continue;
+                }
                 if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
                     c.handle_datagram(self.now, server, &t.contents);
                 }

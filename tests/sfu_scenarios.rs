@@ -210,3 +210,91 @@ fn unknown_ids_and_wrong_order_are_errors() {
     w.engine.join(8, "r", "u8", "V", None).unwrap();
     assert!(w.engine.restart_ice(w.now, 8, &t.id).is_err());
 }
+
+#[test]
+fn a_subscriber_gone_silent_is_released_and_the_room_told() {
+    let (mut w, mut video, _, subs) = setup(2);
+    video.frames(&mut w, 5);
+    while w.engine.poll_notice().is_some() {}
+    let gone = &subs[0];
+    w.offline.push(w.clients[gone.client].addr);
+    // ICE consent lapses without the client's checks; keep the publisher's media going.
+    for _ in 0..60 {
+        video.frames(&mut w, 15);
+        if w.engine.consumers() == 1 {
+            break;
+        }
+    }
+    assert_eq!(w.engine.consumers(), 1, "the silent subscriber's consumer was released");
+    let notices: Vec<_> = std::iter::from_fn(|| w.engine.poll_notice()).collect();
+    assert!(
+        notices.iter().any(|(p, n)| *p == gone.peer && matches!(n, Notice::MediaFailed { .. })),
+        "{notices:?}"
+    );
+    assert!(
+        notices.iter().any(|(p, n)| *p == 1 && matches!(n, Notice::PeerLeft { user_id } if user_id == "u10")),
+        "{notices:?}"
+    );
+    // the other subscriber still receives
+    w.received(subs[1].client);
+    video.frames(&mut w, 5);
+    assert!(w.received(subs[1].client).len() >= 15);
+}
+
+#[test]
+fn simulcast_forwards_the_highest_active_layer_and_switches_down_on_a_keyframe() {
+    use corelay::client::ClientEvent;
+    use corelay::sfu::ortc::VP8;
+    let mut w = World::new();
+    w.engine.join(1, "room", "u1", "Pub", None).unwrap();
+    let (pc, tid) = w.transport(1, Direction::Send);
+    let params = w.clients[pc].add_simulcast_sender(&VP8, &[("l", 2000), ("h", 2001)]);
+    let params: RtpParameters = serde_json::from_value(params).unwrap();
+    let pid = w.engine.produce(w.now, 1, &tid, Kind::Video, &params).unwrap();
+    let sub = w.subscriber(10, &pid);
+    w.connect_all();
+
+    // Each layer's packets carry its name in the payload so the subscriber can tell.
+    let mut seq = [1u64, 1];
+    let mut send = |w: &mut World, layers: &[usize], key: bool| {
+        for &l in layers {
+            let payload = [0x10, if key { 0x00 } else { 0x01 }, b"lh"[l], 0, 0, 0];
+            w.clients[pc].send_rtp(w.now, 2000 + l as u32, VP8.pt, seq[l], seq[l] as u32 * 3000, true, &payload);
+            seq[l] += 1;
+        }
+        w.step(Duration::from_millis(33));
+    };
+    let layers_seen = |w: &mut World| {
+        let mut out = Vec::new();
+        while let Some(e) = w.clients[sub.client].events.pop_front() {
+            if let ClientEvent::Rtp(p) = e {
+                out.push((p.payload[2], *p.seq_no));
+            }
+        }
+        out
+    };
+    for i in 0..30 {
+        let key = i == 0 || w.keyframe_requests(pc) > 0;
+        send(&mut w, &[0, 1], key);
+    }
+    let high = layers_seen(&mut w);
+    // Until the high layer's first packet arrives only the low one is active.
+    let first_high = high.iter().position(|(l, _)| *l == b'h').expect("high layer forwarded");
+    assert!(first_high <= 2, "switched up at once: {high:?}");
+    assert!(high.len() - first_high >= 20, "{high:?}");
+    assert!(high[first_high..].iter().all(|(l, _)| *l == b'h'), "only the high layer: {high:?}");
+
+    // The high layer stops: after the idle window the low layer takes over at a keyframe.
+    for _ in 0..90 {
+        let key = w.keyframe_requests(pc) > 0;
+        send(&mut w, &[0], key);
+    }
+    let low = layers_seen(&mut w);
+    assert!(low.len() >= 20, "{low:?}");
+    assert!(low.iter().all(|(l, _)| *l == b'l'));
+    let mut all: Vec<u64> = high.iter().chain(low.iter()).map(|(_, s)| *s).collect();
+    all.dedup();
+    for pair in all.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "sequence continues across the switch");
+    }
+}

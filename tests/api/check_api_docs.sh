@@ -11,6 +11,17 @@
 # reinstalled only when their pinned versions change. Bounded: well under 3 minutes.
 set -euo pipefail
 
+# The whole run is bounded: rerun this script under timeout(1), which stops it and every
+# process it started (the server included) after 170 s.
+if [ -z "${CHECK_API_DOCS_BOUNDED:-}" ]; then
+  rc=0
+  CHECK_API_DOCS_BOUNDED=1 timeout --kill-after=5 170 bash "$0" "$@" || rc=$?
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    echo "check_api_docs: FAIL: ran over 170 s" >&2
+  fi
+  exit "$rc"
+fi
+
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERE="$ROOT/tests/api"
 BIN="${1:-$ROOT/target/debug/corelay}"
@@ -33,14 +44,14 @@ command -v npm >/dev/null || die "npm not found (Debian: apt-get install npm)"
 # --- tools (one installer at a time: concurrent test runs share target/) ---
 mkdir -p "$ROOT/target"
 exec 9>"$ROOT/target/api-tools.lock"
-flock -w 150 9 || die "target/api-tools.lock stayed taken for 150 s"
+flock -w 120 9 || die "target/api-tools.lock stayed taken for 120 s"
 
 want=$(cat "$HERE/requirements.txt" | sha256sum | cut -d' ' -f1)
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$want" ]; then
   say "creating $VENV"
   rm -rf "$VENV"
   python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-  timeout 120 "$VENV/bin/pip" install --disable-pip-version-check -q -r "$HERE/requirements.txt" ||
+  timeout 100 "$VENV/bin/pip" install --disable-pip-version-check -q -r "$HERE/requirements.txt" ||
     die "pip install -r tests/api/requirements.txt failed"
   echo "$want" >"$VENV/.requirements"
 fi
@@ -51,7 +62,7 @@ if [ "$(cat "$NODE_DIR/.packages" 2>/dev/null)" != "$NODE_PACKAGES" ]; then
   mkdir -p "$NODE_DIR"
   echo '{"private": true}' >"$NODE_DIR/package.json"
   # shellcheck disable=SC2086 # the package list splits on purpose
-  (cd "$NODE_DIR" && timeout 120 npm install --silent --no-audit --no-fund --save-exact $NODE_PACKAGES) ||
+  (cd "$NODE_DIR" && timeout 60 npm install --silent --no-audit --no-fund --save-exact $NODE_PACKAGES) ||
     die "npm install $NODE_PACKAGES failed"
   echo "$NODE_PACKAGES" >"$NODE_DIR/.packages"
 fi
@@ -99,7 +110,7 @@ status=0
 # they answer 401/426/400 (the 101 upgrade itself is covered by tests/p2p_relay.rs and by
 # check_asyncapi.py). The run happens in $WORK so that nothing lands in the source tree.
 say "schemathesis on $BASE/openapi.json"
-if ! (cd "$WORK" && timeout 120 "$VENV/bin/schemathesis" --config-file "$HERE/schemathesis.toml" \
+if ! (cd "$WORK" && timeout 90 "$VENV/bin/schemathesis" --config-file "$HERE/schemathesis.toml" \
   run "$BASE/openapi.json" --checks all --phases examples,coverage,fuzzing \
   --max-examples 50 --workers 2 --generation-database none --request-timeout 10 \
   --no-color --output-truncate false); then

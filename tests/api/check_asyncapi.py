@@ -14,6 +14,7 @@ Usage: check_asyncapi.py BASE_URL ASYNCAPI_SCHEMA CORELAY_BIN  (JWT_SECRET set)
 Exit status 1 with the reasons on any violation.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -139,14 +140,15 @@ class Channel:
 
 
 class Peer:
-    def __init__(self, channel, url, token, bearer=False):
+    def __init__(self, stack, channel, url, token, bearer=False):
         self.channel = channel
         headers = {}
         if bearer:
             headers["Authorization"] = f"Bearer {token}"
         else:
             url += f"?token={token}"
-        self.ws = connect(url, additional_headers=headers, open_timeout=10, close_timeout=2)
+        self.ws = stack.enter_context(
+            connect(url, additional_headers=headers, open_timeout=10, close_timeout=2))
 
     def send(self, packet, valid=True):
         if valid:
@@ -174,9 +176,13 @@ def pkt(event, user, room, payload=""):
 
 
 def session(base_ws, channel, path, tokens, room):
-    url = base_ws + path
-    alice = Peer(channel, url, tokens["alice"])
-    bob = Peer(channel, url, tokens["bob"], bearer=True)
+    with contextlib.ExitStack() as stack:
+        scripted_session(stack, base_ws + path, channel, path, tokens, room)
+
+
+def scripted_session(stack, url, channel, path, tokens, room):
+    alice = Peer(stack, channel, url, tokens["alice"])
+    bob = Peer(stack, channel, url, tokens["bob"], bearer=True)
     # A packet before connect.
     alice.send(pkt("ping", "alice", room))
     alice.expect("error")
