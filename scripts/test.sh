@@ -4,10 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages the tests use:
+#   pkg-config, build-essential  C parts of crypto crates
+#   chromium                     real-browser tests (driven by playwright-core)
+#   nodejs, npm                  the browser tests' runner and bundler (only if npm is absent)
 need_pkgs=()
-for pkg in pkg-config build-essential; do
+for pkg in pkg-config build-essential chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
+command -v npm >/dev/null || need_pkgs+=(nodejs npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need_pkgs[*]} (run as root to install them)" >&2
@@ -31,3 +36,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== unit and integration tests"
 cargo test --workspace --all-targets --locked
+
+echo "== real-browser end-to-end tests (headless chromium, mediasoup-client)"
+cargo build --locked
+(cd tests/e2e && npm ci --no-audit --no-fund && npm test)

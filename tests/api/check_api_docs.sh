@@ -112,7 +112,7 @@ status=0
 say "schemathesis on $BASE/openapi.json"
 if ! (cd "$WORK" && timeout 90 "$VENV/bin/schemathesis" --config-file "$HERE/schemathesis.toml" \
   run "$BASE/openapi.json" --checks all --phases examples,coverage,fuzzing \
-  --max-examples 50 --workers 2 --generation-database none --request-timeout 10 \
+  --max-examples 150 --workers 2 --generation-database none --request-timeout 10 \
   --no-color --output-truncate false); then
   echo "check_api_docs: FAIL: schemathesis found violations (above)" >&2
   status=1

@@ -300,6 +300,19 @@ test('(a) B joins later and receives A\'s audio and video', { timeout: 40_000 },
   assert.ok(second > first, `audio packets keep arriving at B (${first} -> ${second})`);
   console.log(`B: first frame via ${b.firstFrameSource}; ${stats.videoFramesDecoded} video frames decoded ` +
     `${framesAfterMs} ms after opening the page; audio packets ${first} -> ${second} in 1 s`);
+  // Congestion feedback works: A's send-side estimate leaves its start value (~300 kbps).
+  let send;
+  const sendDeadline = Date.now() + 15_000;
+  for (;;) {
+    send = await peerA.page.evaluate(() => window.__e2e.sendStats());
+    if (send.availableOutgoingBitrate > 600_000) break;
+    if (Date.now() > sendDeadline) {
+      assert.fail(`A's available outgoing bitrate stayed at ${send.availableOutgoingBitrate} bps`);
+    }
+    await sleep(250);
+  }
+  console.log(`A: available outgoing bitrate ${Math.round(send.availableOutgoingBitrate / 1000)} kbps, ` +
+    `video target ${Math.round(send.videoTargetBitrate / 1000)} kbps`);
   const bSnap = await snapshot(peerB);
   assert.deepEqual(bSnap.errors, []);
   assert.ok(

@@ -96,6 +96,22 @@ const e2e = (window.__e2e = {
     }
     return out;
   },
+  // Send side: the browser's bandwidth estimate for the send transport. It starts near
+  // 300 kbps and only grows with congestion feedback (transport-cc) from the server.
+  async sendStats() {
+    const out = { availableOutgoingBitrate: 0, videoTargetBitrate: 0 };
+    if (!sendTransport) return out;
+    const report = await sendTransport.getStats();
+    report.forEach((s) => {
+      if (s.type === 'candidate-pair' && s.nominated && s.availableOutgoingBitrate) {
+        out.availableOutgoingBitrate = Math.max(out.availableOutgoingBitrate, s.availableOutgoingBitrate);
+      }
+      if (s.type === 'outbound-rtp' && s.kind === 'video' && s.targetBitrate) {
+        out.videoTargetBitrate += s.targetBitrate;
+      }
+    });
+    return out;
+  },
   // Raw request for negative tests: resolves with the whole response message
   // ({type: "response", requestId, data} or {..., error: {code, message}}); rejects only
   // on timeout or a closed socket.
