@@ -167,14 +167,17 @@ pub fn send_text(ws: &mut Ws, text: &str) {
     ws.send(tungstenite::Message::text(text)).unwrap();
 }
 
-/// Like [`http`], also returning the response headers (names lower-cased).
+/// A response: status, headers (names lower-cased), body.
+pub type FullResponse = (u16, Vec<(String, String)>, String);
+
+/// Like [`http`], also returning the response headers.
 pub fn http_with_headers(
     port: u16,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+) -> std::io::Result<FullResponse> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
