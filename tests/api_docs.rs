@@ -85,7 +85,10 @@ fn documents_describe_what_the_server_serves() {
     assert_eq!(openapi["info"]["version"], env!("CARGO_PKG_VERSION"));
     let paths = openapi["paths"].as_object().unwrap();
     for p in SERVED {
-        assert!(paths.contains_key(*p), "{p} is served but not in /openapi.json");
+        assert!(
+            paths.contains_key(*p),
+            "{p} is served but not in /openapi.json"
+        );
     }
 
     // Every documented operation is routed (no 404), and answers a status it documents.
@@ -94,7 +97,10 @@ fn documents_describe_what_the_server_serves() {
         for (method, op) in item.as_object().unwrap() {
             let method = method.to_ascii_uppercase();
             let (status, _, body) = http_with_headers(port, &method, &path, &[], b"").unwrap();
-            assert_ne!(status, 404, "{method} {path} is documented but not routed: {body}");
+            assert_ne!(
+                status, 404,
+                "{method} {path} is documented but not routed: {body}"
+            );
             let documented = op["responses"].as_object().unwrap();
             assert!(
                 documented.contains_key(&status.to_string()),

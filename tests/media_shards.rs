@@ -241,4 +241,22 @@ fn two_rooms_on_two_shards_forward_at_once_each_on_its_owner() {
         assert_eq!(s["producers"], 1);
         assert_eq!(s["consumers"], 1);
     }
+
+    // Closing the WebSockets releases every transport, producer, consumer and room.
+    drop(runs);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let h = server.health();
+        let left: u64 = h["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["transports"].as_u64().unwrap() + s["rooms"].as_u64().unwrap())
+            .sum();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not released: {h}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

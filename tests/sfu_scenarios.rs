@@ -225,14 +225,22 @@ fn a_subscriber_gone_silent_is_released_and_the_room_told() {
             break;
         }
     }
-    assert_eq!(w.engine.consumers(), 1, "the silent subscriber's consumer was released");
+    assert_eq!(
+        w.engine.consumers(),
+        1,
+        "the silent subscriber's consumer was released"
+    );
     let notices: Vec<_> = std::iter::from_fn(|| w.engine.poll_notice()).collect();
     assert!(
-        notices.iter().any(|(p, n)| *p == gone.peer && matches!(n, Notice::MediaFailed { .. })),
+        notices
+            .iter()
+            .any(|(p, n)| *p == gone.peer && matches!(n, Notice::MediaFailed { .. })),
         "{notices:?}"
     );
     assert!(
-        notices.iter().any(|(p, n)| *p == 1 && matches!(n, Notice::PeerLeft { user_id } if user_id == "u10")),
+        notices
+            .iter()
+            .any(|(p, n)| *p == 1 && matches!(n, Notice::PeerLeft { user_id } if user_id == "u10")),
         "{notices:?}"
     );
     // the other subscriber still receives
@@ -250,7 +258,10 @@ fn simulcast_forwards_the_highest_active_layer_and_switches_down_on_a_keyframe()
     let (pc, tid) = w.transport(1, Direction::Send);
     let params = w.clients[pc].add_simulcast_sender(&VP8, &[("l", 2000), ("h", 2001)]);
     let params: RtpParameters = serde_json::from_value(params).unwrap();
-    let pid = w.engine.produce(w.now, 1, &tid, Kind::Video, &params).unwrap();
+    let pid = w
+        .engine
+        .produce(w.now, 1, &tid, Kind::Video, &params)
+        .unwrap();
     let sub = w.subscriber(10, &pid);
     w.connect_all();
 
@@ -259,7 +270,15 @@ fn simulcast_forwards_the_highest_active_layer_and_switches_down_on_a_keyframe()
     let mut send = |w: &mut World, layers: &[usize], key: bool| {
         for &l in layers {
             let payload = [0x10, if key { 0x00 } else { 0x01 }, b"lh"[l], 0, 0, 0];
-            w.clients[pc].send_rtp(w.now, 2000 + l as u32, VP8.pt, seq[l], seq[l] as u32 * 3000, true, &payload);
+            w.clients[pc].send_rtp(
+                w.now,
+                2000 + l as u32,
+                VP8.pt,
+                seq[l],
+                seq[l] as u32 * 3000,
+                true,
+                &payload,
+            );
             seq[l] += 1;
         }
         w.step(Duration::from_millis(33));
@@ -279,10 +298,16 @@ fn simulcast_forwards_the_highest_active_layer_and_switches_down_on_a_keyframe()
     }
     let high = layers_seen(&mut w);
     // Until the high layer's first packet arrives only the low one is active.
-    let first_high = high.iter().position(|(l, _)| *l == b'h').expect("high layer forwarded");
+    let first_high = high
+        .iter()
+        .position(|(l, _)| *l == b'h')
+        .expect("high layer forwarded");
     assert!(first_high <= 2, "switched up at once: {high:?}");
     assert!(high.len() - first_high >= 20, "{high:?}");
-    assert!(high[first_high..].iter().all(|(l, _)| *l == b'h'), "only the high layer: {high:?}");
+    assert!(
+        high[first_high..].iter().all(|(l, _)| *l == b'h'),
+        "only the high layer: {high:?}"
+    );
 
     // The high layer stops: after the idle window the low layer takes over at a keyframe.
     for _ in 0..90 {
@@ -297,4 +322,40 @@ fn simulcast_forwards_the_highest_active_layer_and_switches_down_on_a_keyframe()
     for pair in all.windows(2) {
         assert_eq!(pair[1], pair[0] + 1, "sequence continues across the switch");
     }
+}
+
+#[test]
+fn a_lost_packet_is_recovered_by_nack_from_the_rtx_cache() {
+    let (mut w, mut video, _, subs) = setup(1);
+    let sub = w.clients[subs[0].client].addr;
+    video.frames(&mut w, 10);
+    let mut got = w.received(subs[0].client);
+    // One frame's packets to the subscriber are lost on the way.
+    w.offline.push(sub);
+    video.frame(&mut w, false);
+    w.offline.clear();
+    video.frames(&mut w, 15);
+    got.extend(w.received(subs[0].client));
+    let first = got[0];
+    let last = *got.iter().max().unwrap();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(
+        got.len() as u64,
+        last - first + 1,
+        "every packet arrived in the end: {got:?}"
+    );
+}
+
+#[test]
+fn restart_ice_gives_fresh_credentials() {
+    let (mut w, _video, _, subs) = setup(1);
+    let t = w
+        .engine
+        .create_transport(w.now, subs[0].peer, Direction::Recv)
+        .unwrap();
+    let old = t.ice_parameters["usernameFragment"].clone();
+    let fresh = w.engine.restart_ice(w.now, subs[0].peer, &t.id).unwrap();
+    assert_ne!(fresh["usernameFragment"], old);
+    assert_ne!(fresh["password"], t.ice_parameters["password"]);
 }
