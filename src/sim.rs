@@ -124,7 +124,7 @@ impl World {
     /// A peer that publishes VP8 on ssrc 1000+peer.
     pub fn publisher(&mut self, peer: u64) -> (usize, String, u32) {
         self.engine
-            .join(peer, "room", &format!("u{peer}"), "Pub", None)
+            .join(self.now, peer, "room", &format!("u{peer}"), "Pub", None)
             .unwrap();
         let (c, tid) = self.transport(peer, Direction::Send);
         let ssrc = 1000 + peer as u32;
@@ -139,7 +139,7 @@ impl World {
 
     pub fn subscriber(&mut self, peer: u64, producer: &str) -> Sub {
         self.engine
-            .join(peer, "room", &format!("u{peer}"), "Sub", None)
+            .join(self.now, peer, "room", &format!("u{peer}"), "Sub", None)
             .unwrap();
         let (c, tid) = self.transport(peer, Direction::Recv);
         let info = self

@@ -242,6 +242,31 @@ fn two_rooms_on_two_shards_forward_at_once_each_on_its_owner() {
         assert_eq!(s["consumers"], 1);
     }
 
+    // /metrics and /latency agree with /health: every forwarded packet is counted and its
+    // forward latency recorded, on its own shard.
+    let forwarded: Vec<u64> = shards.iter().map(|s| s["packetsOut"].as_u64().unwrap()).collect();
+    let (status, metrics) = http(server.port, "GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(status, 200);
+    for (id, n) in forwarded.iter().enumerate() {
+        let line = format!("corelay_rtp_packets_forwarded_total{{shard=\"{id}\"}} ");
+        let value: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+            .parse()
+            .unwrap();
+        assert!(value >= *n, "metrics {value} vs health {n}");
+    }
+    let (status, latency) = http(server.port, "GET", "/latency", &[], b"").unwrap();
+    assert_eq!(status, 200);
+    let latency: Value = serde_json::from_str(&latency).unwrap();
+    for (id, n) in forwarded.iter().enumerate() {
+        let count = latency["shards"][id]["forwardUs"]["count"].as_u64().unwrap();
+        assert!(count >= *n, "shard {id}: {count} latencies for {n} forwarded packets");
+        assert!(latency["shards"][id]["joinMs"]["count"].as_u64().unwrap() >= 2);
+        assert!(latency["shards"][id]["requestUs"]["count"].as_u64().unwrap() >= 5);
+    }
+
     // Closing the WebSockets releases every transport, producer, consumer and room.
     drop(runs);
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -185,7 +185,7 @@ fn unknown_ids_and_wrong_order_are_errors() {
             .is_err(),
         "not joined"
     );
-    w.engine.join(7, "r", "u7", "U", None).unwrap();
+    w.engine.join(w.now, 7, "r", "u7", "U", None).unwrap();
     assert!(w.engine.consume(w.now, 7, "tffff", "p1", None).is_err());
     let t = w
         .engine
@@ -207,7 +207,7 @@ fn unknown_ids_and_wrong_order_are_errors() {
         .connect_transport(w.now, 7, &t.id, &json!({"fingerprints": []}))
         .is_err());
     // another peer cannot use this peer's transport
-    w.engine.join(8, "r", "u8", "V", None).unwrap();
+    w.engine.join(w.now, 8, "r", "u8", "V", None).unwrap();
     assert!(w.engine.restart_ice(w.now, 8, &t.id).is_err());
 }
 
@@ -254,7 +254,7 @@ fn simulcast_forwards_the_highest_active_layer_and_switches_down_on_a_keyframe()
     use corelay::client::ClientEvent;
     use corelay::sfu::ortc::VP8;
     let mut w = World::new();
-    w.engine.join(1, "room", "u1", "Pub", None).unwrap();
+    w.engine.join(w.now, 1, "room", "u1", "Pub", None).unwrap();
     let (pc, tid) = w.transport(1, Direction::Send);
     let params = w.clients[pc].add_simulcast_sender(&VP8, &[("l", 2000), ("h", 2001)]);
     let params: RtpParameters = serde_json::from_value(params).unwrap();

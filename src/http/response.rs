@@ -7,11 +7,14 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// A HEAD answer: the same head, Content-Length included, but no body.
+    pub omit_body: bool,
 }
 
 impl Response {
     pub fn new(status: u16) -> Self {
         Response {
+            omit_body: false,
             status,
             headers: Vec::new(),
             body: Vec::new(),
@@ -55,7 +58,9 @@ impl Response {
             "Connection: close\r\n\r\n"
         });
         let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
+        if !self.omit_body {
+            bytes.extend_from_slice(&self.body);
+        }
         bytes
     }
 

@@ -97,6 +97,8 @@ pub struct EngineCounters {
 }
 
 struct Peer {
+    /// When the peer joined; cleared once its first media packet flowed.
+    joined_at: Option<Instant>,
     user_id: String,
     user_name: String,
     room: String,
@@ -165,6 +167,8 @@ pub struct Engine {
     earliest: Option<Instant>,
     /// Transports written to since their last drain.
     dirty: Vec<u64>,
+    /// Join-to-first-media times not yet taken by the shard.
+    join_times: Vec<Duration>,
     /// Reused between drains so the packet path does not allocate.
     scratch_events: Vec<(u64, RtcEvent)>,
     outbox: Vec<Transmit>,
@@ -204,6 +208,7 @@ impl Engine {
             earliest: None,
             dirty: Vec::new(),
             scratch_events: Vec::new(),
+            join_times: Vec::new(),
             outbox: Vec::new(),
             notices: VecDeque::new(),
             counters: EngineCounters::default(),
@@ -247,6 +252,24 @@ impl Engine {
         self.outbox.is_empty()
     }
 
+    /// Times from `join` to each peer's first media packet (sent or received).
+    pub fn take_join_times(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.join_times)
+    }
+
+    fn note_first_media(
+        peers: &mut HashMap<PeerId, Peer>,
+        out: &mut Vec<Duration>,
+        peer: PeerId,
+        now: Instant,
+    ) {
+        if let Some(p) = peers.get_mut(&peer) {
+            if let Some(at) = p.joined_at.take() {
+                out.push(now.saturating_duration_since(at));
+            }
+        }
+    }
+
     pub fn poll_notice(&mut self) -> Option<(PeerId, Notice)> {
         self.notices.pop_front()
     }
@@ -265,6 +288,7 @@ impl Engine {
     /// Adds a peer to a room (created on first use).
     pub fn join(
         &mut self,
+        now: Instant,
         peer: PeerId,
         room: &str,
         user_id: &str,
@@ -299,6 +323,7 @@ impl Engine {
         self.peers.insert(
             peer,
             Peer {
+                joined_at: Some(now),
                 user_id: user_id.to_string(),
                 user_name: user_name.to_string(),
                 room: room.to_string(),
@@ -1057,8 +1082,11 @@ impl Engine {
             transports,
             dirty,
             counters,
+            peers,
+            join_times,
             ..
         } = self;
+        Self::note_first_media(peers, join_times, producers[&pid].peer, now);
         for cid in &producers[&pid].consumers {
             let Some(c) = consumers.get_mut(cid) else {
                 continue;
@@ -1094,6 +1122,7 @@ impl Engine {
                 .nackable(video);
             tx.write_rtp(write);
             counters.rtp_out += 1;
+            Self::note_first_media(peers, join_times, c.peer, now);
             if !t.dirty {
                 t.dirty = true;
                 dirty.push(t.id);

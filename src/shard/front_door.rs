@@ -10,15 +10,13 @@ use futures::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::conn::Conn;
-use super::mesh::collect_stats;
 use super::msc_session::MscDialect;
+use super::observe;
 use super::p2p_session::P2pDialect;
 use super::state::Shard;
 use super::ws_session;
 use crate::auth::{validate_id, AuthError, Grant, Identity};
-use crate::http::api_docs::{
-    self, HealthBody, HealthStatus, LoginRequest, LoginResponse, ShardHealth, ShardSilent,
-};
+use crate::http::api_docs::{self, LoginRequest, LoginResponse};
 use crate::http::request::percent_decode;
 use crate::http::tls::{TlsConn, TLS_HANDSHAKE_BYTE};
 use crate::http::{read_body, read_head, ws, Head, HeadError, HeadLimits, Response};
@@ -154,7 +152,8 @@ async fn serve_http(shard: Rc<Shard>, mut stream: Conn, peer: Option<std::net::S
             }
         };
         match route(&shard, &head, &body).await {
-            Routed::Respond(resp) => {
+            Routed::Respond(mut resp) => {
+                resp.omit_body = head.method == "HEAD";
                 if resp.write_to(&mut stream, keep_alive).await.is_err() || !keep_alive {
                     return;
                 }
@@ -217,14 +216,25 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
     let path = head.path.as_str();
     let resp = match path {
         "/health" => match head.method.as_str() {
-            "GET" | "HEAD" => health(shard).await,
+            "GET" | "HEAD" => observe::health(shard).await,
+            _ => method_not_allowed("GET"),
+        },
+        "/latency" => match head.method.as_str() {
+            "GET" => observe::latency(shard, head).await,
+            _ => method_not_allowed("GET"),
+        },
+        "/metrics" => match head.method.as_str() {
+            "GET" => observe::metrics(shard).await,
             _ => method_not_allowed("GET"),
         },
         "/login" if shard.config.login_enabled => match head.method.as_str() {
             "POST" => login(shard, body),
             _ => method_not_allowed("POST"),
         },
-        "/" | "/ws" if ws::is_upgrade(head) => {
+        "/" | "/ws" => {
+            if !ws::is_upgrade(head) {
+                return Routed::Respond(upgrade_required(head));
+            }
             return match shard.auth.verify(head.token().unwrap_or("")) {
                 Ok(identity) => Routed::Msc(identity),
                 Err(e) => Routed::Respond(unauthorized(e)),
@@ -243,33 +253,6 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
         _ => Response::error(404, "not_found", &format!("no route for {path}")),
     };
     Routed::Respond(resp)
-}
-
-async fn health(shard: &Rc<Shard>) -> Response {
-    let stats = collect_stats(shard, shard.config.health_timeout).await;
-    let degraded = stats.iter().any(Option::is_none);
-    let body = HealthBody {
-        status: if degraded {
-            HealthStatus::Degraded
-        } else {
-            HealthStatus::Ok
-        },
-        version: env!("CARGO_PKG_VERSION"),
-        uptime_seconds: shard.started.elapsed().as_secs(),
-        shards: stats
-            .into_iter()
-            .enumerate()
-            .map(|(id, s)| match s {
-                Some(s) => ShardHealth::Answered(s),
-                None => ShardHealth::Silent(ShardSilent {
-                    id,
-                    error: "no answer within the deadline".into(),
-                }),
-            })
-            .collect(),
-    };
-    let body = serde_json::to_value(&body).expect("health serializes");
-    Response::json(if degraded { 503 } else { 200 }, &body)
 }
 
 fn login(shard: &Shard, body: &[u8]) -> Response {
@@ -300,15 +283,21 @@ fn rand_u32() -> u32 {
 }
 
 /// Authenticates a relay request before the upgrade.
+/// A plain request to a WebSocket endpoint.
+fn upgrade_required(head: &Head) -> Response {
+    if head.method != "GET" {
+        return method_not_allowed("GET");
+    }
+    Response::error(426, "upgrade_required", "this endpoint speaks WebSocket")
+        .header("Upgrade", "websocket")
+}
+
 fn p2p_request(shard: &Shard, head: &Head) -> Result<p2p::Session, Response> {
     if head.method != "GET" {
         return Err(method_not_allowed("GET"));
     }
     if !ws::is_upgrade(head) {
-        return Err(
-            Response::error(426, "upgrade_required", "this endpoint speaks WebSocket")
-                .header("Upgrade", "websocket"),
-        );
+        return Err(upgrade_required(head));
     }
     let namespace = head.path.strip_prefix("/p2p").unwrap_or("");
     // Clients may percent-encode the segment (encodeURIComponent turns ':' into %3A).

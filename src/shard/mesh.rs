@@ -14,7 +14,7 @@ use super::state::Shard;
 use super::ws_session;
 use crate::auth::Identity;
 use crate::signal::p2p;
-use crate::stats::ShardSnapshot;
+use crate::stats::{LatencySnapshot, ShardSnapshot};
 
 /// A WebSocket session moving to the shard that owns its room.
 pub struct Handover {
@@ -34,8 +34,37 @@ pub enum Resumable {
 
 pub enum MeshMsg {
     Adopt(Box<(Handover, Resumable)>),
-    StatsRequest { from: usize, id: u64 },
-    StatsReply { id: u64, stats: ShardSnapshot },
+    Query { from: usize, id: u64, query: Query },
+    Answer { id: u64, answer: Answer },
+}
+
+/// What endpoints ask every shard.
+#[derive(Clone, Copy)]
+pub enum Query {
+    /// Counters, as `/health` shows them.
+    Snapshot,
+    /// The latency histograms; `reset` starts a new interval after the copy.
+    Latency { reset: bool },
+}
+
+pub enum Answer {
+    Snapshot(ShardSnapshot),
+    Latency(Box<LatencySnapshot>),
+}
+
+/// Answers a query about this shard.
+pub fn answer(shard: &Shard, query: Query) -> Answer {
+    match query {
+        Query::Snapshot => Answer::Snapshot(shard.snapshot()),
+        Query::Latency { reset } => {
+            let mut l = shard.latencies.borrow_mut();
+            let snap = l.snapshot();
+            if reset {
+                l.reset();
+            }
+            Answer::Latency(Box::new(snap))
+        }
+    }
 }
 
 pub(super) fn spawn_receivers(shard: &Rc<Shard>, receivers: Receivers<MeshMsg>) {
@@ -72,23 +101,23 @@ async fn handle(shard: &Rc<Shard>, msg: MeshMsg) {
                 .detach(),
             };
         }
-        MeshMsg::StatsRequest { from, id } => {
-            let stats = shard.snapshot();
+        MeshMsg::Query { from, id, query } => {
+            let answer = answer(shard, query);
             let _ = shard
                 .mesh
-                .send_to(from, MeshMsg::StatsReply { id, stats })
+                .send_to(from, MeshMsg::Answer { id, answer })
                 .await;
         }
-        MeshMsg::StatsReply { id, stats } => {
+        MeshMsg::Answer { id, answer } => {
             if let Some(tx) = shard.pending_stats.borrow_mut().remove(&id) {
-                let _ = tx.send(stats);
+                let _ = tx.send(answer);
             }
         }
     }
 }
 
-/// Every shard's snapshot, in shard order; `None` for a shard that did not answer in time.
-pub async fn collect_stats(shard: &Rc<Shard>, deadline: Duration) -> Vec<Option<ShardSnapshot>> {
+/// Every shard's answer, in shard order; `None` for a shard that did not answer in time.
+pub async fn collect(shard: &Rc<Shard>, query: Query, deadline: Duration) -> Vec<Option<Answer>> {
     let mut waits = Vec::with_capacity(shard.shards);
     for peer in 0..shard.shards {
         if peer == shard.id {
@@ -100,7 +129,14 @@ pub async fn collect_stats(shard: &Rc<Shard>, deadline: Duration) -> Vec<Option<
         shard.pending_stats.borrow_mut().insert(id, tx);
         let sent = shard
             .mesh
-            .try_send_to(peer, MeshMsg::StatsRequest { from: shard.id, id })
+            .try_send_to(
+                peer,
+                MeshMsg::Query {
+                    from: shard.id,
+                    id,
+                    query,
+                },
+            )
             .is_ok();
         waits.push(sent.then_some((id, rx)));
     }
@@ -109,7 +145,7 @@ pub async fn collect_stats(shard: &Rc<Shard>, deadline: Duration) -> Vec<Option<
     let mut out = Vec::with_capacity(shard.shards);
     for (peer, wait) in waits.into_iter().enumerate() {
         if peer == shard.id {
-            out.push(Some(shard.snapshot()));
+            out.push(Some(answer(shard, query)));
             continue;
         }
         let Some((id, mut rx)) = wait else {

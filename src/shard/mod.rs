@@ -5,6 +5,7 @@ mod conn;
 mod front_door;
 mod mesh;
 mod msc_session;
+mod observe;
 mod p2p_session;
 mod sockets;
 mod state;

@@ -36,15 +36,25 @@ impl Dialect for MscDialect {
             identity: self.identity.clone(),
             room: None,
         });
+        let started = Instant::now();
         let outcome = {
             let mut engine = shard.engine.borrow_mut();
-            mediasoup::handle_text(&mut engine, Instant::now(), session, text, |room| {
+            mediasoup::handle_text(&mut engine, started, session, text, |room| {
                 shard.owner_of(room) == shard.id
             })
         };
         shard.after_engine_call();
+        shard
+            .latencies
+            .borrow_mut()
+            .record_request(started.elapsed().as_micros() as u64);
         match outcome {
-            Outcome::Reply(text) => Step::Reply(vec![text]),
+            Outcome::Reply { text, error } => {
+                if let Some(code) = error {
+                    shard.counters.count_error(code);
+                }
+                Step::Reply(vec![text])
+            }
             Outcome::Relocate { room } => Step::Relocate(shard.owner_of(&room)),
         }
     }

@@ -19,7 +19,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::sfu::Engine;
 use crate::signal::p2p::{ConnId, Rooms};
-use crate::stats::{ForwardLatency, ShardCounters, ShardSnapshot};
+use crate::stats::{Latencies, ShardCounters, ShardSnapshot};
 
 /// What a session's outbound queue carries.
 #[derive(Debug, Clone)]
@@ -52,10 +52,11 @@ pub struct Shard {
     pub engine: RefCell<Engine>,
     /// Wakes the UDP driver when commands left datagrams to send.
     pub udp_wake: local_mpsc::Sender<()>,
-    pub forward_latency: RefCell<ForwardLatency>,
+    pub latencies: RefCell<Latencies>,
     /// Outbound queues of the relay sessions on this shard.
     pub outbound: RefCell<HashMap<ConnId, local_mpsc::Sender<Outbound>>>,
-    pub pending_stats: RefCell<HashMap<u64, futures::channel::oneshot::Sender<ShardSnapshot>>>,
+    pub pending_stats:
+        RefCell<HashMap<u64, futures::channel::oneshot::Sender<super::mesh::Answer>>>,
     next_id: Cell<u64>,
     shutdown_tx: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
     pub shutdown: ShutdownSignal,
@@ -74,9 +75,9 @@ impl Shard {
     }
 
     pub fn record_forward_latency(&self, elapsed: Duration, packets: u64) {
-        self.forward_latency
+        self.latencies
             .borrow_mut()
-            .record(elapsed.as_micros() as u64, packets);
+            .record_forward(elapsed.as_micros() as u64, packets);
     }
 
     pub fn snapshot(&self) -> ShardSnapshot {
@@ -97,6 +98,14 @@ impl Shard {
             consumers: engine.consumers() as u64,
             packets_in: e.rtp_in,
             packets_out: e.rtp_out,
+            bytes_in: e.bytes_in,
+            bytes_out: e.bytes_out,
+            errors: c
+                .errors
+                .borrow()
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
         }
     }
 
@@ -111,8 +120,14 @@ impl Shard {
         }
     }
 
-    /// After any engine call: deliver its notices and let the UDP driver send.
+    /// After any engine call: deliver its notices, record join times, and let the UDP
+    /// driver send.
     pub fn after_engine_call(&self) {
+        for join in self.engine.borrow_mut().take_join_times() {
+            self.latencies
+                .borrow_mut()
+                .record_join(join.as_millis() as u64);
+        }
         use crate::signal::mediasoup::event_text;
         let notices: Vec<_> = {
             let mut engine = self.engine.borrow_mut();
@@ -187,7 +202,7 @@ pub(super) async fn run(
         p2p_rooms: RefCell::default(),
         engine: RefCell::new(engine),
         udp_wake,
-        forward_latency: RefCell::default(),
+        latencies: RefCell::default(),
         outbound: RefCell::default(),
         pending_stats: RefCell::default(),
         next_id: Cell::new(0),

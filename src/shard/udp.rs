@@ -41,6 +41,7 @@ pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiv
             .borrow()
             .next_timeout()
             .map_or(IDLE_WAKE, |t| t.saturating_duration_since(Instant::now()));
+        let slept_from = Instant::now();
         futures::select! {
             r = socket.recv_from(&mut buf).fuse() => {
                 let received_at = Instant::now();
@@ -63,7 +64,13 @@ pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiv
                 }
             }
             _ = glommio::timer::sleep(wait).fuse() => {
-                shard.engine.borrow_mut().handle_timeout(Instant::now());
+                let now = Instant::now();
+                let planned = slept_from + wait;
+                shard
+                    .latencies
+                    .borrow_mut()
+                    .record_loop_lag(now.saturating_duration_since(planned).as_micros() as u64);
+                shard.engine.borrow_mut().handle_timeout(now);
             }
             _ = woken.next() => {}
             _ = shutdown => return,

@@ -35,8 +35,11 @@ pub struct Session {
 /// What the glue must do after a message.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
-    /// Send this text to the client.
-    Reply(String),
+    /// Send this text to the client; `error` is the error code when it is an error.
+    Reply {
+        text: String,
+        error: Option<&'static str>,
+    },
     /// The room lives on another shard: move the connection there and replay the
     /// message.
     Relocate { room: String },
@@ -96,11 +99,14 @@ pub fn handle_text(
     let req: Request = match serde_json::from_str(text) {
         Ok(r) => r,
         Err(e) => {
-            return Outcome::Reply(error(
-                &Value::Null,
-                "bad_request",
-                &format!("expected {{type, data, requestId}}: {e}"),
-            ))
+            return Outcome::Reply {
+                text: error(
+                    &Value::Null,
+                    "bad_request",
+                    &format!("expected {{type, data, requestId}}: {e}"),
+                ),
+                error: Some("bad_request"),
+            }
         }
     };
     if req.kind == "join-room" && session.room.is_none() {
@@ -110,10 +116,16 @@ pub fn handle_text(
         }
     }
     let result = dispatch(engine, now, session, &req);
-    Outcome::Reply(match result {
-        Ok(data) => response(&req.request_id, data),
-        Err(e) => error(&req.request_id, e.code(), &e.to_string()),
-    })
+    match result {
+        Ok(data) => Outcome::Reply {
+            text: response(&req.request_id, data),
+            error: None,
+        },
+        Err(e) => Outcome::Reply {
+            text: error(&req.request_id, e.code(), &e.to_string()),
+            error: Some(e.code()),
+        },
+    }
 }
 
 fn dispatch(
@@ -137,6 +149,7 @@ fn dispatch(
             let room = choose_room(&s.identity, d)?;
             let caps = d.get("rtpCapabilities").cloned();
             let info = engine.join(
+                now,
                 peer,
                 &room,
                 &s.identity.user_id,
