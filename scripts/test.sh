@@ -7,12 +7,16 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use:
 #   pkg-config, build-essential  C parts of crypto crates
 #   chromium                     real-browser tests (driven by playwright-core)
-#   nodejs, npm                  the browser tests' runner and bundler (only if npm is absent)
+#   nodejs, npm                  the browser tests' runner and bundler, the AsyncAPI parser
+#                                (only if npm is absent)
+#   python3, python3-venv        schemathesis and prometheus_client for the API checks
+#                                (only if python3 cannot make a venv)
 need_pkgs=()
 for pkg in pkg-config build-essential chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 command -v npm >/dev/null || need_pkgs+=(nodejs npm)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_pkgs+=(python3 python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need_pkgs[*]} (run as root to install them)" >&2

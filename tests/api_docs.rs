@@ -34,15 +34,13 @@ const CANDIDATES: &[&str] = &[
     "/whep/r1/p1",
     "/connect",
     "/join/c1",
-    "/metrics",
-    "/latency",
     "/demo",
 ];
 
 /// Served but not yet documented: the mediasoup-client dialect (`/` and `/ws` with a
 /// WebSocket upgrade) is being written; its author adds it to src/http/api_docs.rs and
 /// src/http/asyncapi.json and removes it from here.
-const PENDING: &[&str] = &["/", "/ws"];
+const PENDING: &[&str] = &[];
 
 const UPGRADE: &[(&str, &str)] = &[
     ("Upgrade", "websocket"),

@@ -244,7 +244,10 @@ fn two_rooms_on_two_shards_forward_at_once_each_on_its_owner() {
 
     // /metrics and /latency agree with /health: every forwarded packet is counted and its
     // forward latency recorded, on its own shard.
-    let forwarded: Vec<u64> = shards.iter().map(|s| s["packetsOut"].as_u64().unwrap()).collect();
+    let forwarded: Vec<u64> = shards
+        .iter()
+        .map(|s| s["packetsOut"].as_u64().unwrap())
+        .collect();
     let (status, metrics) = http(server.port, "GET", "/metrics", &[], b"").unwrap();
     assert_eq!(status, 200);
     for (id, n) in forwarded.iter().enumerate() {
@@ -261,10 +264,20 @@ fn two_rooms_on_two_shards_forward_at_once_each_on_its_owner() {
     assert_eq!(status, 200);
     let latency: Value = serde_json::from_str(&latency).unwrap();
     for (id, n) in forwarded.iter().enumerate() {
-        let count = latency["shards"][id]["forwardUs"]["count"].as_u64().unwrap();
-        assert!(count >= *n, "shard {id}: {count} latencies for {n} forwarded packets");
+        let count = latency["shards"][id]["forwardUs"]["count"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            count >= *n,
+            "shard {id}: {count} latencies for {n} forwarded packets"
+        );
         assert!(latency["shards"][id]["joinMs"]["count"].as_u64().unwrap() >= 2);
-        assert!(latency["shards"][id]["requestUs"]["count"].as_u64().unwrap() >= 5);
+        assert!(
+            latency["shards"][id]["requestUs"]["count"]
+                .as_u64()
+                .unwrap()
+                >= 5
+        );
     }
 
     // Closing the WebSockets releases every transport, producer, consumer and room.

@@ -176,6 +176,14 @@ enum WsVersionValue {
     V13,
 }
 
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+enum LatencyFormat {
+    Json,
+    Hdr,
+}
+
 /// Stubs that carry the path documentation; the handlers are in `shard::front_door`.
 #[allow(dead_code)]
 mod paths {
@@ -259,6 +267,82 @@ mod paths {
     fn p2p_namespace() {}
 
     #[utoipa::path(
+        get, path = "/ws", tag = "mediasoup",
+        summary = "Request/response WebSocket for mediasoup-client (also at `/`)",
+        description = "WebSocket upgrade; the messages are described by the AsyncAPI \
+            document at `/asyncapi`. The token (`?token=` or `Authorization: Bearer`) is \
+            checked before the upgrade.",
+        params(
+            ("Upgrade" = inline(UpgradeValue), Header, description = "Must hold `websocket`"),
+            ("Connection" = inline(ConnectionValue), Header, description = "Must hold `Upgrade`"),
+            ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$",
+                description = "Base64 of 16 random bytes (RFC 6455)"),
+            ("Sec-WebSocket-Version" = inline(WsVersionValue), Header),
+        ),
+        responses(
+            (status = 101, description = "Switching Protocols: the connection speaks WebSocket from now on",
+                headers(("Upgrade" = String), ("Connection" = String), ("Sec-WebSocket-Accept" = String))),
+            (status = 400, description = "Missing or malformed Sec-WebSocket-Key, or version not 13", body = ErrorBody),
+            (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+            (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody,
+                headers(("Upgrade" = String, description = "`websocket`"))),
+        ),
+        security(("bearer" = []), ("token" = []))
+    )]
+    fn ws() {}
+
+    #[utoipa::path(
+        get, path = "/", tag = "mediasoup",
+        summary = "The same WebSocket as `/ws`",
+        params(
+            ("Upgrade" = inline(UpgradeValue), Header, description = "Must hold `websocket`"),
+            ("Connection" = inline(ConnectionValue), Header, description = "Must hold `Upgrade`"),
+            ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$",
+                description = "Base64 of 16 random bytes (RFC 6455)"),
+            ("Sec-WebSocket-Version" = inline(WsVersionValue), Header),
+        ),
+        responses(
+            (status = 101, description = "Switching Protocols",
+                headers(("Upgrade" = String), ("Connection" = String), ("Sec-WebSocket-Accept" = String))),
+            (status = 400, description = "Missing or malformed Sec-WebSocket-Key, or version not 13", body = ErrorBody),
+            (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+            (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody,
+                headers(("Upgrade" = String, description = "`websocket`"))),
+        ),
+        security(("bearer" = []), ("token" = []))
+    )]
+    fn root() {}
+
+    #[utoipa::path(
+        get, path = "/latency", tag = "server",
+        summary = "Latency histograms, per shard and merged",
+        description = "Histograms: `forwardUs` (UDP receive to send of forwarded packets), \
+            `joinMs` (join-room to first media), `requestUs` (signaling request handling), \
+            `loopLagUs` (how late the media timer fired). JSON gives count, min, p50, p90, \
+            p99, p99.9 and max; `format=hdr` gives the HdrHistogram interval log (V2, \
+            compressed, base64) for standard HdrHistogram tools.",
+        params(
+            ("format" = Option<LatencyFormat>, Query, description = "`json` (default) or `hdr`"),
+            ("reset" = Option<bool>, Query, description = "Start a new interval after this answer"),
+        ),
+        responses(
+            (status = 200, description = "The histograms: JSON, or the interval log for `format=hdr`",
+                content((Object = "application/json"), (String = "text/plain"))),
+            (status = 400, description = "Unknown format", body = ErrorBody),
+            (status = 503, description = "No shard answered", body = ErrorBody),
+        )
+    )]
+    fn latency() {}
+
+    #[utoipa::path(
+        get, path = "/metrics", tag = "server",
+        summary = "Prometheus metrics (text format), labelled by shard",
+        responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
+            content_type = "text/plain"))
+    )]
+    fn metrics() {}
+
+    #[utoipa::path(
         get, path = "/openapi.json", tag = "docs",
         summary = "This document (OpenAPI 3.1)",
         responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"))
@@ -320,16 +404,21 @@ impl Modify for Security {
         paths::login,
         paths::p2p,
         paths::p2p_namespace,
+        paths::ws,
+        paths::root,
+        paths::latency,
+        paths::metrics,
         paths::openapi,
         paths::docs,
         paths::asyncapi,
     ),
-    components(schemas(ErrorBody, ErrorDetail)),
+    components(schemas(ErrorBody, ErrorDetail, LatencyFormat)),
     modifiers(&Security),
     tags(
         (name = "server", description = "Server state"),
         (name = "auth", description = "Tokens"),
         (name = "p2p", description = "Peer-to-peer relay dialect (WebSocket)"),
+        (name = "mediasoup", description = "Request/response dialect for mediasoup-client (WebSocket)"),
         (name = "docs", description = "API documents"),
     )
 )]

@@ -67,7 +67,17 @@ fn merged(per_shard: &[Option<LatencySnapshot>]) -> Option<LatencySnapshot> {
 
 /// `GET /latency[?format=hdr][&reset=true]`: per-shard and merged histograms.
 pub async fn latency(shard: &Rc<Shard>, head: &Head) -> Response {
-    let reset = matches!(head.query("reset"), Some("true" | "1"));
+    let reset = match head.query("reset") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Response::error(
+                400,
+                "bad_request",
+                &format!("reset must be true or false, not {other:?}"),
+            )
+        }
+    };
     let per_shard = latencies(shard, reset).await;
     let Some(total) = merged(&per_shard) else {
         return Response::error(503, "unavailable", "no shard answered");

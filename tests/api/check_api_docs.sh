@@ -135,6 +135,32 @@ if ! timeout 60 "$VENV/bin/python" "$HERE/check_asyncapi.py" "$BASE" "$SCHEMA" "
   status=1
 fi
 
+say "/metrics through prometheus_client's parser, /latency as JSON"
+if ! timeout 30 "$VENV/bin/python" - "$BASE" <<'EOF'
+import json, sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+base = sys.argv[1]
+with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+    families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+for name in ("corelay_rtp_packets_forwarded", "corelay_connections", "corelay_forward_latency_microseconds"):
+    if name not in families:
+        sys.exit(f"/metrics lacks {name}: {sorted(families)}")
+shards = {s.labels["shard"] for s in families["corelay_connections"].samples}
+if shards != {"0", "1"}:
+    sys.exit(f"/metrics: shard labels {shards}")
+with urllib.request.urlopen(base + "/latency", timeout=10) as r:
+    lat = json.load(r)
+for h in ("forwardUs", "joinMs", "requestUs", "loopLagUs"):
+    for k in ("count", "min", "p50", "p90", "p99", "p99.9", "max"):
+        if k not in lat["merged"][h]:
+            sys.exit(f"/latency merged.{h} lacks {k}")
+print(f"metrics: {len(families)} families parse; latency: 4 histograms")
+EOF
+then
+  echo "check_api_docs: FAIL: /metrics or /latency" >&2
+  status=1
+fi
+
 # --- the server must have survived all of it ---
 if ! kill -0 "$SERVER" 2>/dev/null; then
   echo "check_api_docs: FAIL: the server died: $(tail -20 "$WORK/server.log")" >&2

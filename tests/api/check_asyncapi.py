@@ -224,6 +224,85 @@ def scripted_session(stack, url, channel, path, tokens, room):
     alice.close()
 
 
+class MscPeer:
+    """A client of the request/response dialect; events that arrive while it waits for a
+    response are kept, and every server message is checked against the document."""
+
+    def __init__(self, stack, channel, url, token):
+        self.channel = channel
+        self.ws = stack.enter_context(
+            connect(url + f"?token={token}", open_timeout=10, close_timeout=2))
+        self.next = 0
+        self.events = []
+
+    def _recv(self):
+        msg = json.loads(self.ws.recv(timeout=10))
+        self.channel.check("send", msg, "server message")
+        return msg
+
+    def request(self, kind, data, ok=True):
+        self.next += 1
+        rid = str(self.next)
+        req = {"type": kind, "data": data, "requestId": rid}
+        if ok:  # requests meant to fail may be outside the document on purpose
+            self.channel.check("receive", req, "client request")
+        self.ws.send(json.dumps(req))
+        while True:
+            msg = self._recv()
+            if msg.get("type") == "response" and msg.get("requestId") == rid:
+                if ok and "error" in msg:
+                    fail(f"/ws: {kind} failed: {msg}")
+                if not ok and "error" not in msg:
+                    fail(f"/ws: {kind} should have failed: {msg}")
+                return msg.get("data")
+            self.events.append(msg)
+
+    def expect(self, kind):
+        for i, e in enumerate(self.events):
+            if e["type"] == kind:
+                return self.events.pop(i)
+        msg = self._recv()
+        while msg["type"] != kind:
+            self.events.append(msg)
+            msg = self._recv()
+        return msg
+
+    def close(self):
+        self.ws.close()
+
+
+def msc_session(base_ws, channel, tokens):
+    """The request/response dialect: join, produce, consume, close, leave (no media)."""
+    room = "room-msc"
+    with contextlib.ExitStack() as stack:
+        url = base_ws + channel.address
+        alice = MscPeer(stack, channel, url, tokens["alice"])
+        bob = MscPeer(stack, channel, url, tokens["bob"])
+        alice.request("join-room", {"roomId": room})
+        bob.request("join-room", {"roomId": room})
+        alice.expect("peer-joined")
+        send = alice.request("create-transport", {"direction": "send"})
+        params = {
+            "mid": "0",
+            "codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}],
+            "encodings": [{"ssrc": 1234}],
+            "rtcp": {"cname": "alice"},
+        }
+        produced = alice.request(
+            "produce", {"transportId": send["id"], "kind": "video", "rtpParameters": params})
+        bob.expect("new-producer")
+        recv = bob.request("create-transport", {"direction": "recv"})
+        bob.request("consume", {"transportId": recv["id"], "producerId": produced["id"]})
+        bob.request("dance", {}, ok=False)
+        bob.request("resume-consumer", {"consumerId": "c-nope"}, ok=False)
+        alice.request("close-producer", {"producerId": produced["id"]})
+        bob.expect("consumer-closed")
+        bob.expect("producer-closed")
+        alice.close()
+        bob.expect("peer-left")
+        bob.close()
+
+
 def main():
     base, schema_path, binary = sys.argv[1:4]
     with urllib.request.urlopen(base + "/asyncapi", timeout=10) as r:
@@ -247,11 +326,14 @@ def main():
     base_ws = "ws" + base[len("http"):]
     channels = {cid: Channel(doc, cid) for cid in doc["channels"]}
     for cid, ch in channels.items():
-        if not ch.address.startswith("/p2p"):
+        if ch.address == "/ws":
+            msc_session(base_ws, ch, tokens)
+        elif ch.address.startswith("/p2p"):
+            path = ch.address.replace("{namespace}", "team-a")
+            session(base_ws, ch, path, tokens, "room-" + cid)
+        else:
             fail(f"channel {cid} ({ch.address}): no live scenario for it in {__file__}")
             continue
-        path = ch.address.replace("{namespace}", "team-a")
-        session(base_ws, ch, path, tokens, "room-" + cid)
         for ref in ch.ops["send"]:
             if ref not in ch.seen:
                 fail(f"{ch.address}: the server never sent {ref} in the scripted session")
