@@ -28,7 +28,7 @@ pub enum ClientError {
 pub enum ClientEvent {
     Connected,
     Disconnected,
-    Rtp(RtpPacket),
+    Rtp(Box<RtpPacket>),
     KeyframeRequest(KeyframeRequest),
 }
 
@@ -287,7 +287,7 @@ impl Client {
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         self.events.push_back(ClientEvent::Disconnected)
                     }
-                    Event::RtpPacket(p) => self.events.push_back(ClientEvent::Rtp(p)),
+                    Event::RtpPacket(p) => self.events.push_back(ClientEvent::Rtp(Box::new(p))),
                     Event::KeyframeRequest(k) => {
                         self.events.push_back(ClientEvent::KeyframeRequest(k))
                     }

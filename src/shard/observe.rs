@@ -176,7 +176,8 @@ pub async fn metrics(shard: &Rc<Shard>) -> Response {
             .collect();
     let lat = latencies(shard, false).await;
     let mut out = String::new();
-    let counters: [(&str, &str, &str, fn(&ShardSnapshot) -> u64); 14] = [
+    type Series = (&'static str, &'static str, &'static str, fn(&ShardSnapshot) -> u64);
+    let counters: [Series; 14] = [
         (
             "corelay_connections",
             "gauge",
