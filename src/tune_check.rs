@@ -524,7 +524,7 @@ fn count(n: u64) -> String {
 pub fn read_facts(cores: &[usize]) -> Facts {
     let ethtool_installed = find_in_path("ethtool");
     let sys_cpu =
-        |c: usize, rest: &str| read_trim(&format!("/sys/devices/system/cpu/cpu{c}/{rest}"));
+        |c: usize, rest: &str| read_trim(format!("/sys/devices/system/cpu/cpu{c}/{rest}"));
     Facts {
         memlock: rlimit(libc::RLIMIT_MEMLOCK),
         nofile: rlimit(libc::RLIMIT_NOFILE),
@@ -747,21 +747,24 @@ mod tests {
 
     #[test]
     fn only_memlock_and_socket_maxima_fail() {
-        let mut f = Facts::default();
-        f.memlock = Some(Limit {
+        let unlimited = Limit {
             soft: u64::MAX,
             hard: u64::MAX,
-        });
-        f.rmem_max = Some(u64::MAX);
-        f.wmem_max = Some(u64::MAX);
-        // Everything else unseen or bad: warnings only.
-        f.nofile = Some(Limit {
-            soft: 1024,
-            hard: 4096,
-        });
-        f.irqbalance_running = true;
-        f.governors = vec![(0, Some("powersave".into()))];
-        f.siblings = vec![(0, vec![0, 1]), (1, vec![0, 1])];
+        };
+        // The two important settings fine, everything else unseen or bad: warnings only.
+        let f = Facts {
+            memlock: Some(unlimited),
+            rmem_max: Some(u64::MAX),
+            wmem_max: Some(u64::MAX),
+            nofile: Some(Limit {
+                soft: 1024,
+                hard: 4096,
+            }),
+            irqbalance_running: true,
+            governors: vec![(0, Some("powersave".into()))],
+            siblings: vec![(0, vec![0, 1]), (1, vec![0, 1])],
+            ..Facts::default()
+        };
         let lines = check(&f, &wanted());
         assert!(lines.iter().all(|l| l.status != Status::Fail), "{lines:?}");
         assert!(lines.iter().filter(|l| l.status == Status::Warn).count() >= 5);

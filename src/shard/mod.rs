@@ -238,6 +238,10 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     });
     loop {
         if done_rx.recv_timeout(SHUTDOWN_POLL).is_ok() {
+            // Shards may stop within one poll of a signal: still tell systemd it was asked.
+            if SHUTDOWN.load(Ordering::SeqCst) {
+                notify::stopping();
+            }
             break;
         }
         if let Some(w) = watchdog.as_mut() {
