@@ -7,12 +7,13 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use:
 #   pkg-config, build-essential  C parts of crypto crates
 #   chromium                     real-browser tests (driven by playwright-core)
+#   systemd, strace              systemd-analyze verify/security; the syscall-filter check
 #   nodejs, npm                  the browser tests' runner and bundler, the AsyncAPI parser
 #                                (only if npm is absent)
 #   python3, python3-venv        schemathesis and prometheus_client for the API checks
 #                                (only if python3 cannot make a venv)
 need_pkgs=()
-for pkg in pkg-config build-essential chromium; do
+for pkg in pkg-config build-essential chromium systemd strace; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 command -v npm >/dev/null || need_pkgs+=(nodejs npm)
