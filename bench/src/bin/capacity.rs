@@ -1,0 +1,363 @@
+//! End-to-end capacity of one shard: the server on 1 shard pinned to one core, corelay-load
+//! on another, one room with one 1 Mbit/s video + audio publisher and a growing number of
+//! subscribers. Each step records server CPU (from /proc), forwarded packets (from
+//! /metrics), loss (from the load tool), p99 forward latency (from /latency) and RSS.
+//!
+//! Run from the repository root: `cargo run --release -p corelay-bench --bin capacity`
+//! (`-- --steps 25,50,100 --seconds 10 --server-core 0 --load-core 1`). Writes
+//! `bench/results/capacity-<unix time>.json` and `.svg`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+const SECRET: &str = "capacity-benchmark-secret-0123456789";
+
+struct Args {
+    steps: Vec<u32>,
+    seconds: u64,
+    server_core: usize,
+    load_core: usize,
+}
+
+fn args() -> Args {
+    let all: Vec<String> = std::env::args().collect();
+    let get = |name: &str| {
+        all.iter()
+            .position(|a| a == name)
+            .and_then(|i| all.get(i + 1))
+            .cloned()
+    };
+    Args {
+        steps: get("--steps")
+            .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![25, 50, 100, 200, 400, 800]),
+        seconds: get("--seconds").and_then(|s| s.parse().ok()).unwrap_or(10),
+        server_core: get("--server-core")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        load_core: get("--load-core").and_then(|s| s.parse().ok()).unwrap_or(1),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("server reachable");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default()
+}
+
+/// (user + system CPU seconds, RSS bytes) of a process.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (cpu, rss_kb * 1024)
+}
+
+fn forwarded(port: u16) -> u64 {
+    http_get(port, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with("corelay_rtp_packets_forwarded_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(core: usize) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = root().join("target/release/corelay");
+    let child = Command::new("taskset")
+        .args(["-c", &core.to_string()])
+        .arg(&bin)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            "1",
+            "--udp-port-base",
+            "0",
+        ])
+        .args(["--log-level", "warn"])
+        .env("JWT_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("taskset and target/release/corelay");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http_get(port, "/health").contains("\"ok\"")
+        {
+            return Server { child, port };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("server did not become healthy");
+}
+
+#[derive(Clone)]
+struct Step {
+    subscribers: u32,
+    cpu_seconds: f64,
+    forwarded: u64,
+    loss_percent: f64,
+    p99_forward_us: u64,
+    rss_bytes: u64,
+    seconds: f64,
+}
+
+impl Step {
+    fn cpu_us_per_packet(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.forwarded.max(1) as f64
+    }
+    fn packets_per_second(&self) -> f64 {
+        self.forwarded as f64 / self.seconds
+    }
+    fn json(&self) -> Value {
+        json!({
+            "subscribers": self.subscribers,
+            "serverCpuSeconds": self.cpu_seconds,
+            "forwardedPackets": self.forwarded,
+            "forwardedPerSecond": self.packets_per_second(),
+            "cpuMicrosPerForwardedPacket": self.cpu_us_per_packet(),
+            "lossPercent": self.loss_percent,
+            "p99ForwardLatencyUs": self.p99_forward_us,
+            "serverRssBytes": self.rss_bytes,
+        })
+    }
+}
+
+fn run_step(a: &Args, subscribers: u32, results: &Path) -> Step {
+    let server = start_server(a.server_core);
+    let pid = server.child.id();
+    let (_, rss_idle) = proc_usage(pid);
+    let json_path = results.join(format!("load-{subscribers}.json"));
+    let load_bin = root().join("target/release/corelay-load");
+    let mut load = Command::new("taskset")
+        .args(["-c", &a.load_core.to_string()])
+        .arg(&load_bin)
+        .args([
+            "--url",
+            &format!("http://127.0.0.1:{}", server.port),
+            "--secret",
+            SECRET,
+        ])
+        .args([
+            "--rooms",
+            "1",
+            "--video-publishers",
+            "1",
+            "--audio-publishers",
+            "1",
+        ])
+        .args(["--subscribers", &subscribers.to_string()])
+        .args(["--duration", &format!("{}s", a.seconds)])
+        .args(["--ramp", "200", "--threads", "1"])
+        .arg("--json")
+        .arg(&json_path)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("target/release/corelay-load");
+    // Measure the middle of the run, after everyone joined.
+    let ramp = Duration::from_millis(subscribers as u64 * 5 + 1500);
+    std::thread::sleep(ramp);
+    let _ = http_get(server.port, "/latency?reset=true");
+    let (cpu0, _) = proc_usage(pid);
+    let fwd0 = forwarded(server.port);
+    let t0 = Instant::now();
+    let window = Duration::from_secs(a.seconds).saturating_sub(ramp + Duration::from_secs(1));
+    std::thread::sleep(window.max(Duration::from_secs(2)));
+    let (cpu1, rss) = proc_usage(pid);
+    let fwd1 = forwarded(server.port);
+    let seconds = t0.elapsed().as_secs_f64();
+    let latency: Value =
+        serde_json::from_str(&http_get(server.port, "/latency")).unwrap_or(Value::Null);
+    let _ = load.wait();
+    let report: Value = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let _ = rss_idle;
+    Step {
+        subscribers,
+        cpu_seconds: cpu1 - cpu0,
+        forwarded: fwd1 - fwd0,
+        loss_percent: report["totals"]["lossPercent"].as_f64().unwrap_or(100.0),
+        p99_forward_us: latency["merged"]["forwardUs"]["p99"].as_u64().unwrap_or(0),
+        rss_bytes: rss,
+        seconds,
+    }
+}
+
+/// A small SVG: CPU per packet (left axis) and p99 latency (right axis) against subscribers.
+fn plot(steps: &[Step]) -> String {
+    let (w, h, m) = (720.0, 400.0, 60.0);
+    let xs: Vec<f64> = steps
+        .iter()
+        .map(|s| (s.subscribers as f64).log2())
+        .collect();
+    let (xmin, xmax) = (xs[0], xs[xs.len() - 1].max(xs[0] + 1.0));
+    let cpu: Vec<f64> = steps.iter().map(Step::cpu_us_per_packet).collect();
+    let p99: Vec<f64> = steps.iter().map(|s| s.p99_forward_us as f64).collect();
+    let cmax = cpu.iter().cloned().fold(1.0, f64::max) * 1.2;
+    let lmax = p99.iter().cloned().fold(1.0, f64::max) * 1.2;
+    let px = |x: f64| m + (x - xmin) / (xmax - xmin) * (w - 2.0 * m);
+    let py = |y: f64, max: f64| h - m - y / max * (h - 2.0 * m);
+    let line = |ys: &[f64], max: f64, color: &str| {
+        let pts: Vec<String> = xs
+            .iter()
+            .zip(ys)
+            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y, max)))
+            .collect();
+        let dots: String = xs
+            .iter()
+            .zip(ys)
+            .map(|(x, y)| {
+                format!(
+                    "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/>",
+                    px(*x),
+                    py(*y, max)
+                )
+            })
+            .collect();
+        format!(
+            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>{dots}",
+            pts.join(" ")
+        )
+    };
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\
+         <rect width='100%' height='100%' fill='white'/>\
+         <text x='{}' y='20' text-anchor='middle' font-size='14'>corelay capacity, 1 shard: CPU per forwarded packet and p99 forward latency</text>\
+         <line x1='{m}' y1='{}' x2='{}' y2='{}' stroke='black'/>\
+         <line x1='{m}' y1='{m}' x2='{m}' y2='{}' stroke='black'/>\
+         <line x1='{}' y1='{m}' x2='{}' y2='{}' stroke='black'/>\
+         <text x='15' y='{}' transform='rotate(-90 15 {})' text-anchor='middle' fill='#1f77b4'>server CPU us per forwarded packet (max {:.2})</text>\
+         <text x='{}' y='{}' transform='rotate(90 {} {})' text-anchor='middle' fill='#d62728'>p99 forward latency us (max {:.0})</text>\
+         <text x='{}' y='{}' text-anchor='middle'>subscribers (log scale)</text>",
+        w / 2.0, h - m, w - m, h - m, h - m, w - m, w - m, h - m,
+        h / 2.0, h / 2.0, cmax / 1.2, w - 15.0, h / 2.0, w - 15.0, h / 2.0, lmax / 1.2,
+        w / 2.0, h - 15.0,
+    );
+    for (x, s) in xs.iter().zip(steps) {
+        svg += &format!(
+            "<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>",
+            px(*x),
+            h - m + 16.0,
+            s.subscribers
+        );
+    }
+    svg += &line(&cpu, cmax, "#1f77b4");
+    svg += &line(&p99, lmax, "#d62728");
+    svg += "</svg>\n";
+    svg
+}
+
+fn main() {
+    let a = args();
+    let status = Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release", "-p", "corelay", "-p", "corelay-load"])
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "release build failed");
+    let results = root().join("bench/results");
+    std::fs::create_dir_all(&results).unwrap();
+    let mut steps = Vec::new();
+    println!(
+        "{:>11} {:>10} {:>12} {:>14} {:>8} {:>10} {:>10}",
+        "subscribers", "cpu s", "forwarded/s", "cpu us/packet", "loss %", "p99 us", "RSS MiB"
+    );
+    for &n in &a.steps {
+        let s = run_step(&a, n, &results);
+        println!(
+            "{:>11} {:>10.2} {:>12.0} {:>14.2} {:>8.2} {:>10} {:>10.1}",
+            s.subscribers,
+            s.cpu_seconds,
+            s.packets_per_second(),
+            s.cpu_us_per_packet(),
+            s.loss_percent,
+            s.p99_forward_us,
+            s.rss_bytes as f64 / (1 << 20) as f64
+        );
+        let stop = s.loss_percent > 1.0;
+        steps.push(s);
+        if stop {
+            break;
+        }
+    }
+    let good: Vec<&Step> = steps
+        .iter()
+        .filter(|s| s.loss_percent < 0.5 && s.p99_forward_us < 5_000)
+        .collect();
+    let knee = good.last().copied().or(steps.first());
+    let rss_per_sub = match (steps.first(), steps.last()) {
+        (Some(a), Some(b)) if b.subscribers > a.subscribers => {
+            (b.rss_bytes as f64 - a.rss_bytes as f64) / (b.subscribers - a.subscribers) as f64
+        }
+        _ => 0.0,
+    };
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let report = json!({
+        "steps": steps.iter().map(Step::json).collect::<Vec<_>>(),
+        "largestGoodStep": knee.map(|s| s.subscribers),
+        "cpuMicrosPerForwardedPacketAtKnee": knee.map(Step::cpu_us_per_packet),
+        "forwardedPerSecondPerCoreAtKnee": knee.map(|s| s.packets_per_second() / (s.cpu_seconds / s.seconds).max(1e-9)),
+        "rssBytesPerSubscriber": rss_per_sub,
+        "criteria": "largest step with loss < 0.5% and p99 forward latency < 5 ms",
+    });
+    let json_path = results.join(format!("capacity-{stamp}.json"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    let svg_path = results.join(format!("capacity-{stamp}.svg"));
+    std::fs::write(&svg_path, plot(&steps)).unwrap();
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    println!("wrote {} and {}", json_path.display(), svg_path.display());
+}
