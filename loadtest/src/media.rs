@@ -227,7 +227,7 @@ mod tests {
         let sizes = frame_packet_sizes(1_000_000 / 8 / 30);
         assert_eq!(sizes.len(), 4);
         assert_eq!(sizes.iter().sum::<usize>(), 4166);
-        assert!(sizes.iter().all(|&s| s <= MAX_PAYLOAD && s >= 1041));
+        assert!(sizes.iter().all(|&s| (1041..=MAX_PAYLOAD).contains(&s)));
         assert_eq!(frame_packet_sizes(10), vec![VP8_DESCRIPTOR_LEN + STAMP_LEN]);
         assert_eq!(frame_packet_sizes(MAX_PAYLOAD), vec![MAX_PAYLOAD]);
     }
@@ -241,7 +241,10 @@ mod tests {
         assert_eq!(w.record(11), Seen::Duplicate);
         assert_eq!(w.record(12), Seen::Duplicate);
         assert_eq!(w.record(9), Seen::Reordered);
-        assert_eq!((w.unique, w.duplicates, w.reordered, w.span()), (4, 2, 2, 4));
+        assert_eq!(
+            (w.unique, w.duplicates, w.reordered, w.span()),
+            (4, 2, 2, 4)
+        );
         // A jump beyond the window forgets the old slots without false duplicates.
         assert_eq!(w.record(12 + 3 * SeqWindow::SIZE), Seen::New);
         assert_eq!(w.record(13 + 2 * SeqWindow::SIZE), Seen::Reordered);

@@ -24,6 +24,8 @@ use super::SfuError;
 
 pub type PeerId = u64;
 
+/// DTLS datagrams kept per transport until connect-transport arrives.
+const EARLY_DTLS_MAX: usize = 16;
 /// How often a producer may be asked for a keyframe.
 const KEYFRAME_DEBOUNCE: Duration = Duration::from_millis(500);
 /// A simulcast layer without packets for this long counts as inactive.
@@ -412,10 +414,13 @@ impl Engine {
             .get("value")
             .and_then(Value::as_str)
             .ok_or_else(|| SfuError::BadRequest("fingerprint value missing".into()))?;
-        self.transports
-            .get_mut(&id)
-            .expect("checked")
-            .connect("sha-256", value)?;
+        let t = self.transports.get_mut(&id).expect("checked");
+        t.connect("sha-256", value)?;
+        for (source, data) in std::mem::take(&mut t.early_dtls) {
+            if let Ok(r) = Receive::new(Protocol::Udp, source, self.candidate, &data) {
+                let _ = t.rtc.handle_input(Input::Receive(now, r));
+            }
+        }
         self.drain(now, id);
         Ok(())
     }
@@ -830,6 +835,15 @@ impl Engine {
         let Some(t) = self.transports.get_mut(&tid) else {
             return false;
         };
+        if !t.connected && matches!(data.first(), Some(20..=63)) {
+            // A DTLS ClientHello can beat connect-transport (the browser starts as soon as
+            // ICE works): keep it for then, rather than make the client retransmit a
+            // second later.
+            if t.early_dtls.len() < EARLY_DTLS_MAX {
+                t.early_dtls.push((source, data.to_vec()));
+            }
+            return true;
+        }
         let input = Input::Receive(now, receive);
         if !t.rtc.accepts(&input) {
             self.counters.datagrams_dropped += 1;

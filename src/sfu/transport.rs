@@ -35,6 +35,8 @@ pub struct Transport {
     pub dirty: bool,
     /// Source addresses seen for this transport, to forget them on close.
     pub sources: Vec<SocketAddr>,
+    /// DTLS datagrams that arrived before connect-transport, replayed then.
+    pub early_dtls: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 impl Transport {
@@ -79,6 +81,7 @@ impl Transport {
             deadline: now,
             dirty: false,
             sources: Vec::new(),
+            early_dtls: Vec::new(),
         })
     }
 

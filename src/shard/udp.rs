@@ -26,9 +26,23 @@ const GSO_MAX_BYTES: usize = 65_000;
 /// When no transport has a deadline.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
+/// One receive that lives across loop turns. When nothing is queued, glommio hands the
+/// receive to io_uring, which then owns the datagram it takes: dropping the future (when
+/// the timer wins the race) would lose that datagram.
+async fn receive(
+    socket: Rc<UdpSocket>,
+    mut buf: Vec<u8>,
+) -> (Rc<UdpSocket>, Vec<u8>, Option<(usize, SocketAddr)>) {
+    let r = socket.recv_from(&mut buf).await.ok();
+    (socket, buf, r)
+}
+
 pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiver<()>) {
     let fd = socket.as_raw_fd();
+    let socket = Rc::new(socket);
     let mut buf = vec![0u8; 2048];
+    let pending = receive(socket.clone(), vec![0u8; 2048]).fuse();
+    futures::pin_mut!(pending);
     let mut shutdown = shard.shutdown.clone();
     let mut gso = true;
     loop {
@@ -43,12 +57,13 @@ pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiv
             .map_or(IDLE_WAKE, |t| t.saturating_duration_since(Instant::now()));
         let slept_from = Instant::now();
         futures::select! {
-            r = socket.recv_from(&mut buf).fuse() => {
+            (sock, first, r) = pending.as_mut() => {
                 let received_at = Instant::now();
                 let forwarded_before = shard.engine.borrow().counters().rtp_out;
-                if let Ok((n, from)) = r {
-                    handle(&shard, received_at, from, &buf[..n]);
+                if let Some((n, from)) = r {
+                    handle(&shard, received_at, from, &first[..n]);
                 }
+                pending.set(receive(sock, first).fuse());
                 // Drain what else is queued without waiting, then send it all at once.
                 for _ in 1..RECV_BATCH {
                     match recv_now(fd, &mut buf) {

@@ -127,12 +127,13 @@ fn start_server(core: usize) -> Server {
         .stdout(Stdio::null())
         .spawn()
         .expect("taskset and target/release/corelay");
+    let server = Server { child, port };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok()
             && http_get(port, "/health").contains("\"ok\"")
         {
-            return Server { child, port };
+            return server;
         }
         std::thread::sleep(Duration::from_millis(50));
     }

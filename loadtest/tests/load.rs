@@ -1,0 +1,418 @@
+//! corelay-load against the real server binary on loopback.
+//!
+//! The server binary is `target/<profile>/corelay` next to this test's own binary (built
+//! by `cargo test --workspace`; built here with `cargo build -p corelay` when missing).
+//! `CORELAY_BIN` overrides the path. Tests run one at a time (a lock) so that their
+//! timing figures do not disturb each other on small machines.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SECRET: &str = "corelay-load-test-secret-0123456789";
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The corelay server binary, built if missing.
+fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("CORELAY_BIN") {
+            return PathBuf::from(p);
+        }
+        // target/<profile>/deps/load-<hash> -> target/<profile>/corelay
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+        let bin = profile_dir.join("corelay");
+        if !bin.exists() {
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            eprintln!(
+                "corelay server binary {} is missing: running `cargo build -p corelay --bin corelay{}`",
+                bin.display(),
+                if release { " --release" } else { "" }
+            );
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "corelay", "--bin", "corelay"])
+                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("cargo runs");
+            assert!(status.success(), "cargo build -p corelay failed");
+            assert!(bin.exists(), "{} still missing after the build", bin.display());
+        }
+        bin
+    })
+    .clone()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running corelay, killed when dropped.
+struct Server {
+    port: u16,
+    child: Child,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let port = free_port();
+        let child = Command::new(server_binary())
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shards",
+                "2",
+                "--udp-port-base",
+                "0",
+            ])
+            .args(extra)
+            .env("JWT_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the corelay binary starts");
+        let server = Server { port, child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !server.healthy() {
+            assert!(Instant::now() < deadline, "server not healthy in 15 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn healthy(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.starts_with("HTTP/1.1 200")
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child process.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill({sig})");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+    json: Value,
+}
+
+/// Runs corelay-load against `server` with `args` (plus --url, --secret, --json).
+fn load(server: &Server, args: &[&str]) -> Run {
+    let dir = std::env::temp_dir().join(format!("corelay-load-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = dir.join(format!("{}.json", free_port()));
+    let started = Instant::now();
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_corelay-load"))
+        .args(["--url", &server.url(), "--secret", SECRET, "--threads", "2"])
+        .arg("--json")
+        .arg(&json_path)
+        .args(args)
+        .env_remove("JWT_SECRET")
+        .output()
+        .expect("corelay-load runs");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "corelay-load took {:?}",
+        started.elapsed()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = std::fs::read_to_string(&json_path)
+        .map(|t| serde_json::from_str(&t).expect("valid JSON"))
+        .unwrap_or(Value::Null);
+    let _ = std::fs::remove_file(&json_path);
+    Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+        json,
+    }
+}
+
+fn u(v: &Value, path: &str) -> u64 {
+    let mut cur = v;
+    for k in path.split('.') {
+        cur = &cur[k];
+    }
+    cur.as_u64()
+        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
+}
+
+fn f(v: &Value, path: &str) -> f64 {
+    let mut cur = v;
+    for k in path.split('.') {
+        cur = &cur[k];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
+}
+
+/// Every figure the README documents, in totals and in each room.
+fn assert_documented_fields(json: &Value) {
+    let common = [
+        "packetsSent",
+        "packetsReceived",
+        "packetsExpected",
+        "packetsLost",
+        "lossPercent",
+        "tracksExpected",
+        "tracksReceived",
+        "bitrateSentBps",
+        "bitrateReceivedBps",
+        "latencyUs.p50",
+        "latencyUs.p90",
+        "latencyUs.p99",
+        "latencyUs.max",
+        "joinMs.p50",
+        "joinMs.p99",
+    ];
+    let rooms = json["rooms"].as_array().expect("rooms[]");
+    assert!(!rooms.is_empty());
+    for scope in std::iter::once(&json["totals"]).chain(rooms) {
+        for key in common {
+            f(scope, key);
+        }
+        assert!(scope["errors"].is_object(), "errors in {scope:#}");
+        assert!(scope["latencyUs"]["histogram"].is_string());
+        assert!(scope["joinMs"]["histogram"].is_string());
+    }
+    for r in rooms {
+        assert!(r["room"].is_string());
+    }
+}
+
+fn context(run: &Run) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}\n--- json\n{:#}",
+        run.status, run.stdout, run.stderr, run.json["totals"]
+    )
+}
+
+/// Packets one publisher pair (1 Mbit/s VP8 at 30 fps = 4 packets/frame, Opus 50/s)
+/// sends in `secs`.
+fn pair_packets(secs: f64) -> f64 {
+    (30.0 * 4.0 + 50.0) * secs
+}
+
+#[test]
+fn five_subscribers_get_every_packet_and_the_json_has_every_field() {
+    let _serial = serial();
+    let server = Server::start(&[]);
+    let run = load(
+        &server,
+        &[
+            "--video-publishers",
+            "1",
+            "--audio-publishers",
+            "1",
+            "--subscribers",
+            "5",
+            "--duration",
+            "4s",
+            "--max-loss",
+            "0",
+        ],
+    );
+    let ctx = context(&run);
+    assert_eq!(run.status, 0, "{ctx}");
+    let t = &run.json["totals"];
+    assert_documented_fields(&run.json);
+    assert_eq!(u(t, "tracksExpected"), 10, "{ctx}");
+    assert_eq!(u(t, "tracksReceived"), 10, "{ctx}");
+    assert_eq!(u(t, "packetsLost"), 0, "{ctx}");
+    assert_eq!(f(t, "lossPercent"), 0.0, "{ctx}");
+    assert_eq!(t["errors"], serde_json::json!({}), "{ctx}");
+    // Publishers send for the 4 s less their own join (well under half a second).
+    let sent = u(t, "packetsSent") as f64;
+    let nominal = pair_packets(4.0);
+    assert!(
+        sent <= nominal * 1.01 && sent >= nominal * 0.88,
+        "sent {sent}, nominal {nominal}\n{ctx}"
+    );
+    // Each subscriber gets (nearly) all of it: it starts within the first moments.
+    let received = u(t, "packetsReceived") as f64;
+    assert!(
+        received <= 5.0 * sent && received >= 5.0 * sent * 0.9,
+        "received {received} of 5 x {sent}\n{ctx}"
+    );
+    assert_eq!(u(t, "packetsExpected"), u(t, "packetsReceived"), "{ctx}");
+    assert!(
+        u(t, "latencyUs.p50") > 0 && u(t, "latencyUs.max") < 1_000_000,
+        "{ctx}"
+    );
+    assert!(u(t, "joinMs.p99") < 3000, "{ctx}");
+    assert_eq!(run.json["rooms"].as_array().unwrap().len(), 1);
+    assert_eq!(run.json["rooms"][0]["packetsSent"], t["packetsSent"]);
+    assert_eq!(run.json["exitStatus"], 0);
+    // The table: a row per room and the total.
+    assert!(run.stdout.contains("TOTAL"), "{ctx}");
+    assert!(run.stdout.contains("errors: none"), "{ctx}");
+    // One progress line per second.
+    assert!(run.stderr.matches("peers ").count() >= 3, "{ctx}");
+}
+
+#[test]
+fn late_subscribers_get_every_track_from_the_join_answer() {
+    let _serial = serial();
+    let server = Server::start(&[]);
+    // 4 joins/s, publishers first: the 3 subscribers join at 0.5, 0.75 and 1 s, when both
+    // producers already exist.
+    let run = load(
+        &server,
+        &[
+            "--subscribers",
+            "3",
+            "--ramp",
+            "4",
+            "--duration",
+            "4s",
+            "--max-loss",
+            "0",
+        ],
+    );
+    let ctx = context(&run);
+    assert_eq!(run.status, 0, "{ctx}");
+    let t = &run.json["totals"];
+    assert_eq!(u(t, "tracksReceived"), 6, "{ctx}");
+    assert_eq!(u(t, "packetsLost"), 0, "{ctx}");
+    // Subscribers miss what was sent before they joined, no more.
+    let sent = u(t, "packetsSent") as f64;
+    let received = u(t, "packetsReceived") as f64;
+    let late = pair_packets(0.5 + 0.75 + 1.0);
+    assert!(
+        received <= 3.0 * sent - late * 0.8 && received >= 3.0 * sent - late * 1.3,
+        "received {received}, sent {sent}, missed by joining late about {late}\n{ctx}"
+    );
+}
+
+#[test]
+fn early_subscribers_get_every_track_from_new_producer_events() {
+    let _serial = serial();
+    let server = Server::start(&[]);
+    // Subscribers join first (0, 0.25, 0.5 s) and learn of the producers only from
+    // new-producer events.
+    let run = load(
+        &server,
+        &[
+            "--subscribers",
+            "3",
+            "--subscribers-first",
+            "--ramp",
+            "4",
+            "--duration",
+            "4s",
+            "--max-loss",
+            "0",
+        ],
+    );
+    let ctx = context(&run);
+    assert_eq!(run.status, 0, "{ctx}");
+    let t = &run.json["totals"];
+    assert_eq!(u(t, "tracksReceived"), 6, "{ctx}");
+    assert_eq!(u(t, "packetsLost"), 0, "{ctx}");
+    let sent = u(t, "packetsSent") as f64;
+    let received = u(t, "packetsReceived") as f64;
+    assert!(
+        received >= 3.0 * sent * 0.95,
+        "received {received} of 3 x {sent}\n{ctx}"
+    );
+}
+
+/// Real loss, provoked honestly: the server's UDP receive buffer is at its minimum
+/// (64 KiB) and the server process is stopped (SIGSTOP) for 1.2 s mid-run, so the kernel
+/// drops what does not fit in the buffer. Audio has no retransmission, so its loss stays.
+#[test]
+fn max_loss_sets_the_exit_status() {
+    let _serial = serial();
+    let server = Server::start(&["--udp-recv-buffer", "65536"]);
+    let stopper = {
+        let pid = server.child.id() as i32;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2000));
+            // SAFETY: kill(2) on the child we started.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            std::thread::sleep(Duration::from_millis(1200));
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        })
+    };
+    let run = load(
+        &server,
+        &[
+            "--subscribers",
+            "2",
+            "--duration",
+            "5s",
+            "--max-loss",
+            "0.5",
+        ],
+    );
+    stopper.join().unwrap();
+    server.signal(libc::SIGCONT);
+    let ctx = context(&run);
+    let t = &run.json["totals"];
+    assert!(f(t, "lossPercent") > 0.5, "{ctx}");
+    assert_eq!(run.status, 1, "{ctx}");
+    assert_eq!(run.json["exitStatus"], 1, "{ctx}");
+    assert!(run.stderr.contains("exceeds --max-loss"), "{ctx}");
+    // Every track still arrived: the loss is a gap, not a failure.
+    assert_eq!(u(t, "tracksReceived"), 4, "{ctx}");
+}
+
+#[test]
+fn whip_mode_is_refused_with_status_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_corelay-load"))
+        .args([
+            "--whip",
+            "http://127.0.0.1:1/whip",
+            "--whep",
+            "http://127.0.0.1:1/whep",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
+}
