@@ -176,7 +176,12 @@ pub async fn metrics(shard: &Rc<Shard>) -> Response {
             .collect();
     let lat = latencies(shard, false).await;
     let mut out = String::new();
-    type Series = (&'static str, &'static str, &'static str, fn(&ShardSnapshot) -> u64);
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&ShardSnapshot) -> u64,
+    );
     let counters: [Series; 14] = [
         (
             "corelay_connections",
