@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// Leeway for `exp` and `nbf`, as PROTOCOLS.md allows for clock skew.
 const LEEWAY_SECS: u64 = 60;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("missing token")]
     Missing,

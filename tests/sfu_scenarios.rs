@@ -240,7 +240,8 @@ fn a_subscriber_gone_silent_is_released_and_the_room_told() {
     assert!(
         notices
             .iter()
-            .any(|(p, n)| *p == 1 && matches!(n, Notice::PeerLeft { user_id } if user_id == "u10")),
+            .any(|(p, n)| *p == 1
+                && matches!(n, Notice::PeerLeft { user_id, .. } if user_id == "u10")),
         "{notices:?}"
     );
     // the other subscriber still receives

@@ -40,9 +40,12 @@ pub enum Notice {
     },
     PeerLeft {
         user_id: String,
+        peer: PeerId,
     },
     NewProducer {
         producer_id: String,
+        /// The publishing peer (SDP dialects group tracks by publisher).
+        publisher: PeerId,
         user_id: String,
         user_name: String,
         kind: Kind,
@@ -98,91 +101,93 @@ pub struct EngineCounters {
     pub datagrams_dropped: u64,
 }
 
-struct Peer {
+pub(super) struct Peer {
     /// When the peer joined; cleared once its first media packet flowed.
-    joined_at: Option<Instant>,
-    user_id: String,
-    user_name: String,
-    room: String,
-    rtp_capabilities: Option<Value>,
-    transports: Vec<u64>,
-    producers: Vec<u64>,
-    consumers: Vec<u64>,
+    pub(super) joined_at: Option<Instant>,
+    pub(super) user_id: String,
+    pub(super) user_name: String,
+    pub(super) room: String,
+    pub(super) rtp_capabilities: Option<Value>,
+    pub(super) transports: Vec<u64>,
+    pub(super) producers: Vec<u64>,
+    pub(super) consumers: Vec<u64>,
 }
 
 #[derive(Default)]
-struct Room {
-    peers: Vec<PeerId>,
-    producers: Vec<u64>,
+pub(super) struct Room {
+    pub(super) peers: Vec<PeerId>,
+    pub(super) producers: Vec<u64>,
 }
 
-struct Layer {
-    rid: Option<Rid>,
-    ssrc: Option<Ssrc>,
-    last_packet: Option<Instant>,
+pub(super) struct Layer {
+    pub(super) rid: Option<Rid>,
+    pub(super) ssrc: Option<Ssrc>,
+    pub(super) last_packet: Option<Instant>,
 }
 
-struct Producer {
-    id: u64,
-    peer: PeerId,
-    transport: u64,
-    kind: Kind,
-    spec: ProducerSpec,
-    mid: Mid,
-    paused: bool,
-    consumers: Vec<u64>,
+pub(super) struct Producer {
+    pub(super) id: u64,
+    pub(super) peer: PeerId,
+    pub(super) transport: u64,
+    pub(super) kind: Kind,
+    pub(super) spec: ProducerSpec,
+    pub(super) mid: Mid,
+    pub(super) paused: bool,
+    pub(super) consumers: Vec<u64>,
     /// One entry per encoding, lowest first.
-    layers: Vec<Layer>,
+    pub(super) layers: Vec<Layer>,
     /// The layer forwarded now.
-    selected: usize,
-    last_keyframe_request: Option<Instant>,
+    pub(super) selected: usize,
+    pub(super) last_keyframe_request: Option<Instant>,
 }
 
-struct Consumer {
-    peer: PeerId,
-    transport: u64,
-    producer: u64,
-    mid: Mid,
-    ssrc: Ssrc,
-    paused: bool,
-    wait_keyframe: bool,
-    rewriter: Rewriter,
+pub(super) struct Consumer {
+    pub(super) peer: PeerId,
+    pub(super) transport: u64,
+    pub(super) producer: u64,
+    pub(super) mid: Mid,
+    pub(super) ssrc: Ssrc,
+    /// The payload type this consumer's transport negotiated for the producer's codec.
+    pub(super) pt: u8,
+    pub(super) paused: bool,
+    pub(super) wait_keyframe: bool,
+    pub(super) rewriter: Rewriter,
 }
 
 pub struct Engine {
-    id_base: u64,
-    next_id: u64,
-    cert: DtlsCert,
+    pub(super) id_base: u64,
+    pub(super) next_id: u64,
+    pub(super) cert: DtlsCert,
     /// The address clients send to: announced IP and this shard's UDP port.
-    candidate: SocketAddr,
-    peers: HashMap<PeerId, Peer>,
-    rooms: HashMap<String, Room>,
-    transports: HashMap<u64, Transport>,
-    producers: HashMap<u64, Producer>,
-    consumers: HashMap<u64, Consumer>,
-    by_ufrag: HashMap<String, u64>,
-    by_source: HashMap<SocketAddr, u64>,
-    producer_by_mid: HashMap<(u64, Mid), u64>,
-    consumer_by_mid: HashMap<(u64, Mid), u64>,
+    pub(super) candidate: SocketAddr,
+    pub(super) peers: HashMap<PeerId, Peer>,
+    pub(super) rooms: HashMap<String, Room>,
+    pub(super) transports: HashMap<u64, Transport>,
+    pub(super) producers: HashMap<u64, Producer>,
+    pub(super) consumers: HashMap<u64, Consumer>,
+    pub(super) by_ufrag: HashMap<String, u64>,
+    pub(super) by_source: HashMap<SocketAddr, u64>,
+    pub(super) producer_by_mid: HashMap<(u64, Mid), u64>,
+    pub(super) consumer_by_mid: HashMap<(u64, Mid), u64>,
     /// No transport's deadline is earlier than this (it may be earlier than needed: an
     /// early wake-up finds nothing due and recomputes it).
-    earliest: Option<Instant>,
+    pub(super) earliest: Option<Instant>,
     /// Transports written to since their last drain.
-    dirty: Vec<u64>,
+    pub(super) dirty: Vec<u64>,
     /// Join-to-first-media times not yet taken by the shard.
-    join_times: Vec<Duration>,
+    pub(super) join_times: Vec<Duration>,
     /// Reused between drains so the packet path does not allocate.
-    scratch_events: Vec<(u64, RtcEvent)>,
-    outbox: Vec<Transmit>,
-    notices: VecDeque<(PeerId, Notice)>,
-    counters: EngineCounters,
+    pub(super) scratch_events: Vec<(u64, RtcEvent)>,
+    pub(super) outbox: Vec<Transmit>,
+    pub(super) notices: VecDeque<(PeerId, Notice)>,
+    pub(super) counters: EngineCounters,
 }
 
-fn wire_id(prefix: &str, id: u64) -> String {
+pub(super) fn wire_id(prefix: &str, id: u64) -> String {
     format!("{prefix}{id:x}")
 }
 
-fn parse_id(prefix: &str, s: &str) -> Option<u64> {
+pub(super) fn parse_id(prefix: &str, s: &str) -> Option<u64> {
     u64::from_str_radix(s.strip_prefix(prefix)?, 16).ok()
 }
 
@@ -217,7 +222,7 @@ impl Engine {
         })
     }
 
-    fn fresh_id(&mut self) -> u64 {
+    pub(super) fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
         self.id_base | self.next_id
     }
@@ -283,7 +288,7 @@ impl Engine {
 
     // ------------------------------------------------------------------ commands
 
-    fn peer(&self, peer: PeerId) -> Result<&Peer, SfuError> {
+    pub(super) fn peer(&self, peer: PeerId) -> Result<&Peer, SfuError> {
         self.peers.get(&peer).ok_or(SfuError::NotJoined)
     }
 
@@ -379,7 +384,7 @@ impl Engine {
         Ok(info)
     }
 
-    fn own_transport(&self, peer: PeerId, transport: &str) -> Result<u64, SfuError> {
+    pub(super) fn own_transport(&self, peer: PeerId, transport: &str) -> Result<u64, SfuError> {
         let id = parse_id("t", transport).ok_or_else(|| SfuError::UnknownId(transport.into()))?;
         match self.transports.get(&id) {
             Some(t) if t.peer == peer => Ok(id),
@@ -451,9 +456,7 @@ impl Engine {
         params: &RtpParameters,
     ) -> Result<String, SfuError> {
         let tid = self.own_transport(peer, transport)?;
-        let p = self.peer(peer)?;
-        let room = p.room.clone();
-        let (user_id, user_name) = (p.user_id.clone(), p.user_name.clone());
+        self.peer(peer)?;
         let t = self.transports.get_mut(&tid).expect("checked");
         if t.direction != Direction::Send {
             return Err(SfuError::BadRequest(
@@ -496,8 +499,24 @@ impl Engine {
                     .collect()
             }
         };
+        let id = self.add_producer(peer, tid, kind, spec, mid, layers);
+        self.drain(now, tid);
+        Ok(wire_id("p", id))
+    }
+
+    /// Registers a producer (its media already declared on the transport) and tells the
+    /// room. Shared by the mediasoup dialect and the SDP bridge.
+    pub(super) fn add_producer(
+        &mut self,
+        peer: PeerId,
+        tid: u64,
+        kind: Kind,
+        spec: ProducerSpec,
+        mid: Mid,
+        layers: Vec<Layer>,
+    ) -> u64 {
         let id = self.fresh_id();
-        let selected = layers.len() - 1;
+        let selected = layers.len().saturating_sub(1);
         self.producers.insert(
             id,
             Producer {
@@ -515,11 +534,11 @@ impl Engine {
             },
         );
         self.producer_by_mid.insert((tid, mid), id);
-        self.peers
-            .get_mut(&peer)
-            .expect("checked")
-            .producers
-            .push(id);
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return id;
+        };
+        p.producers.push(id);
+        let (user_id, user_name, room) = (p.user_id.clone(), p.user_name.clone(), p.room.clone());
         let r = self.rooms.get_mut(&room).expect("a peer's room exists");
         r.producers.push(id);
         let producer_id = wire_id("p", id);
@@ -528,17 +547,17 @@ impl Engine {
                 o,
                 Notice::NewProducer {
                     producer_id: producer_id.clone(),
+                    publisher: peer,
                     user_id: user_id.clone(),
                     user_name: user_name.clone(),
                     kind,
                 },
             ));
         }
-        self.drain(now, tid);
-        Ok(producer_id)
+        id
     }
 
-    fn producer_in_room(&self, peer: PeerId, producer: &str) -> Result<u64, SfuError> {
+    pub(super) fn producer_in_room(&self, peer: PeerId, producer: &str) -> Result<u64, SfuError> {
         let id = parse_id("p", producer).ok_or_else(|| SfuError::UnknownId(producer.into()))?;
         let room = &self.peer(peer)?.room;
         match self.producers.get(&id) {
@@ -602,6 +621,7 @@ impl Engine {
                 producer: pid,
                 mid,
                 ssrc,
+                pt: codec.pt,
                 paused: true,
                 wait_keyframe: kind == Kind::Video,
                 rewriter: Rewriter::default(),
@@ -732,6 +752,7 @@ impl Engine {
                     o,
                     Notice::PeerLeft {
                         user_id: p.user_id.clone(),
+                        peer,
                     },
                 ));
             }
@@ -741,7 +762,7 @@ impl Engine {
         }
     }
 
-    fn remove_producer(&mut self, now: Instant, id: u64) {
+    pub(super) fn remove_producer(&mut self, now: Instant, id: u64) {
         let Some(p) = self.producers.remove(&id) else {
             return;
         };
@@ -771,7 +792,7 @@ impl Engine {
         self.drain_dirty(now);
     }
 
-    fn remove_consumer(&mut self, now: Instant, id: u64, notify: bool) {
+    pub(super) fn remove_consumer(&mut self, now: Instant, id: u64, notify: bool) {
         let Some(c) = self.consumers.remove(&id) else {
             return;
         };
@@ -798,7 +819,7 @@ impl Engine {
         self.drain_dirty(now);
     }
 
-    fn remove_transport(&mut self, id: u64) {
+    pub(super) fn remove_transport(&mut self, id: u64) {
         let Some(mut t) = self.transports.remove(&id) else {
             return;
         };
@@ -866,7 +887,9 @@ impl Engine {
         let (local, remote) = msg.split_username()?;
         let tid = *self.by_ufrag.get(local)?;
         let t = self.transports.get_mut(&tid)?;
-        t.learn_remote_ufrag(remote);
+        if !t.sdp {
+            t.learn_remote_ufrag(remote);
+        }
         if !t.sources.contains(&source) {
             t.sources.push(source);
         }
@@ -894,7 +917,7 @@ impl Engine {
         self.earliest = self.transports.values().map(|t| t.deadline).min();
     }
 
-    fn mark_dirty(&mut self, id: u64) {
+    pub(super) fn mark_dirty(&mut self, id: u64) {
         if let Some(t) = self.transports.get_mut(&id) {
             if !t.dirty {
                 t.dirty = true;
@@ -905,12 +928,12 @@ impl Engine {
 
     /// Drains one transport's outputs until it only has a timeout left, then every
     /// transport that got media written into it meanwhile.
-    fn drain(&mut self, now: Instant, id: u64) {
+    pub(super) fn drain(&mut self, now: Instant, id: u64) {
         self.mark_dirty(id);
         self.drain_dirty(now);
     }
 
-    fn drain_dirty(&mut self, now: Instant) {
+    pub(super) fn drain_dirty(&mut self, now: Instant) {
         let mut events = std::mem::take(&mut self.scratch_events);
         while let Some(id) = self.dirty.pop() {
             let Some(t) = self.transports.get_mut(&id) else {
@@ -987,7 +1010,7 @@ impl Engine {
     }
 
     /// Asks a producer's publisher for a keyframe, at most once per debounce interval.
-    fn request_keyframe(&mut self, now: Instant, producer: u64) {
+    pub(super) fn request_keyframe(&mut self, now: Instant, producer: u64) {
         let Some(p) = self.producers.get_mut(&producer) else {
             return;
         };
@@ -1037,11 +1060,17 @@ impl Engine {
             Some(i) => i,
             None => {
                 let rid = pkt.header.ext_vals.rid;
-                match p
+                // A rid layer, or the one layer of a producer whose SSRC was not declared
+                // (SDP publishers): learn the SSRC from the first packet.
+                let fresh = p
                     .layers
                     .iter()
-                    .position(|l| l.rid.is_some() && l.rid == rid)
-                {
+                    .position(|l| l.rid.is_some() && l.rid == rid);
+                let fresh = fresh.or_else(|| {
+                    let only = p.layers.len() == 1;
+                    (only && p.layers[0].rid.is_none() && p.layers[0].ssrc.is_none()).then_some(0)
+                });
+                match fresh {
                     Some(i) => {
                         p.layers[i].ssrc = Some(pkt.header.ssrc);
                         i
@@ -1130,7 +1159,7 @@ impl Engine {
             let Some(tx) = api.stream_tx(&c.ssrc) else {
                 continue;
             };
-            let write = RtpWrite::new(codec.pt.into(), seq.into(), ts, now, pkt.payload.clone())
+            let write = RtpWrite::new(c.pt.into(), seq.into(), ts, now, pkt.payload.clone())
                 .marker(pkt.header.marker)
                 .ext_vals(ext.clone())
                 .nackable(video);

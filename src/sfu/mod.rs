@@ -5,6 +5,7 @@ pub mod engine;
 pub mod keyframe;
 pub mod ortc;
 pub mod rewrite;
+pub mod sdp;
 pub mod transport;
 
 pub use engine::{Engine, Notice, PeerId};

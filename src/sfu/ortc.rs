@@ -17,6 +17,24 @@ pub enum Kind {
     Video,
 }
 
+impl RouterCodec {
+    /// The same codec in str0m's terms.
+    pub fn str0m(&self) -> str0m::format::Codec {
+        use str0m::format::Codec;
+        match self.mime {
+            "audio/opus" => Codec::Opus,
+            "video/VP8" => Codec::Vp8,
+            "video/VP9" => Codec::Vp9,
+            _ => Codec::H264,
+        }
+    }
+
+    /// The router codec for a str0m codec, if corelay forwards it.
+    pub fn from_str0m(codec: str0m::format::Codec) -> Option<RouterCodec> {
+        ROUTER_CODECS.iter().copied().find(|c| c.str0m() == codec)
+    }
+}
+
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {

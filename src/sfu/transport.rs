@@ -25,8 +25,10 @@ pub struct Transport {
     pub rtc: Rtc,
     pub ufrag: String,
     pub candidate: SocketAddr,
-    /// DTLS started (connect-transport received).
+    /// DTLS started (connect-transport received, or SDP negotiated).
     pub connected: bool,
+    /// Negotiated with SDP: ICE credentials and the fingerprint come from the SDP.
+    pub sdp: bool,
     /// Next consumer mid on this transport ("0", "1", ...).
     pub next_mid: u32,
     /// When str0m next wants `handle_timeout`.
@@ -37,6 +39,14 @@ pub struct Transport {
     pub sources: Vec<SocketAddr>,
     /// DTLS datagrams that arrived before connect-transport, replayed then.
     pub early_dtls: Vec<(SocketAddr, Vec<u8>)>,
+    /// A server-side SDP offer waiting for its answer, and the producer each of its
+    /// media sections will carry.
+    pub pending_offer: Option<(
+        str0m::change::SdpPendingOffer,
+        Vec<(str0m::media::Mid, u64)>,
+    )>,
+    /// Producers a subscriber's own offer (WHEP) is matched with, in order.
+    pub offered_producers: Vec<u64>,
 }
 
 impl Transport {
@@ -77,11 +87,14 @@ impl Transport {
             ufrag: creds.ufrag,
             candidate,
             connected: false,
+            sdp: false,
             next_mid: 0,
             deadline: now,
             dirty: false,
             sources: Vec::new(),
             early_dtls: Vec::new(),
+            pending_offer: None,
+            offered_producers: Vec::new(),
         })
     }
 

@@ -270,12 +270,13 @@ pub fn event_text(notice: &Notice) -> String {
             "peer-joined",
             json!({"userId": user_id, "userName": user_name}),
         ),
-        Notice::PeerLeft { user_id } => ("peer-left", json!({"userId": user_id})),
+        Notice::PeerLeft { user_id, .. } => ("peer-left", json!({"userId": user_id})),
         Notice::NewProducer {
             producer_id,
             user_id,
             user_name,
             kind,
+            ..
         } => (
             "new-producer",
             json!({"producerId": producer_id, "userId": user_id, "userName": user_name, "kind": kind.as_str()}),

@@ -1,0 +1,438 @@
+//! The SDP bridge: transports negotiated with SDP offers and answers (WHIP, WHEP, the
+//! publish/subscribe dialect, `/connect`) instead of mediasoup's parameters. This is the
+//! one place that maps SDP media sections to producers and consumers; the dialects only
+//! translate messages.
+
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{Direction as MediaDirection, MediaKind, Mid};
+use str0m::Candidate;
+
+use super::engine::{parse_id, wire_id, Consumer, Engine, Layer, PeerId};
+use super::ortc::{Kind, ProducerSpec, RouterCodec};
+use super::rewrite::Rewriter;
+use super::transport::{Direction, Transport};
+use super::SfuError;
+
+fn media_kind(kind: Kind) -> MediaKind {
+    match kind {
+        Kind::Audio => MediaKind::Audio,
+        Kind::Video => MediaKind::Video,
+    }
+}
+
+impl Engine {
+    fn new_sdp_transport(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        direction: Direction,
+    ) -> Result<u64, SfuError> {
+        self.peer(peer)?;
+        let id = self.fresh_id();
+        let mut t = Transport::new(now, id, peer, direction, &self.cert, self.candidate)?;
+        t.sdp = true;
+        t.connected = true;
+        self.by_ufrag.insert(t.ufrag.clone(), id);
+        self.transports.insert(id, t);
+        self.peers
+            .get_mut(&peer)
+            .expect("checked")
+            .transports
+            .push(id);
+        Ok(id)
+    }
+
+    fn transport_producers(&self, tid: u64) -> usize {
+        self.producers
+            .values()
+            .filter(|p| p.transport == tid)
+            .count()
+    }
+
+    fn transport_consumers(&self, tid: u64) -> usize {
+        self.consumers
+            .values()
+            .filter(|c| c.transport == tid)
+            .count()
+    }
+
+    /// A publisher's offer: answers it; each media section the client sends with a codec
+    /// corelay forwards becomes a producer. Returns (transport id, answer).
+    pub fn publish_offer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        offer: &str,
+    ) -> Result<(String, String), SfuError> {
+        let offer_text = offer;
+        let offer = SdpOffer::from_sdp_string(offer)
+            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {e}")))?;
+        let id = self.new_sdp_transport(now, peer, Direction::Send)?;
+        let t = self.transports.get_mut(&id).expect("just made");
+        let answer = match t.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                self.remove_transport(id);
+                return Err(SfuError::BadRequest(format!(
+                    "cannot accept the offer: {e}"
+                )));
+            }
+        };
+        self.map_offered_media(now, id, offer_text);
+        self.drain(now, id);
+        if self.transport_producers(id) == 0 {
+            self.remove_transport(id);
+            return Err(SfuError::BadRequest(
+                "the offer sends no media corelay can forward (audio: opus; video: VP8, VP9, H264)"
+                    .into(),
+            ));
+        }
+        Ok((wire_id("t", id), answer.to_sdp_string()))
+    }
+
+    /// A subscriber's own offer (WHEP): each media section it receives carries the next
+    /// of `producers` of its kind. Returns (transport id, answer).
+    pub fn subscribe_offer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        offer: &str,
+        producers: &[String],
+    ) -> Result<(String, String), SfuError> {
+        let wanted = producers
+            .iter()
+            .map(|p| self.producer_in_room(peer, p))
+            .collect::<Result<Vec<u64>, _>>()?;
+        let offer_text = offer;
+        let offer = SdpOffer::from_sdp_string(offer)
+            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {e}")))?;
+        let id = self.new_sdp_transport(now, peer, Direction::Recv)?;
+        let t = self.transports.get_mut(&id).expect("just made");
+        t.offered_producers = wanted;
+        let answer = match t.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                self.remove_transport(id);
+                return Err(SfuError::BadRequest(format!(
+                    "cannot accept the offer: {e}"
+                )));
+            }
+        };
+        self.map_offered_media(now, id, offer_text);
+        self.drain(now, id);
+        if let Some(t) = self.transports.get_mut(&id) {
+            t.offered_producers.clear();
+        }
+        Ok((wire_id("t", id), answer.to_sdp_string()))
+    }
+
+    /// A server-side offer for a subscriber: one send-only media section per producer.
+    /// Returns (transport id, offer); the client answers with [`Engine::subscribe_answer`].
+    pub fn subscribe_create_offer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        producers: &[String],
+    ) -> Result<(String, String), SfuError> {
+        let wanted = producers
+            .iter()
+            .map(|p| self.producer_in_room(peer, p))
+            .collect::<Result<Vec<u64>, _>>()?;
+        if wanted.is_empty() {
+            return Err(SfuError::BadRequest("nothing to subscribe to".into()));
+        }
+        let kinds: Vec<(u64, Kind)> = wanted
+            .iter()
+            .map(|p| (*p, self.producers[p].kind))
+            .collect();
+        let id = self.new_sdp_transport(now, peer, Direction::Recv)?;
+        let t = self.transports.get_mut(&id).expect("just made");
+        let mut change = t.rtc.sdp_api();
+        let mids: Vec<(Mid, u64)> = kinds
+            .iter()
+            .map(|(pid, kind)| {
+                let stream = Some(wire_id("p", *pid));
+                (
+                    change.add_media(
+                        media_kind(*kind),
+                        MediaDirection::SendOnly,
+                        stream,
+                        None,
+                        None,
+                    ),
+                    *pid,
+                )
+            })
+            .collect();
+        let Some((offer, pending)) = change.apply() else {
+            self.remove_transport(id);
+            return Err(SfuError::Internal("no offer to make".into()));
+        };
+        t.pending_offer = Some((pending, mids));
+        self.drain(now, id);
+        Ok((wire_id("t", id), offer.to_sdp_string()))
+    }
+
+    /// The subscriber's answer to [`Engine::subscribe_create_offer`]; media starts.
+    pub fn subscribe_answer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        transport: &str,
+        answer: &str,
+    ) -> Result<(), SfuError> {
+        let id = self.own_sdp_transport(peer, transport)?;
+        let answer = SdpAnswer::from_sdp_string(answer)
+            .map_err(|e| SfuError::BadRequest(format!("invalid SDP answer: {e}")))?;
+        let t = self.transports.get_mut(&id).expect("checked");
+        let (pending, mids) = t
+            .pending_offer
+            .take()
+            .ok_or_else(|| SfuError::BadRequest("no offer is waiting for an answer".into()))?;
+        t.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| SfuError::BadRequest(format!("cannot accept the answer: {e}")))?;
+        for (mid, pid) in mids {
+            self.attach_consumer(now, id, mid, pid);
+        }
+        self.drain(now, id);
+        if self.transport_consumers(id) == 0 {
+            return Err(SfuError::BadRequest(
+                "the answer accepts none of the offered media".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn own_sdp_transport(&self, peer: PeerId, transport: &str) -> Result<u64, SfuError> {
+        let id = parse_id("t", transport).ok_or_else(|| SfuError::UnknownId(transport.into()))?;
+        match self.transports.get(&id) {
+            Some(t) if t.peer == peer && t.sdp => Ok(id),
+            _ => Err(SfuError::UnknownId(transport.into())),
+        }
+    }
+
+    /// A trickled ICE candidate (`candidate:...`, with or without `a=`).
+    pub fn add_ice_candidate(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        transport: &str,
+        candidate: &str,
+    ) -> Result<(), SfuError> {
+        let id = self.own_sdp_transport(peer, transport)?;
+        let line = candidate.trim().trim_start_matches("a=");
+        if line.is_empty() {
+            return Ok(()); // end of candidates
+        }
+        let c = Candidate::from_sdp_string(line)
+            .map_err(|e| SfuError::BadRequest(format!("bad ICE candidate: {e}")))?;
+        self.transports
+            .get_mut(&id)
+            .expect("checked")
+            .rtc
+            .add_remote_candidate(c);
+        self.drain(now, id);
+        Ok(())
+    }
+
+    /// Ends one transport and what it carries (WHIP/WHEP `DELETE`).
+    pub fn close_transport(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        transport: &str,
+    ) -> Result<(), SfuError> {
+        let id = self.own_sdp_transport(peer, transport)?;
+        let producers: Vec<u64> = self
+            .producers
+            .values()
+            .filter(|p| p.transport == id)
+            .map(|p| p.id)
+            .collect();
+        for p in producers {
+            self.remove_producer(now, p);
+        }
+        let consumers: Vec<u64> = self
+            .consumer_by_mid
+            .iter()
+            .filter(|((t, _), _)| *t == id)
+            .map(|(_, c)| *c)
+            .collect();
+        for c in consumers {
+            self.remove_consumer(now, c, false);
+        }
+        self.remove_transport(id);
+        Ok(())
+    }
+
+    /// Producers of one publishing peer in the caller's room, with the publisher's name.
+    pub fn publisher_producers(
+        &self,
+        peer: PeerId,
+        publisher: PeerId,
+    ) -> Result<Vec<String>, SfuError> {
+        let room = &self.peer(peer)?.room;
+        let p = self.peers.get(&publisher).filter(|p| &p.room == room);
+        let p = p.ok_or_else(|| SfuError::UnknownId(publisher.to_string()))?;
+        Ok(p.producers.iter().map(|id| wire_id("p", *id)).collect())
+    }
+
+    /// Peers of the caller's room that publish: (peer, user name).
+    pub fn room_publishers(&self, peer: PeerId) -> Result<Vec<(PeerId, String)>, SfuError> {
+        let room = &self.peer(peer)?.room;
+        let r = &self.rooms[room];
+        Ok(r.peers
+            .iter()
+            .filter_map(|id| self.peers.get(id).map(|p| (*id, p)))
+            .filter(|(_, p)| !p.producers.is_empty())
+            .map(|(id, p)| (id, p.user_name.clone()))
+            .collect())
+    }
+
+    /// Every producer of the caller's room but its own, oldest first.
+    pub fn room_producers(&self, peer: PeerId) -> Result<Vec<(String, Kind)>, SfuError> {
+        let room = &self.peer(peer)?.room;
+        Ok(self.rooms[room]
+            .producers
+            .iter()
+            .filter_map(|id| self.producers.get(id))
+            .filter(|p| p.peer != peer)
+            .map(|p| (wire_id("p", p.id), p.kind))
+            .collect())
+    }
+
+    /// Maps the media sections of a just-negotiated offer (their mids, in SDP order) to
+    /// producers (a publisher's sections) or consumers (a subscriber's own offer).
+    fn map_offered_media(&mut self, now: Instant, tid: u64, offer: &str) {
+        let mids: Vec<Mid> = offer
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("a=mid:"))
+            .map(|m| Mid::from(m.trim()))
+            .collect();
+        for mid in mids {
+            let Some(media) = self.transports.get(&tid).and_then(|t| t.rtc.media(mid)) else {
+                continue;
+            };
+            let (kind, direction) = (media.kind(), media.direction());
+            self.map_media(now, tid, mid, kind, direction);
+        }
+    }
+
+    fn map_media(
+        &mut self,
+        now: Instant,
+        tid: u64,
+        mid: Mid,
+        kind: MediaKind,
+        direction: MediaDirection,
+    ) {
+        let Some(t) = self.transports.get_mut(&tid) else {
+            return;
+        };
+        let kind = if kind == MediaKind::Audio {
+            Kind::Audio
+        } else {
+            Kind::Video
+        };
+        match (t.direction, direction) {
+            (Direction::Send, MediaDirection::RecvOnly | MediaDirection::SendRecv) => {
+                let Some(media) = t.rtc.media(mid) else {
+                    return;
+                };
+                let codec = media.remote_pts().iter().find_map(|pt| {
+                    let params = t.rtc.codec_config().find(|p| p.pt() == *pt)?;
+                    RouterCodec::from_str0m(params.spec().codec)
+                });
+                let Some(codec) = codec.filter(|c| c.kind == kind) else {
+                    return;
+                };
+                let spec = ProducerSpec {
+                    codec,
+                    mid: mid.to_string(),
+                    cname: media.cname().to_string(),
+                    rids: Vec::new(),
+                    ssrc: None,
+                };
+                let layers = vec![Layer {
+                    rid: None,
+                    ssrc: None,
+                    last_packet: None,
+                }];
+                let peer = t.peer;
+                self.add_producer(peer, tid, kind, spec, mid, layers);
+            }
+            (Direction::Recv, MediaDirection::SendOnly | MediaDirection::SendRecv) => {
+                let pos = t
+                    .offered_producers
+                    .iter()
+                    .position(|p| self.producers.get(p).is_some_and(|p| p.kind == kind));
+                if let Some(pos) = pos {
+                    let pid = t.offered_producers.remove(pos);
+                    self.attach_consumer(now, tid, mid, pid);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A consumer on a negotiated media section: the payload type the subscriber accepted
+    /// for the producer's codec, and the SSRC str0m announced for the section.
+    fn attach_consumer(&mut self, now: Instant, tid: u64, mid: Mid, pid: u64) {
+        let Some(codec) = self.producers.get(&pid).map(|p| p.spec.codec) else {
+            return;
+        };
+        let Some(t) = self.transports.get_mut(&tid) else {
+            return;
+        };
+        let Some(media) = t.rtc.media(mid) else {
+            return;
+        };
+        let pt = media.remote_pts().iter().copied().find(|pt| {
+            t.rtc
+                .codec_config()
+                .find(|p| p.pt() == *pt)
+                .is_some_and(|p| p.spec().codec == codec.str0m())
+        });
+        let Some(pt) = pt else {
+            tracing::info!(transport = tid, "subscriber cannot receive {}", codec.mime);
+            return;
+        };
+        let mut api = t.rtc.direct_api();
+        let ssrc = match api.stream_tx_by_mid(mid, None) {
+            Some(tx) => tx.ssrc(),
+            None => {
+                let ssrc = api.new_ssrc();
+                api.declare_stream_tx(ssrc, None, mid, None);
+                ssrc
+            }
+        };
+        let peer = t.peer;
+        let id = self.fresh_id();
+        self.consumers.insert(
+            id,
+            Consumer {
+                peer,
+                transport: tid,
+                producer: pid,
+                mid,
+                ssrc,
+                pt: *pt,
+                paused: false,
+                wait_keyframe: codec.kind == Kind::Video,
+                rewriter: Rewriter::default(),
+            },
+        );
+        self.consumer_by_mid.insert((tid, mid), id);
+        if let Some(p) = self.producers.get_mut(&pid) {
+            p.consumers.push(id);
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.consumers.push(id);
+        }
+        self.request_keyframe(now, pid);
+    }
+}
