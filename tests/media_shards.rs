@@ -4,11 +4,11 @@
 mod common;
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use corelay::client::{Client, ClientEvent};
+use corelay::client::ClientEvent;
 use corelay::routing::owner_shard;
 use corelay::sfu::ortc::VP8;
 use serde_json::{json, Value};
@@ -48,33 +48,12 @@ impl Signal {
     }
 }
 
-/// A str0m client on its own UDP socket.
-struct Endpoint {
-    client: Client,
-    socket: UdpSocket,
+/// Opens a transport for an endpoint through the signaling connection.
+trait OpenTransport {
+    fn open_transport(&mut self, sig: &mut Signal, direction: &str) -> (String, SocketAddr);
 }
 
-impl Endpoint {
-    fn new() -> Endpoint {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let client = Client::new(Instant::now(), socket.local_addr().unwrap());
-        Endpoint { client, socket }
-    }
-
-    fn pump(&mut self) {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
-            self.client.handle_datagram(Instant::now(), from, &buf[..n]);
-        }
-        if self.client.deadline <= Instant::now() {
-            self.client.handle_timeout(Instant::now());
-        }
-        for t in std::mem::take(&mut self.client.outbox) {
-            let _ = self.socket.send_to(&t.contents, t.destination);
-        }
-    }
-
+impl OpenTransport for Endpoint {
     fn open_transport(&mut self, sig: &mut Signal, direction: &str) -> (String, SocketAddr) {
         let t = sig.request("create-transport", json!({"direction": direction}));
         self.client.connect(Instant::now(), &t).unwrap();

@@ -38,6 +38,8 @@ pub struct Head {
     pub path: String,
     pub query: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
+    /// The head as received, for handing the request to another shard.
+    pub raw: Vec<u8>,
 }
 
 impl Head {
@@ -101,8 +103,8 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     let mut chunk = [0u8; 4096];
     loop {
         if !buf.is_empty() {
-            if let Some((head, len)) = parse(buf, limits)? {
-                buf.drain(..len);
+            if let Some((mut head, len)) = parse(buf, limits)? {
+                head.raw = buf.drain(..len).collect();
                 return Ok(head);
             }
         }
@@ -148,6 +150,7 @@ fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<(Head, usize)>, HeadEr
                     path: path.to_string(),
                     query,
                     headers,
+                    raw: Vec::new(),
                 },
                 len,
             )))

@@ -269,6 +269,14 @@ impl Engine {
         Ok(())
     }
 
+    /// The peer that owns an SDP transport, and its user id.
+    pub fn transport_owner(&self, transport: &str) -> Option<(PeerId, String)> {
+        let id = parse_id("t", transport)?;
+        let t = self.transports.get(&id).filter(|t| t.sdp)?;
+        let p = self.peers.get(&t.peer)?;
+        Some((t.peer, p.user_id.clone()))
+    }
+
     /// Producers of one publishing peer in the caller's room, with the publisher's name.
     pub fn publisher_producers(
         &self,

@@ -10,10 +10,12 @@ use futures::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::conn::Conn;
+use super::mesh::{Handover, MeshMsg, Resumable};
 use super::msc_session::MscDialect;
 use super::observe;
 use super::p2p_session::P2pDialect;
 use super::state::Shard;
+use super::whip;
 use super::ws_session;
 use crate::auth::{validate_id, AuthError, Grant, Identity};
 use crate::http::api_docs::{self, LoginRequest, LoginResponse};
@@ -21,6 +23,7 @@ use crate::http::request::percent_decode;
 use crate::http::tls::{TlsConn, TLS_HANDSHAKE_BYTE};
 use crate::http::{read_body, read_head, ws, Head, HeadError, HeadLimits, Response};
 use crate::signal::p2p;
+use crate::stats::ShardCounters;
 
 pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     let mut shutdown = shard.shutdown.clone();
@@ -72,7 +75,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             None => return,
         },
     };
-    serve_http(shard, conn, peer).await;
+    serve_http(shard, conn, Vec::new(), peer).await;
 }
 
 /// Starts TLS on a fresh connection. A client that speaks plain HTTP to the TLS port gets
@@ -107,10 +110,15 @@ async fn open_tls(
     }
 }
 
-async fn serve_http(shard: Rc<Shard>, mut stream: Conn, peer: Option<std::net::SocketAddr>) {
+/// Serves HTTP on a connection; `buf` holds bytes already read (a relocated request).
+pub(super) async fn serve_http(
+    shard: Rc<Shard>,
+    mut stream: Conn,
+    mut buf: Vec<u8>,
+    peer: Option<std::net::SocketAddr>,
+) {
     let limits = HeadLimits::default();
     let head_timeout = shard.config.head_timeout;
-    let mut buf = Vec::new();
     let mut first = true;
     loop {
         let head = match within(head_timeout, read_head(&mut stream, &mut buf, limits)).await {
@@ -143,6 +151,16 @@ async fn serve_http(shard: Rc<Shard>, mut stream: Conn, peer: Option<std::net::S
             Some(Err(_)) => return,
         };
         first = false;
+        // Requests for a room (WHIP/WHEP) are served by the shard that owns the room.
+        if let Some(room) = whip::room_of(&head.path) {
+            let owner = shard.owner_of(room);
+            if owner != shard.id {
+                let mut request = head.raw.clone();
+                request.extend_from_slice(&buf);
+                relocate_request(&shard, stream, request, owner, peer).await;
+                return;
+            }
+        }
         let keep_alive = head.keep_alive() && !shard.is_shutting_down();
         let body = match read_request_body(&shard, &mut stream, &mut buf, &head).await {
             Ok(body) => body,
@@ -208,7 +226,7 @@ async fn read_request_body(
     }
 }
 
-fn method_not_allowed(allow: &str) -> Response {
+pub(super) fn method_not_allowed(allow: &str) -> Response {
     Response::error(405, "method_not_allowed", &format!("use {allow}")).header("Allow", allow)
 }
 
@@ -244,6 +262,8 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
             "GET" => api_docs::document(path),
             _ => method_not_allowed("GET"),
         },
+        _ if path.starts_with(super::join::PREFIX) => super::join::handle(shard, head).await,
+        _ if whip::room_of(path).is_some() => whip::handle(shard, head, body),
         _ if path == "/p2p" || path.starts_with("/p2p/") => {
             return match p2p_request(shard, head) {
                 Ok(session) => Routed::P2p(session),
@@ -283,6 +303,38 @@ fn rand_u32() -> u32 {
 }
 
 /// Authenticates a relay request before the upgrade.
+/// Hands a connection whose request belongs to another shard's room to that shard.
+async fn relocate_request(
+    shard: &Shard,
+    stream: Conn,
+    request: Vec<u8>,
+    owner: usize,
+    peer: Option<std::net::SocketAddr>,
+) {
+    let conn = match stream.detach() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(shard = shard.id, "cannot relocate request: {e}");
+            return;
+        }
+    };
+    ShardCounters::add(&shard.counters.relocated_out, 1);
+    let handover = Handover {
+        conn,
+        leftover: request,
+        pending: String::new(),
+        peer,
+    };
+    let msg = MeshMsg::Adopt(Box::new((handover, Resumable::Http)));
+    if shard.mesh.send_to(owner, msg).await.is_err() {
+        tracing::warn!(
+            shard = shard.id,
+            to = owner,
+            "relocation failed: owner shard is gone"
+        );
+    }
+}
+
 /// A plain request to a WebSocket endpoint.
 fn upgrade_required(head: &Head) -> Response {
     if head.method != "GET" {

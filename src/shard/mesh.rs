@@ -7,13 +7,15 @@ use std::time::Duration;
 use futures::future::{select, Either, FusedFuture, FutureExt};
 use glommio::channels::channel_mesh::Receivers;
 
-use super::conn::Detached;
+use super::conn::{Conn, Detached};
+use super::front_door;
 use super::msc_session::MscDialect;
 use super::p2p_session::P2pDialect;
 use super::state::Shard;
 use super::ws_session;
 use crate::auth::Identity;
 use crate::signal::p2p;
+use crate::stats::ShardCounters;
 use crate::stats::{LatencySnapshot, ShardSnapshot};
 
 /// A WebSocket session moving to the shard that owns its room.
@@ -30,6 +32,9 @@ pub struct Handover {
 pub enum Resumable {
     P2p(p2p::Session),
     Msc(Identity),
+    /// An HTTP request for a room of the owner shard (WHIP/WHEP): `leftover` holds the
+    /// request as received; the owner serves it from the start.
+    Http,
 }
 
 pub enum MeshMsg {
@@ -99,6 +104,17 @@ async fn handle(shard: &Rc<Shard>, msg: MeshMsg) {
                     MscDialect::new(identity),
                 ))
                 .detach(),
+                Resumable::Http => {
+                    ShardCounters::add(&shard.counters.relocated_in, 1);
+                    let conn = Conn::attach(handover.conn);
+                    glommio::spawn_local(front_door::serve_http(
+                        shard,
+                        conn,
+                        handover.leftover,
+                        handover.peer,
+                    ))
+                    .detach()
+                }
             };
         }
         MeshMsg::Query { from, id, query } => {

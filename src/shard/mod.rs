@@ -3,6 +3,7 @@
 
 mod conn;
 mod front_door;
+mod join;
 mod mesh;
 mod msc_session;
 mod observe;
@@ -10,6 +11,7 @@ mod p2p_session;
 mod sockets;
 mod state;
 mod udp;
+mod whip;
 mod ws_session;
 
 use std::os::fd::OwnedFd;
@@ -62,6 +64,8 @@ pub enum StartError {
     Executor { shard: usize, reason: String },
     #[error(transparent)]
     Tls(#[from] crate::http::tls::TlsSetupError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     #[error("shards did not become ready within 10 s")]
     NotReady,
 }
@@ -77,6 +81,8 @@ struct ShardInit {
     /// Slot `id` is this shard's liveness counter for the systemd watchdog.
     heartbeats: Arc<notify::Heartbeats>,
     heartbeat_period: Duration,
+    /// This shard's handle on the control plane.
+    control: crate::control::ControlHandle,
 }
 
 /// CPUs this process may run on (its affinity mask), in order.
@@ -163,6 +169,10 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let config = Arc::new(config);
     let auth = Arc::new(Authenticator::new(config.jwt_secret.as_bytes()));
+    // The control plane (outbound calls: the permission service) runs on its own thread,
+    // started before the shards; each shard gets a handle. It stops by itself once the
+    // last handle is dropped, after the shards.
+    let (control, _control_thread) = crate::control::start(&config)?;
     let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shards, 1024);
     let (ready_tx, ready_rx) = mpsc::channel::<usize>();
     let started = Instant::now();
@@ -182,6 +192,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             udp_port,
             heartbeats: heartbeats.clone(),
             heartbeat_period,
+            control: control.clone(),
         };
         let (config, auth, mesh, ready_tx, tls) = (
             config.clone(),

@@ -17,6 +17,7 @@ use super::mesh::MeshMsg;
 use super::{ShardInit, SHUTDOWN_POLL};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::control::ControlHandle;
 use crate::sfu::Engine;
 use crate::signal::p2p::{ConnId, Rooms};
 use crate::stats::{Latencies, ShardCounters, ShardSnapshot};
@@ -44,6 +45,9 @@ pub struct Shard {
     pub auth: Arc<Authenticator>,
     /// Set when the HTTP port speaks TLS.
     pub tls: Option<Arc<ServerConfig>>,
+    /// The control plane: outbound calls (permission service) and the state shared by
+    /// every shard (each user's current conversation).
+    pub control: ControlHandle,
     pub started: Instant,
     pub mesh: Senders<MeshMsg>,
     pub counters: ShardCounters,
@@ -196,6 +200,7 @@ pub(super) async fn run(
         config,
         auth,
         tls,
+        control: init.control,
         started,
         mesh: senders,
         counters: ShardCounters::default(),

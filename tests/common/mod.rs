@@ -203,3 +203,38 @@ pub fn http_with_headers(
         .collect();
     Ok((status, headers, body.to_string()))
 }
+
+/// A str0m client on its own UDP socket on loopback.
+pub struct Endpoint {
+    pub client: corelay::client::Client,
+    pub socket: std::net::UdpSocket,
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Endpoint {
+    pub fn new() -> Endpoint {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let client = corelay::client::Client::new(Instant::now(), socket.local_addr().unwrap());
+        Endpoint { client, socket }
+    }
+
+    /// Moves datagrams both ways and serves timeouts; call in a loop.
+    pub fn pump(&mut self) {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+            self.client.handle_datagram(Instant::now(), from, &buf[..n]);
+        }
+        if self.client.deadline <= Instant::now() {
+            self.client.handle_timeout(Instant::now());
+        }
+        for t in std::mem::take(&mut self.client.outbox) {
+            let _ = self.socket.send_to(&t.contents, t.destination);
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! WHIP (RFC 9725) and WHEP: one HTTP request publishes or views, the resource URL ends it.
+//! Served on the shard that owns the room (the front door relocates the request).
+//!
+//! - `POST /whip/{room}`: SDP offer in, `201 Created`, `Location: /whip/{room}/{id}`, answer.
+//! - `POST /whep/{room}` (everything published in the room, up to the offer's media
+//!   sections) or `/whep/{room}/{publisherId}` (one publisher's tracks).
+//! - `DELETE` the resource ends the session; `PATCH` with a trickle-ice-sdpfrag adds
+//!   candidates (204); `OPTIONS` answers CORS.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::state::Shard;
+use crate::auth::{validate_id, Identity};
+use crate::http::{Head, Response};
+use crate::sfu::SfuError;
+
+const SDP: &str = "application/sdp";
+const TRICKLE: &str = "application/trickle-ice-sdpfrag";
+
+/// Which endpoint, room and (for resources and WHEP publishers) the last segment.
+struct Target<'a> {
+    whip: bool,
+    room: &'a str,
+    rest: Option<&'a str>,
+}
+
+fn target(path: &str) -> Option<Target<'_>> {
+    let (whip, tail) = if let Some(t) = path.strip_prefix("/whip/") {
+        (true, t)
+    } else {
+        (false, path.strip_prefix("/whep/")?)
+    };
+    let mut parts = tail.splitn(2, '/');
+    let room = parts.next().filter(|r| !r.is_empty())?;
+    let rest = parts.next().filter(|r| !r.is_empty());
+    Some(Target { whip, room, rest })
+}
+
+/// The room a WHIP/WHEP path names, so the front door can route it to its shard.
+pub fn room_of(path: &str) -> Option<&str> {
+    target(path).map(|t| t.room)
+}
+
+fn cors(resp: Response) -> Response {
+    resp.header("Access-Control-Allow-Origin", "*")
+        .header("Access-Control-Expose-Headers", "Location, Link")
+}
+
+fn content_type_is(head: &Head, want: &str) -> bool {
+    head.header("content-type")
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
+}
+
+fn identity(shard: &Shard, head: &Head, room: &str) -> Result<Identity, Response> {
+    let token = head.token().ok_or_else(|| {
+        Response::error(
+            401,
+            "unauthorized",
+            "missing token: send Authorization: Bearer JWT",
+        )
+    })?;
+    let id = shard
+        .auth
+        .verify(token)
+        .map_err(|e| Response::error(401, "unauthorized", &e.to_string()))?;
+    id.check_room(room)
+        .map_err(|e| Response::error(403, "forbidden", &e.to_string()))?;
+    Ok(id)
+}
+
+fn sfu_error(e: SfuError) -> Response {
+    match e {
+        SfuError::UnknownId(_) => Response::error(404, e.code(), &e.to_string()),
+        SfuError::Internal(_) => Response::error(500, e.code(), &e.to_string()),
+        _ => Response::error(400, e.code(), &e.to_string()),
+    }
+}
+
+pub fn handle(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Response {
+    let Some(t) = target(&head.path) else {
+        return cors(Response::error(404, "not_found", "no such WHIP/WHEP path"));
+    };
+    let resp = match head.method.as_str() {
+        "OPTIONS" => Response::new(204)
+            .header(
+                "Access-Control-Allow-Methods",
+                "POST, PATCH, DELETE, OPTIONS",
+            )
+            .header(
+                "Access-Control-Allow-Headers",
+                "Authorization, Content-Type, If-Match",
+            )
+            .header("Access-Control-Max-Age", "86400")
+            .header("Accept-Post", SDP),
+        "POST" if t.whip && t.rest.is_none() => publish(shard, head, body, t.room),
+        "POST" if !t.whip => view(shard, head, body, t.room, t.rest),
+        "DELETE" | "PATCH" if t.rest.is_some() => resource(shard, head, body, &t),
+        _ => Response::error(405, "method_not_allowed", "see the Allow header").header(
+            "Allow",
+            if t.rest.is_some() {
+                "DELETE, PATCH, OPTIONS"
+            } else {
+                "POST, OPTIONS"
+            },
+        ),
+    };
+    shard.after_engine_call();
+    cors(resp)
+}
+
+fn sdp_offer<'a>(head: &Head, body: &'a [u8]) -> Result<&'a str, Response> {
+    if !content_type_is(head, SDP) {
+        return Err(Response::error(
+            415,
+            "unsupported_media_type",
+            "Content-Type must be application/sdp",
+        ));
+    }
+    std::str::from_utf8(body)
+        .ok()
+        .filter(|s| s.starts_with("v=0"))
+        .ok_or_else(|| Response::error(400, "bad_request", "the body is not an SDP offer"))
+}
+
+fn created(kind: &str, room: &str, transport: &str, answer: String) -> Response {
+    Response::new(201)
+        .header("Content-Type", SDP)
+        .header("Location", &format!("/{kind}/{room}/{transport}"))
+        .body(answer.into_bytes())
+}
+
+fn publish(shard: &Shard, head: &Head, body: &[u8], room: &str) -> Response {
+    let offer = match sdp_offer(head, body) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let id = match identity(shard, head, room) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    if !id.can_publish {
+        return Response::error(403, "forbidden", "token does not allow publishing");
+    }
+    if let Err(m) = validate_id("roomId", room) {
+        return Response::error(400, "bad_request", &m);
+    }
+    let now = Instant::now();
+    let peer = shard.next_id();
+    let mut engine = shard.engine.borrow_mut();
+    if let Err(e) = engine.join(now, peer, room, &id.user_id, &id.user_name, None) {
+        return sfu_error(e);
+    }
+    match engine.publish_offer(now, peer, offer) {
+        Ok((transport, answer)) => {
+            tracing::info!(shard = shard.id, room, user = %id.user_id, "WHIP session created");
+            created("whip", room, &transport, answer)
+        }
+        Err(e) => {
+            engine.leave(now, peer);
+            sfu_error(e)
+        }
+    }
+}
+
+fn view(shard: &Shard, head: &Head, body: &[u8], room: &str, publisher: Option<&str>) -> Response {
+    let offer = match sdp_offer(head, body) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let id = match identity(shard, head, room) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    if !id.can_subscribe {
+        return Response::error(403, "forbidden", "token does not allow subscribing");
+    }
+    let now = Instant::now();
+    let mut engine = shard.engine.borrow_mut();
+    if !engine.has_room(room) {
+        return Response::error(404, "not_found", &format!("no room {room:?}"));
+    }
+    let peer = shard.next_id();
+    if let Err(e) = engine.join(now, peer, room, &id.user_id, &id.user_name, None) {
+        return sfu_error(e);
+    }
+    let producers = match publisher {
+        None => engine
+            .room_producers(peer)
+            .map(|ps| ps.into_iter().map(|(p, _)| p).collect::<Vec<_>>()),
+        Some(p) => match p.parse::<u64>() {
+            Ok(publisher) => engine.publisher_producers(peer, publisher),
+            Err(_) => Err(SfuError::UnknownId(p.to_string())),
+        },
+    };
+    let result = producers.and_then(|ps| {
+        if ps.is_empty() {
+            Err(SfuError::UnknownId("nothing is published there yet".into()))
+        } else {
+            engine.subscribe_offer(now, peer, offer, &ps)
+        }
+    });
+    match result {
+        Ok((transport, answer)) => {
+            tracing::info!(shard = shard.id, room, user = %id.user_id, "WHEP session created");
+            created("whep", room, &transport, answer)
+        }
+        Err(e) => {
+            engine.leave(now, peer);
+            sfu_error(e)
+        }
+    }
+}
+
+fn resource(shard: &Shard, head: &Head, body: &[u8], t: &Target) -> Response {
+    let id = match identity(shard, head, t.room) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let transport = t.rest.unwrap_or("");
+    let now = Instant::now();
+    let mut engine = shard.engine.borrow_mut();
+    let Some((peer, user)) = engine.transport_owner(transport) else {
+        return Response::error(404, "not_found", "no such session");
+    };
+    if user != id.user_id {
+        return Response::error(403, "forbidden", "the session belongs to another user");
+    }
+    if head.method == "DELETE" {
+        engine.leave(now, peer);
+        return Response::new(200);
+    }
+    if !content_type_is(head, TRICKLE) {
+        return Response::error(
+            415,
+            "unsupported_media_type",
+            "Content-Type must be application/trickle-ice-sdpfrag",
+        );
+    }
+    let frag = String::from_utf8_lossy(body);
+    for line in frag.lines().filter(|l| l.starts_with("a=candidate:")) {
+        if let Err(e) = engine.add_ice_candidate(now, peer, transport, line) {
+            return sfu_error(e);
+        }
+    }
+    Response::new(204)
+}
