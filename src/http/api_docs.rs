@@ -314,6 +314,41 @@ mod paths {
     fn root() {}
 
     #[utoipa::path(
+        post, path = "/join/{conversationId}", tag = "oneshot",
+        summary = "Join a conversation (one-shot SDP dialect)",
+        description = "Makes this conversation the user's current one (moving the user out \
+            of its previous one), which a later `GET /connect` joins, on any shard. The \
+            caller is a Bearer token (`Authorization` or `?token=`; a token scoped to a \
+            room must name this conversation), or, only when \
+            `auth.trust_user_claim_header` is on and no token is sent, the `X-User-Claim` \
+            header. When `permissions.url` is set, the server first asks \
+            `GET {permissions.url}/user/{userId}/conversation/{conversationId}`: any answer \
+            but 2xx, or none within `permissions.timeout_ms`, refuses the join with 401. \
+            A request body is ignored.",
+        params(
+            ("conversationId" = String, Path, min_length = 1, max_length = 128,
+                pattern = "^[A-Za-z0-9_.:-]{1,128}$",
+                description = "1-128 characters of `A-Z a-z 0-9 _ . : -`"),
+            ("X-User-Claim" = Option<String>, Header, nullable = false,
+                description = "JSON `{\"userid\", \"clientid\"}` set by a trusted auth proxy; \
+                    read only when `auth.trust_user_claim_header` is on and no token is sent \
+                    (`clientid` optional; both ids 1-128 characters of `A-Z a-z 0-9 _ . : -`)",
+                example = json!(r#"{"userid":"alice","clientid":"d1"}"#)),
+        ),
+        responses(
+            (status = 200, description = "Joined: the conversation is the user's current one (empty body)"),
+            (status = 400, description = "Bad conversationId, no identity (no token, and no trusted \
+                X-User-Claim), or a malformed X-User-Claim", body = ErrorBody),
+            (status = 401, description = "Invalid or expired token, a token scoped to another room, or \
+                the permission service refused (non-2xx), was unreachable or did not answer in time \
+                (the message says which)", body = ErrorBody),
+            (status = 413, description = "Body over limits.max_message_bytes", body = ErrorBody),
+        ),
+        security(("bearer" = []), ("token" = []), ())
+    )]
+    fn join() {}
+
+    #[utoipa::path(
         get, path = "/latency", tag = "server",
         summary = "Latency histograms, per shard and merged",
         description = "Histograms: `forwardUs` (UDP receive to send of forwarded packets), \
@@ -341,6 +376,97 @@ mod paths {
             content_type = "text/plain"))
     )]
     fn metrics() {}
+
+    #[utoipa::path(
+        post, path = "/whip/{roomId}", tag = "whip",
+        summary = "WHIP: publish with an SDP offer (RFC 9725)",
+        description = "Bearer token required (canPublish). The answer's resource URL ends the session.",
+        params(("roomId" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+        request_body(content = String, content_type = "application/sdp"),
+        responses(
+            (status = 201, description = "SDP answer; Location names the session", content_type = "application/sdp", body = String,
+                headers(("Location" = String, description = "/whip/{roomId}/{resourceId}"))),
+            (status = 400, description = "Bad SDP, or no usable codec", body = ErrorBody),
+            (status = 401, description = "Missing or invalid token", body = ErrorBody),
+            (status = 403, description = "No publish grant, or a token for another room", body = ErrorBody),
+            (status = 405, description = "Wrong method", body = ErrorBody),
+            (status = 413, description = "Body over limits.max_message_bytes", body = ErrorBody),
+            (status = 415, description = "Content-Type is not application/sdp", body = ErrorBody),
+        ),
+        security(("bearer" = []))
+    )]
+    fn whip() {}
+
+    #[utoipa::path(
+        delete, path = "/whip/{roomId}/{resourceId}", tag = "whip",
+        summary = "End a WHIP or WHEP session (also at /whep/{roomId}/{resourceId})",
+        params(("roomId" = String, Path), ("resourceId" = String, Path)),
+        responses(
+            (status = 200, description = "Ended"),
+            (status = 401, description = "Missing or invalid token", body = ErrorBody),
+            (status = 403, description = "Another user's session, or a token for another room", body = ErrorBody),
+            (status = 404, description = "No such session", body = ErrorBody),
+            (status = 405, description = "Wrong method", body = ErrorBody),
+        ),
+        security(("bearer" = []))
+    )]
+    fn whip_delete() {}
+
+    #[utoipa::path(
+        patch, path = "/whip/{roomId}/{resourceId}", tag = "whip",
+        summary = "Trickle ICE candidates into a WHIP or WHEP session",
+        params(("roomId" = String, Path), ("resourceId" = String, Path)),
+        request_body(content = String, content_type = "application/trickle-ice-sdpfrag"),
+        responses(
+            (status = 204, description = "Candidates added"),
+            (status = 400, description = "A bad candidate line", body = ErrorBody),
+            (status = 401, description = "Missing or invalid token", body = ErrorBody),
+            (status = 403, description = "Another user's session", body = ErrorBody),
+            (status = 404, description = "No such session", body = ErrorBody),
+            (status = 415, description = "Content-Type is not application/trickle-ice-sdpfrag", body = ErrorBody),
+        ),
+        security(("bearer" = []))
+    )]
+    fn whip_patch() {}
+
+    #[utoipa::path(
+        post, path = "/whep/{roomId}", tag = "whip",
+        summary = "WHEP: view everything published in a room, up to the offer's media sections",
+        params(("roomId" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+        request_body(content = String, content_type = "application/sdp"),
+        responses(
+            (status = 201, description = "SDP answer; Location names the session", content_type = "application/sdp", body = String,
+                headers(("Location" = String, description = "/whep/{roomId}/{resourceId}"))),
+            (status = 400, description = "Bad SDP", body = ErrorBody),
+            (status = 401, description = "Missing or invalid token", body = ErrorBody),
+            (status = 403, description = "No subscribe grant, or a token for another room", body = ErrorBody),
+            (status = 404, description = "No such room, or nothing published", body = ErrorBody),
+            (status = 405, description = "Wrong method", body = ErrorBody),
+            (status = 413, description = "Body over limits.max_message_bytes", body = ErrorBody),
+            (status = 415, description = "Content-Type is not application/sdp", body = ErrorBody),
+        ),
+        security(("bearer" = []))
+    )]
+    fn whep() {}
+
+    #[utoipa::path(
+        post, path = "/whep/{roomId}/{publisherId}", tag = "whip",
+        summary = "WHEP: view one publisher's tracks (DELETE and PATCH here act on a session)",
+        params(("roomId" = String, Path), ("publisherId" = String, Path)),
+        request_body(content = String, content_type = "application/sdp"),
+        responses(
+            (status = 201, description = "SDP answer", content_type = "application/sdp", body = String,
+                headers(("Location" = String))),
+            (status = 400, description = "Bad SDP", body = ErrorBody),
+            (status = 401, description = "Missing or invalid token", body = ErrorBody),
+            (status = 403, description = "No subscribe grant", body = ErrorBody),
+            (status = 404, description = "No such room or publisher", body = ErrorBody),
+            (status = 413, description = "Body over limits.max_message_bytes", body = ErrorBody),
+            (status = 415, description = "Content-Type is not application/sdp", body = ErrorBody),
+        ),
+        security(("bearer" = []))
+    )]
+    fn whep_publisher() {}
 
     #[utoipa::path(
         get, path = "/openapi.json", tag = "docs",
@@ -406,8 +532,14 @@ impl Modify for Security {
         paths::p2p_namespace,
         paths::ws,
         paths::root,
+        paths::join,
         paths::latency,
         paths::metrics,
+        paths::whip,
+        paths::whip_delete,
+        paths::whip_patch,
+        paths::whep,
+        paths::whep_publisher,
         paths::openapi,
         paths::docs,
         paths::asyncapi,
@@ -418,7 +550,9 @@ impl Modify for Security {
         (name = "server", description = "Server state"),
         (name = "auth", description = "Tokens"),
         (name = "p2p", description = "Peer-to-peer relay dialect (WebSocket)"),
+        (name = "whip", description = "WHIP and WHEP (HTTP + SDP)"),
         (name = "mediasoup", description = "Request/response dialect for mediasoup-client (WebSocket)"),
+        (name = "oneshot", description = "One-shot SDP dialect (`/join`, `/connect`)"),
         (name = "docs", description = "API documents"),
     )
 )]

@@ -132,12 +132,12 @@ fn created(kind: &str, room: &str, transport: &str, answer: String) -> Response 
 }
 
 fn publish(shard: &Shard, head: &Head, body: &[u8], room: &str) -> Response {
-    let offer = match sdp_offer(head, body) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
     let id = match identity(shard, head, room) {
         Ok(id) => id,
+        Err(r) => return r,
+    };
+    let offer = match sdp_offer(head, body) {
+        Ok(o) => o,
         Err(r) => return r,
     };
     if !id.can_publish {
@@ -165,12 +165,12 @@ fn publish(shard: &Shard, head: &Head, body: &[u8], room: &str) -> Response {
 }
 
 fn view(shard: &Shard, head: &Head, body: &[u8], room: &str, publisher: Option<&str>) -> Response {
-    let offer = match sdp_offer(head, body) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
     let id = match identity(shard, head, room) {
         Ok(id) => id,
+        Err(r) => return r,
+    };
+    let offer = match sdp_offer(head, body) {
+        Ok(o) => o,
         Err(r) => return r,
     };
     if !id.can_subscribe {
