@@ -63,6 +63,12 @@ pub const KEYS: &[KeySpec] = &[
         "Enable POST /login (true/false); default: on in dev mode only"),
     key!("auth.token_ttl_s", Some("CORELAY_TOKEN_TTL_S"), "token-ttl-s", Some("3600"),
         "Lifetime of tokens minted by POST /login, in seconds"),
+    key!("auth.trust_user_claim_header", Some("CORELAY_TRUST_USER_CLAIM_HEADER"), "trust-user-claim-header", Some("false"),
+        "Accept the X-User-Claim header ({\"userid\", \"clientid\"}, set by a trusted auth proxy) as the identity of /join and /connect"),
+    key!("permissions.url", Some("PERMISSIONS_HOST"), "permissions-url", None,
+        "Permission service for POST /join (http(s) URL or host:port): GET {url}/user/{userId}/conversation/{conversationId} must answer 2xx; unset = every join allowed"),
+    key!("permissions.timeout_ms", Some("CORELAY_PERMISSIONS_TIMEOUT_MS"), "permissions-timeout-ms", Some("2000"),
+        "How long POST /join waits for the permission service before answering 401"),
     key!("p2p.allow_anonymous", Some("CORELAY_P2P_ALLOW_ANONYMOUS"), "p2p-allow-anonymous", Some("false"),
         "Let peer-to-peer relay clients connect without a token (UserId then comes from the packet)"),
     key!("limits.max_message_bytes", Some("CORELAY_MAX_MESSAGE_BYTES"), "max-message-bytes", Some("1048576"),
@@ -284,6 +290,15 @@ impl Layers {
             .map(Duration::from_secs)?;
         let p2p_allow_anonymous =
             self.required("p2p.allow_anonymous", "true or false", parse_bool)?;
+        let trust_user_claim_header =
+            self.required("auth.trust_user_claim_header", "true or false", parse_bool)?;
+        let permissions_url = self.parse(
+            "permissions.url",
+            "an http:// or https:// URL with a host and no user info, query or fragment \
+             (e.g. http://perms:8080/api), or host:port",
+            crate::control::permissions_base,
+        )?;
+        let permissions_timeout = millis("permissions.timeout_ms", 10, 60_000)?;
         let max_message_bytes = self.required(
             "limits.max_message_bytes",
             "bytes between 1024 and 67108864",
@@ -352,6 +367,9 @@ impl Layers {
             dev_mode,
             token_ttl,
             p2p_allow_anonymous,
+            trust_user_claim_header,
+            permissions_url,
+            permissions_timeout,
             max_message_bytes,
             log_level,
             log_format,
@@ -417,6 +435,12 @@ pub struct Config {
     pub login_enabled: bool,
     pub token_ttl: Duration,
     pub p2p_allow_anonymous: bool,
+    /// Take the identity of the one-shot dialect from the `X-User-Claim` header.
+    pub trust_user_claim_header: bool,
+    /// Base URL of the permission service (normalized: scheme, no trailing slash); `None`
+    /// allows every `POST /join`.
+    pub permissions_url: Option<String>,
+    pub permissions_timeout: Duration,
     pub max_message_bytes: usize,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -591,6 +615,96 @@ mod tests {
         let err = l.build().unwrap_err();
         assert!(err.to_string().contains("log.file"), "{err}");
         assert!(err.to_string().contains("--log-file"), "{err}");
+    }
+
+    #[test]
+    fn permission_and_claim_keys_default_to_open_and_untrusted() {
+        let c = Config::defaults();
+        assert_eq!(c.permissions_url, None);
+        assert_eq!(c.permissions_timeout, Duration::from_millis(2000));
+        assert!(!c.trust_user_claim_header);
+        for (key, env, flag) in [
+            ("permissions.url", "PERMISSIONS_HOST", "permissions-url"),
+            (
+                "permissions.timeout_ms",
+                "CORELAY_PERMISSIONS_TIMEOUT_MS",
+                "permissions-timeout-ms",
+            ),
+            (
+                "auth.trust_user_claim_header",
+                "CORELAY_TRUST_USER_CLAIM_HEADER",
+                "trust-user-claim-header",
+            ),
+        ] {
+            let spec = KEYS.iter().find(|s| s.key == key).unwrap();
+            assert_eq!((spec.env, spec.flag), (Some(env), flag), "{key}");
+        }
+    }
+
+    #[test]
+    fn permission_and_claim_keys_are_set_by_each_layer() {
+        let mut l = Layers::with_defaults();
+        l.apply_toml(
+            "[permissions]\nurl = \"https://perms.example/api/\"\ntimeout_ms = 750\n\
+             [auth]\ntrust_user_claim_header = true\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let c = l.build().unwrap();
+        assert_eq!(
+            c.permissions_url.as_deref(),
+            Some("https://perms.example/api")
+        );
+        assert_eq!(c.permissions_timeout, Duration::from_millis(750));
+        assert!(c.trust_user_claim_header);
+        // A bare host:port from the environment means plain http.
+        l.apply_env(env(&[
+            ("PERMISSIONS_HOST", "perms:8080"),
+            ("CORELAY_PERMISSIONS_TIMEOUT_MS", "500"),
+            ("CORELAY_TRUST_USER_CLAIM_HEADER", "false"),
+        ]));
+        let c = l.build().unwrap();
+        assert_eq!(c.permissions_url.as_deref(), Some("http://perms:8080"));
+        assert_eq!(c.permissions_timeout, Duration::from_millis(500));
+        assert!(!c.trust_user_claim_header);
+        l.apply_flags([
+            ("permissions.url", "http://10.0.0.5:9000".to_string()),
+            ("auth.trust_user_claim_header", "yes".to_string()),
+        ]);
+        let c = l.build().unwrap();
+        assert_eq!(c.permissions_url.as_deref(), Some("http://10.0.0.5:9000"));
+        assert!(c.trust_user_claim_header);
+    }
+
+    #[test]
+    fn bad_permission_and_claim_values_name_the_key() {
+        for (key, value, source) in [
+            ("permissions.url", "ftp://perms", "--permissions-url"),
+            ("permissions.url", "http://perms/?x=1", "--permissions-url"),
+            ("permissions.url", "perms:notaport", "--permissions-url"),
+            ("permissions.timeout_ms", "0", "--permissions-timeout-ms"),
+            ("permissions.timeout_ms", "soon", "--permissions-timeout-ms"),
+            (
+                "auth.trust_user_claim_header",
+                "maybe",
+                "--trust-user-claim-header",
+            ),
+        ] {
+            let mut l = Layers::with_defaults();
+            l.apply_flags([(key, value.to_string())]);
+            let err = l.build().unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(value) && err.contains(source),
+                "{err}"
+            );
+        }
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[("PERMISSIONS_HOST", "gopher://x")]));
+        let err = l.build().unwrap_err().to_string();
+        assert!(
+            err.contains("PERMISSIONS_HOST") && err.contains("http://"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //!
 //! Layers (dependencies point inward): `shard` is the only module that knows glommio and
 //! sockets; `http` parses and writes HTTP on any async stream; `signal` translates each
-//! dialect's messages; `auth`, `config` and `stats` are shared plain data.
+//! dialect's messages; `auth`, `config` and `stats` are shared plain data; `control` is
+//! the one thread, off the shards, that calls other services (its own tokio runtime).
 
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod notify;
 pub mod routing;
