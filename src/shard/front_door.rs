@@ -14,6 +14,7 @@ use super::mesh::{Handover, MeshMsg, Resumable};
 use super::msc_session::MscDialect;
 use super::observe;
 use super::p2p_session::P2pDialect;
+use super::pubsub_session::PubSubDialect;
 use super::state::Shard;
 use super::whip;
 use super::ws_session;
@@ -23,6 +24,7 @@ use crate::http::request::percent_decode;
 use crate::http::tls::{TlsConn, TLS_HANDSHAKE_BYTE};
 use crate::http::{read_body, read_head, ws, Head, HeadError, HeadLimits, Response};
 use crate::signal::p2p;
+use crate::signal::pubsub;
 use crate::stats::ShardCounters;
 
 pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
@@ -63,6 +65,7 @@ enum Routed {
     Respond(Response),
     P2p(p2p::Session),
     Msc(Identity),
+    PubSub(Option<Identity>),
 }
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
@@ -182,6 +185,12 @@ pub(super) async fn serve_http(
                 ws_session::start(shard, stream, &head, leftover, dialect, peer).await;
                 return;
             }
+            Routed::PubSub(identity) => {
+                let leftover = std::mem::take(&mut buf);
+                let dialect = PubSubDialect::new(pubsub::Session::new(0, identity));
+                ws_session::start(shard, stream, &head, leftover, dialect, peer).await;
+                return;
+            }
             Routed::Msc(identity) => {
                 let leftover = std::mem::take(&mut buf);
                 let dialect = MscDialect::new(identity);
@@ -249,6 +258,25 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
             "POST" => login(shard, body),
             _ => method_not_allowed("POST"),
         },
+        "/pubsub" => {
+            if !ws::is_upgrade(head) {
+                return Routed::Respond(upgrade_required(head));
+            }
+            // The token may come with the upgrade or as the first message (auth).
+            return match head.token() {
+                None => Routed::PubSub(None),
+                Some(t) => match shard.auth.verify(t) {
+                    Ok(identity) => Routed::PubSub(Some(identity)),
+                    Err(e) => Routed::Respond(unauthorized(e)),
+                },
+            };
+        }
+        "/" | "/demo" | "/demo.js" | "/demo.css" if !ws::is_upgrade(head) => {
+            match head.method.as_str() {
+                "GET" | "HEAD" => demo_asset(path),
+                _ => method_not_allowed("GET"),
+            }
+        }
         "/" | "/ws" => {
             if !ws::is_upgrade(head) {
                 return Routed::Respond(upgrade_required(head));
@@ -333,6 +361,25 @@ async fn relocate_request(
             "relocation failed: owner shard is gone"
         );
     }
+}
+
+/// The built-in demo page (publish/subscribe dialect), embedded so it works offline.
+fn demo_asset(path: &str) -> Response {
+    let (body, content_type) = match path {
+        "/demo.js" => (
+            include_str!("../demo/demo.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "/demo.css" => (include_str!("../demo/demo.css"), "text/css; charset=utf-8"),
+        _ => (
+            include_str!("../demo/index.html"),
+            "text/html; charset=utf-8",
+        ),
+    };
+    Response::new(200)
+        .header("Content-Type", content_type)
+        .header("Cache-Control", "no-cache")
+        .body(body.as_bytes().to_vec())
 }
 
 /// A plain request to a WebSocket endpoint.

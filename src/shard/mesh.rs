@@ -11,6 +11,7 @@ use super::conn::{Conn, Detached};
 use super::front_door;
 use super::msc_session::MscDialect;
 use super::p2p_session::P2pDialect;
+use super::pubsub_session::PubSubDialect;
 use super::state::Shard;
 use super::ws_session;
 use crate::auth::Identity;
@@ -32,6 +33,7 @@ pub struct Handover {
 pub enum Resumable {
     P2p(p2p::Session),
     Msc(Identity),
+    PubSub(Box<crate::signal::pubsub::Session>),
     /// An HTTP request for a room of the owner shard (WHIP/WHEP): `leftover` holds the
     /// request as received; the owner serves it from the start.
     Http,
@@ -104,6 +106,10 @@ async fn handle(shard: &Rc<Shard>, msg: MeshMsg) {
                     MscDialect::new(identity),
                 ))
                 .detach(),
+                Resumable::PubSub(s) => {
+                    glommio::spawn_local(ws_session::adopt(shard, handover, PubSubDialect::new(*s)))
+                        .detach()
+                }
                 Resumable::Http => {
                     ShardCounters::add(&shard.counters.relocated_in, 1);
                     let conn = Conn::attach(handover.conn);

@@ -8,6 +8,7 @@ mod mesh;
 mod msc_session;
 mod observe;
 mod p2p_session;
+mod pubsub_session;
 mod sockets;
 mod state;
 mod udp;

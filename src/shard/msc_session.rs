@@ -73,4 +73,8 @@ impl Dialect for MscDialect {
     fn into_resumable(self) -> Resumable {
         Resumable::Msc(self.identity)
     }
+
+    fn notice(&mut self, notice: &crate::sfu::Notice) -> Option<String> {
+        Some(mediasoup::event_text(notice))
+    }
 }

@@ -28,6 +28,8 @@ pub enum Outbound {
     Text(Rc<str>),
     /// Close the WebSocket with code 1011 and this reason.
     Close(String),
+    /// A media-core notice; the session's dialect words it.
+    Notice(Box<crate::sfu::Notice>),
 }
 
 /// How many messages may wait for a slow client before it is disconnected.
@@ -71,7 +73,9 @@ impl Shard {
     pub fn next_id(&self) -> u64 {
         let n = self.next_id.get() + 1;
         self.next_id.set(n);
-        ((self.id as u64) << 48) | n
+        // 40 bits of counter leave ids below 2^53 for up to 8192 shards, so they stay
+        // exact as JSON numbers (publisherId) in JavaScript clients.
+        ((self.id as u64) << 40) | n
     }
 
     pub fn owner_of(&self, key: &str) -> usize {
@@ -132,15 +136,14 @@ impl Shard {
                 .borrow_mut()
                 .record_join(join.as_millis() as u64);
         }
-        use crate::signal::mediasoup::event_text;
         let notices: Vec<_> = {
             let mut engine = self.engine.borrow_mut();
             std::iter::from_fn(|| engine.poll_notice()).collect()
         };
         for (peer, notice) in notices {
-            let msg = match &notice {
-                crate::sfu::Notice::MediaFailed { reason } => Outbound::Close(reason.clone()),
-                n => Outbound::Text(event_text(n).into()),
+            let msg = match notice {
+                crate::sfu::Notice::MediaFailed { reason } => Outbound::Close(reason),
+                n => Outbound::Notice(Box::new(n)),
             };
             self.send_to_conn(peer, msg);
         }
@@ -184,7 +187,7 @@ pub(super) async fn run(
     );
     let (shutdown_tx, shutdown_rx) = futures::channel::oneshot::channel();
     let candidate = std::net::SocketAddr::new(config.announced_ip, init.udp_port);
-    let engine = match Engine::new((init.id as u64) << 48, candidate) {
+    let engine = match Engine::new((init.id as u64) << 40, candidate) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(shard = init.id, "cannot start the media engine: {e}");

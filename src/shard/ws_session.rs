@@ -26,6 +26,8 @@ pub enum Step {
     Reply(Vec<String>),
     /// Move the session to this shard and replay the message there.
     Relocate(usize),
+    /// Send these texts, then close with 1008 (policy: e.g. failed authentication).
+    Close(Vec<String>),
 }
 
 pub trait Dialect {
@@ -37,6 +39,10 @@ pub trait Dialect {
     fn on_close(&mut self, shard: &Shard, conn: ConnId);
     /// What travels with the connection when it relocates.
     fn into_resumable(self) -> Resumable;
+    /// A media-core notice as this dialect's event, if it has one.
+    fn notice(&mut self, _notice: &crate::sfu::Notice) -> Option<String> {
+        None
+    }
 }
 
 /// Completes the upgrade on the accepting shard and runs the session.
@@ -126,6 +132,13 @@ async fn run<D: Dialect>(
             Event::Incoming(Some(Ok(Message::Text(text)))) => {
                 match dialect.on_text(&shard, conn, text.as_str()) {
                     Step::Reply(replies) => replies,
+                    Step::Close(texts) => {
+                        for t in texts {
+                            let _ = ws.send(Message::text(t)).await;
+                        }
+                        let _ = close(&mut ws, CloseCode::Policy, "refused").await;
+                        break End::Closed("refused");
+                    }
                     Step::Relocate(owner) => {
                         break End::Relocate {
                             owner,
@@ -154,6 +167,7 @@ async fn run<D: Dialect>(
             }
             Event::Incoming(Some(Err(_))) => break End::Closed("protocol error"),
             Event::Outgoing(Some(Outbound::Text(text))) => vec![text.to_string()],
+            Event::Outgoing(Some(Outbound::Notice(n))) => dialect.notice(&n).into_iter().collect(),
             Event::Outgoing(Some(Outbound::Close(reason))) => {
                 let _ = close(&mut ws, CloseCode::Error, &reason).await;
                 break End::Closed("closed by server");

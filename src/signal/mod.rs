@@ -4,3 +4,4 @@
 pub mod identity;
 pub mod mediasoup;
 pub mod p2p;
+pub mod pubsub;
