@@ -292,8 +292,40 @@ mod paths {
     fn ws() {}
 
     #[utoipa::path(
-        get, path = "/", tag = "mediasoup",
-        summary = "The same WebSocket as `/ws`",
+        get, path = "/", tag = "demo",
+        summary = "The demo page",
+        description = "A request with a WebSocket upgrade here is the same as `/ws` (the \
+            request/response dialect; see there and the AsyncAPI document).",
+        responses((status = 200, description = "HTML page", body = String, content_type = "text/html"))
+    )]
+    fn root() {}
+
+    #[utoipa::path(
+        get, path = "/demo", tag = "demo",
+        summary = "The built-in demo page (publish/subscribe dialect, works offline)",
+        responses((status = 200, description = "HTML page", body = String, content_type = "text/html"))
+    )]
+    fn demo() {}
+
+    #[utoipa::path(
+        get, path = "/demo.js", tag = "demo",
+        summary = "The demo page's script",
+        responses((status = 200, description = "JavaScript", body = String, content_type = "text/javascript"))
+    )]
+    fn demo_js() {}
+
+    #[utoipa::path(
+        get, path = "/demo.css", tag = "demo",
+        summary = "The demo page's style sheet",
+        responses((status = 200, description = "CSS", body = String, content_type = "text/css"))
+    )]
+    fn demo_css() {}
+
+    #[utoipa::path(
+        get, path = "/pubsub", tag = "pubsub",
+        summary = "Publish/subscribe SDP dialect (WebSocket)",
+        description = "WebSocket upgrade. The token comes as `?token=` (checked before the \
+            upgrade) or in the first message `{\"type\": \"auth\", \"token\"}`.",
         params(
             ("Upgrade" = inline(UpgradeValue), Header, description = "Must hold `websocket`"),
             ("Connection" = inline(ConnectionValue), Header, description = "Must hold `Upgrade`"),
@@ -305,13 +337,12 @@ mod paths {
             (status = 101, description = "Switching Protocols",
                 headers(("Upgrade" = String), ("Connection" = String), ("Sec-WebSocket-Accept" = String))),
             (status = 400, description = "Missing or malformed Sec-WebSocket-Key, or version not 13", body = ErrorBody),
-            (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+            (status = 401, description = "Invalid or expired `?token=`", body = ErrorBody),
             (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody,
                 headers(("Upgrade" = String, description = "`websocket`"))),
         ),
-        security(("bearer" = []), ("token" = []))
     )]
-    fn root() {}
+    fn pubsub() {}
 
     #[utoipa::path(
         post, path = "/join/{conversationId}", tag = "oneshot",
@@ -532,6 +563,10 @@ impl Modify for Security {
         paths::p2p_namespace,
         paths::ws,
         paths::root,
+        paths::demo,
+        paths::demo_js,
+        paths::demo_css,
+        paths::pubsub,
         paths::join,
         paths::latency,
         paths::metrics,
@@ -550,6 +585,8 @@ impl Modify for Security {
         (name = "server", description = "Server state"),
         (name = "auth", description = "Tokens"),
         (name = "p2p", description = "Peer-to-peer relay dialect (WebSocket)"),
+        (name = "pubsub", description = "Publish/subscribe SDP dialect (WebSocket)"),
+        (name = "demo", description = "The built-in demo page"),
         (name = "whip", description = "WHIP and WHEP (HTTP + SDP)"),
         (name = "mediasoup", description = "Request/response dialect for mediasoup-client (WebSocket)"),
         (name = "oneshot", description = "One-shot SDP dialect (`/join`, `/connect`)"),
