@@ -242,6 +242,22 @@ impl Client {
         sent
     }
 
+    /// Sends one Opus packet carrying an RFC 6464 audio level (dBov, 0 loudest).
+    pub fn send_audio(&mut self, now: Instant, ssrc: u32, seq: u64, ts: u32, level: i8, payload: &[u8]) {
+        {
+            let mut api = self.rtc.direct_api();
+            if let Some(tx) = api.stream_tx(&ssrc.into()) {
+                let ext = str0m::rtp::ExtensionValues {
+                    audio_level: Some(level),
+                    voice_activity: Some(level > -50),
+                    ..Default::default()
+                };
+                tx.write_rtp(RtpWrite::new(111.into(), seq.into(), ts, now, payload.to_vec()).ext_vals(ext));
+            }
+        }
+        self.drive(now);
+    }
+
     /// Asks the server for a keyframe on an incoming stream (a PLI).
     pub fn request_keyframe(&mut self, now: Instant, ssrc: Ssrc) {
         if let Some(rx) = self.rtc.direct_api().stream_rx(&ssrc) {

@@ -19,11 +19,14 @@ use str0m::{Event as RtcEvent, IceConnectionState, Input, Output};
 use super::keyframe::is_keyframe;
 use super::ortc::{self, Kind, ProducerSpec, RtpParameters};
 use super::rewrite::Rewriter;
+use super::speakers::{Held, Level};
 use super::transport::{Direction, Transport};
 use super::SfuError;
 
 pub type PeerId = u64;
 
+/// How often a room's loudest-speaker slots are reviewed.
+const SLOT_REVIEW: Duration = Duration::from_millis(250);
 /// DTLS datagrams kept per transport until connect-transport arrives.
 const EARLY_DTLS_MAX: usize = 16;
 /// How often a producer may be asked for a keyframe.
@@ -117,6 +120,10 @@ pub(super) struct Peer {
 pub(super) struct Room {
     pub(super) peers: Vec<PeerId>,
     pub(super) producers: Vec<u64>,
+    /// When the room's speaker slots were last reviewed.
+    pub(super) last_review: Option<Instant>,
+    /// Some peer of the room receives loudest-speaker slots.
+    pub(super) has_slots: bool,
 }
 
 pub(super) struct Layer {
@@ -139,6 +146,8 @@ pub(super) struct Producer {
     /// The layer forwarded now.
     pub(super) selected: usize,
     pub(super) last_keyframe_request: Option<Instant>,
+    /// Smoothed audio level, for loudest-speaker slots.
+    pub(super) level: Level,
 }
 
 pub(super) struct Consumer {
@@ -152,6 +161,8 @@ pub(super) struct Consumer {
     pub(super) paused: bool,
     pub(super) wait_keyframe: bool,
     pub(super) rewriter: Rewriter,
+    /// A loudest-speaker slot (`/connect`): its producer changes; 0 when it carries none.
+    pub(super) slot: Option<Option<Held>>,
 }
 
 pub struct Engine {
@@ -174,6 +185,8 @@ pub struct Engine {
     pub(super) earliest: Option<Instant>,
     /// Transports written to since their last drain.
     pub(super) dirty: Vec<u64>,
+    /// Rooms whose speaker slots are due for review.
+    pub(super) review_rooms: Vec<String>,
     /// Join-to-first-media times not yet taken by the shard.
     pub(super) join_times: Vec<Duration>,
     /// Reused between drains so the packet path does not allocate.
@@ -216,6 +229,7 @@ impl Engine {
             dirty: Vec::new(),
             scratch_events: Vec::new(),
             join_times: Vec::new(),
+            review_rooms: Vec::new(),
             outbox: Vec::new(),
             notices: VecDeque::new(),
             counters: EngineCounters::default(),
@@ -531,6 +545,7 @@ impl Engine {
                 layers,
                 selected,
                 last_keyframe_request: None,
+                level: Level::new(Instant::now()),
             },
         );
         self.producer_by_mid.insert((tid, mid), id);
@@ -625,6 +640,7 @@ impl Engine {
                 paused: true,
                 wait_keyframe: kind == Kind::Video,
                 rewriter: Rewriter::default(),
+                slot: None,
             },
         );
         self.consumer_by_mid.insert((tid, mid), id);
@@ -997,6 +1013,9 @@ impl Engine {
             }
         }
         self.scratch_events = events;
+        while let Some(room) = self.review_rooms.pop() {
+            self.review_slots(now, &room);
+        }
     }
 
     fn fail_transport(&mut self, now: Instant, id: u64, reason: String) {
@@ -1080,6 +1099,21 @@ impl Engine {
             }
         };
         p.layers[layer].last_packet = Some(now);
+        if p.kind == Kind::Audio {
+            p.level.update(now, pkt.header.ext_vals.audio_level);
+            // Speaker slots of the room are reviewed a few times a second, not per packet.
+            if let Some(room_name) = self.peers.get(&p.peer).map(|o| &o.room) {
+                if let Some(room) = self.rooms.get_mut(room_name) {
+                    let due = room
+                        .last_review
+                        .is_none_or(|t| now.saturating_duration_since(t) >= SLOT_REVIEW);
+                    if due && room.has_slots {
+                        room.last_review = Some(now);
+                        self.review_rooms.push(room_name.clone());
+                    }
+                }
+            }
+        }
         // Forward the highest active layer; switching waits for a keyframe.
         let best = p
             .layers

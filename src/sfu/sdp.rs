@@ -10,10 +10,19 @@ use str0m::media::{Direction as MediaDirection, MediaKind, Mid};
 use str0m::Candidate;
 
 use super::engine::{parse_id, wire_id, Consumer, Engine, Layer, PeerId};
-use super::ortc::{Kind, ProducerSpec, RouterCodec};
+use super::ortc::{Kind, ProducerSpec, RouterCodec, OPUS};
+use super::speakers::{self, Held, Level};
 use super::rewrite::Rewriter;
 use super::transport::{Direction, Transport};
 use super::SfuError;
+
+/// What a consumer on a negotiated section carries.
+#[derive(Clone, Copy)]
+enum Slot {
+    Producer(u64),
+    /// The loudest other speakers of the room, switched over time.
+    Speakers,
+}
 
 fn media_kind(kind: Kind) -> MediaKind {
     match kind {
@@ -196,7 +205,7 @@ impl Engine {
             .accept_answer(pending, answer)
             .map_err(|e| SfuError::BadRequest(format!("cannot accept the answer: {e}")))?;
         for (mid, pid) in mids {
-            self.attach_consumer(now, id, mid, pid);
+            self.attach_consumer(now, id, mid, Slot::Producer(pid));
         }
         self.drain(now, id);
         if self.transport_consumers(id) == 0 {
@@ -330,34 +339,23 @@ impl Engine {
         }
     }
 
-    fn map_media(
-        &mut self,
-        now: Instant,
-        tid: u64,
-        mid: Mid,
-        kind: MediaKind,
-        direction: MediaDirection,
-    ) {
-        let Some(t) = self.transports.get_mut(&tid) else {
+    fn map_media(&mut self, now: Instant, tid: u64, mid: Mid, kind: MediaKind, direction: MediaDirection) {
+        let Some(t) = self.transports.get_mut(&tid) else { return };
+        let kind = if kind == MediaKind::Audio { Kind::Audio } else { Kind::Video };
+        let client_sends = matches!(direction, MediaDirection::RecvOnly | MediaDirection::SendRecv);
+        let client_receives = matches!(direction, MediaDirection::SendOnly | MediaDirection::SendRecv);
+        let both = t.direction == Direction::Both;
+        // `/connect` is audio only: its video sections are left unused.
+        if both && kind == Kind::Video {
             return;
-        };
-        let kind = if kind == MediaKind::Audio {
-            Kind::Audio
-        } else {
-            Kind::Video
-        };
-        match (t.direction, direction) {
-            (Direction::Send, MediaDirection::RecvOnly | MediaDirection::SendRecv) => {
-                let Some(media) = t.rtc.media(mid) else {
-                    return;
-                };
-                let codec = media.remote_pts().iter().find_map(|pt| {
-                    let params = t.rtc.codec_config().find(|p| p.pt() == *pt)?;
-                    RouterCodec::from_str0m(params.spec().codec)
-                });
-                let Some(codec) = codec.filter(|c| c.kind == kind) else {
-                    return;
-                };
+        }
+        if client_sends && matches!(t.direction, Direction::Send | Direction::Both) {
+            let Some(media) = t.rtc.media(mid) else { return };
+            let codec = media.remote_pts().iter().find_map(|pt| {
+                let params = t.rtc.codec_config().find(|p| p.pt() == *pt)?;
+                RouterCodec::from_str0m(params.spec().codec)
+            });
+            if let Some(codec) = codec.filter(|c| c.kind == kind) {
                 let spec = ProducerSpec {
                     codec,
                     mid: mid.to_string(),
@@ -373,25 +371,114 @@ impl Engine {
                 let peer = t.peer;
                 self.add_producer(peer, tid, kind, spec, mid, layers);
             }
-            (Direction::Recv, MediaDirection::SendOnly | MediaDirection::SendRecv) => {
-                let pos = t
-                    .offered_producers
-                    .iter()
-                    .position(|p| self.producers.get(p).is_some_and(|p| p.kind == kind));
-                if let Some(pos) = pos {
-                    let pid = t.offered_producers.remove(pos);
-                    self.attach_consumer(now, tid, mid, pid);
+        }
+        let Some(t) = self.transports.get_mut(&tid) else { return };
+        if client_receives && both {
+            self.attach_consumer(now, tid, mid, Slot::Speakers);
+        } else if client_receives && t.direction == Direction::Recv {
+            let pos = t
+                .offered_producers
+                .iter()
+                .position(|p| self.producers.get(p).is_some_and(|p| p.kind == kind));
+            if let Some(pos) = pos {
+                let pid = t.offered_producers.remove(pos);
+                self.attach_consumer(now, tid, mid, Slot::Producer(pid));
+            }
+        }
+    }
+
+    /// A one-shot `/connect` offer: the client's audio becomes a producer of the room and
+    /// each audio section it receives becomes a slot for the loudest other speakers.
+    pub fn connect_offer(&mut self, now: Instant, peer: PeerId, offer: &str) -> Result<(String, String), SfuError> {
+        let offer_text = offer;
+        let offer = SdpOffer::from_sdp_string(offer)
+            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {e}")))?;
+        let id = self.new_sdp_transport(now, peer, Direction::Both)?;
+        let t = self.transports.get_mut(&id).expect("just made");
+        let answer = match t.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                self.remove_transport(id);
+                return Err(SfuError::BadRequest(format!("cannot accept the offer: {e}")));
+            }
+        };
+        self.map_offered_media(now, id, offer_text);
+        if self.transport_producers(id) + self.transport_consumers(id) == 0 {
+            self.remove_transport(id);
+            return Err(SfuError::BadRequest("the offer has no opus audio section".into()));
+        }
+        if let Some(room) = self.peers.get(&peer).map(|p| p.room.clone()) {
+            if let Some(r) = self.rooms.get_mut(&room) {
+                r.has_slots = true;
+            }
+            self.review_slots(now, &room);
+        }
+        self.drain(now, id);
+        Ok((wire_id("t", id), answer.to_sdp_string()))
+    }
+
+    /// Moves each peer's speaker slots onto the loudest other speakers of the room.
+    pub(super) fn review_slots(&mut self, now: Instant, room: &str) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let speakers: Vec<(u64, PeerId, Level)> = r
+            .producers
+            .iter()
+            .filter_map(|id| self.producers.get(id))
+            .filter(|p| p.kind == Kind::Audio && !p.paused)
+            .map(|p| (p.id, p.peer, p.level))
+            .collect();
+        for peer in r.peers.clone() {
+            let mut slots: Vec<u64> = self
+                .consumers
+                .iter()
+                .filter(|(_, c)| c.peer == peer && c.slot.is_some())
+                .map(|(id, _)| *id)
+                .collect();
+            if slots.is_empty() {
+                continue;
+            }
+            slots.sort_unstable();
+            let others: Vec<(u64, Level)> = speakers
+                .iter()
+                .filter(|(_, owner, _)| *owner != peer)
+                .map(|(id, _, l)| (*id, *l))
+                .collect();
+            let current: Vec<Option<Held>> = slots.iter().map(|c| self.consumers[c].slot.flatten()).collect();
+            let chosen = speakers::choose(now, &current, &others);
+            for ((cid, old), new) in slots.iter().zip(current).zip(chosen) {
+                if old.map(|h| h.speaker) != new.map(|h| h.speaker) {
+                    self.move_slot(*cid, new);
+                } else if let (Some(c), Some(n)) = (self.consumers.get_mut(cid), new) {
+                    c.slot = Some(Some(n));
                 }
             }
-            _ => {}
+        }
+    }
+
+    /// Puts a slot consumer on another speaker. Its SSRC stays; sequence numbers continue
+    /// and timestamps move on by the elapsed time, so the stream stays valid.
+    fn move_slot(&mut self, cid: u64, new: Option<Held>) {
+        let Some(c) = self.consumers.get_mut(&cid) else { return };
+        if let Some(old) = self.producers.get_mut(&c.producer) {
+            old.consumers.retain(|x| *x != cid);
+        }
+        c.producer = new.map_or(0, |h| h.speaker);
+        c.slot = Some(new);
+        c.rewriter.mark_discontinuity();
+        if let Some(p) = self.producers.get_mut(&c.producer) {
+            p.consumers.push(cid);
         }
     }
 
     /// A consumer on a negotiated media section: the payload type the subscriber accepted
     /// for the producer's codec, and the SSRC str0m announced for the section.
-    fn attach_consumer(&mut self, now: Instant, tid: u64, mid: Mid, pid: u64) {
-        let Some(codec) = self.producers.get(&pid).map(|p| p.spec.codec) else {
-            return;
+    fn attach_consumer(&mut self, now: Instant, tid: u64, mid: Mid, what: Slot) {
+        let (codec, pid) = match what {
+            Slot::Producer(pid) => match self.producers.get(&pid) {
+                Some(p) => (p.spec.codec, pid),
+                None => return,
+            },
+            Slot::Speakers => (OPUS, 0),
         };
         let Some(t) = self.transports.get_mut(&tid) else {
             return;
@@ -432,6 +519,7 @@ impl Engine {
                 paused: false,
                 wait_keyframe: codec.kind == Kind::Video,
                 rewriter: Rewriter::default(),
+                slot: matches!(what, Slot::Speakers).then_some(None),
             },
         );
         self.consumer_by_mid.insert((tid, mid), id);

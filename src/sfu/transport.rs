@@ -16,6 +16,9 @@ pub enum Direction {
     Send,
     /// The client receives media (consumers live here).
     Recv,
+    /// Both on one connection (`/connect`): the client's audio is published, and its
+    /// receiving audio sections are slots for the loudest other speakers.
+    Both,
 }
 
 pub struct Transport {
