@@ -243,7 +243,15 @@ impl Client {
     }
 
     /// Sends one Opus packet carrying an RFC 6464 audio level (dBov, 0 loudest).
-    pub fn send_audio(&mut self, now: Instant, ssrc: u32, seq: u64, ts: u32, level: i8, payload: &[u8]) {
+    pub fn send_audio(
+        &mut self,
+        now: Instant,
+        ssrc: u32,
+        seq: u64,
+        ts: u32,
+        level: i8,
+        payload: &[u8],
+    ) {
         {
             let mut api = self.rtc.direct_api();
             if let Some(tx) = api.stream_tx(&ssrc.into()) {
@@ -252,7 +260,9 @@ impl Client {
                     voice_activity: Some(level > -50),
                     ..Default::default()
                 };
-                tx.write_rtp(RtpWrite::new(111.into(), seq.into(), ts, now, payload.to_vec()).ext_vals(ext));
+                tx.write_rtp(
+                    RtpWrite::new(111.into(), seq.into(), ts, now, payload.to_vec()).ext_vals(ext),
+                );
             }
         }
         self.drive(now);

@@ -11,8 +11,8 @@ use str0m::Candidate;
 
 use super::engine::{parse_id, wire_id, Consumer, Engine, Layer, PeerId};
 use super::ortc::{Kind, ProducerSpec, RouterCodec, OPUS};
-use super::speakers::{self, Held, Level};
 use super::rewrite::Rewriter;
+use super::speakers::{self, Held, Level};
 use super::transport::{Direction, Transport};
 use super::SfuError;
 
@@ -339,18 +339,39 @@ impl Engine {
         }
     }
 
-    fn map_media(&mut self, now: Instant, tid: u64, mid: Mid, kind: MediaKind, direction: MediaDirection) {
-        let Some(t) = self.transports.get_mut(&tid) else { return };
-        let kind = if kind == MediaKind::Audio { Kind::Audio } else { Kind::Video };
-        let client_sends = matches!(direction, MediaDirection::RecvOnly | MediaDirection::SendRecv);
-        let client_receives = matches!(direction, MediaDirection::SendOnly | MediaDirection::SendRecv);
+    fn map_media(
+        &mut self,
+        now: Instant,
+        tid: u64,
+        mid: Mid,
+        kind: MediaKind,
+        direction: MediaDirection,
+    ) {
+        let Some(t) = self.transports.get_mut(&tid) else {
+            return;
+        };
+        let kind = if kind == MediaKind::Audio {
+            Kind::Audio
+        } else {
+            Kind::Video
+        };
+        let client_sends = matches!(
+            direction,
+            MediaDirection::RecvOnly | MediaDirection::SendRecv
+        );
+        let client_receives = matches!(
+            direction,
+            MediaDirection::SendOnly | MediaDirection::SendRecv
+        );
         let both = t.direction == Direction::Both;
         // `/connect` is audio only: its video sections are left unused.
         if both && kind == Kind::Video {
             return;
         }
         if client_sends && matches!(t.direction, Direction::Send | Direction::Both) {
-            let Some(media) = t.rtc.media(mid) else { return };
+            let Some(media) = t.rtc.media(mid) else {
+                return;
+            };
             let codec = media.remote_pts().iter().find_map(|pt| {
                 let params = t.rtc.codec_config().find(|p| p.pt() == *pt)?;
                 RouterCodec::from_str0m(params.spec().codec)
@@ -372,7 +393,9 @@ impl Engine {
                 self.add_producer(peer, tid, kind, spec, mid, layers);
             }
         }
-        let Some(t) = self.transports.get_mut(&tid) else { return };
+        let Some(t) = self.transports.get_mut(&tid) else {
+            return;
+        };
         if client_receives && both {
             self.attach_consumer(now, tid, mid, Slot::Speakers);
         } else if client_receives && t.direction == Direction::Recv {
@@ -389,7 +412,12 @@ impl Engine {
 
     /// A one-shot `/connect` offer: the client's audio becomes a producer of the room and
     /// each audio section it receives becomes a slot for the loudest other speakers.
-    pub fn connect_offer(&mut self, now: Instant, peer: PeerId, offer: &str) -> Result<(String, String), SfuError> {
+    pub fn connect_offer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        offer: &str,
+    ) -> Result<(String, String), SfuError> {
         let offer_text = offer;
         let offer = SdpOffer::from_sdp_string(offer)
             .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {e}")))?;
@@ -399,13 +427,17 @@ impl Engine {
             Ok(a) => a,
             Err(e) => {
                 self.remove_transport(id);
-                return Err(SfuError::BadRequest(format!("cannot accept the offer: {e}")));
+                return Err(SfuError::BadRequest(format!(
+                    "cannot accept the offer: {e}"
+                )));
             }
         };
         self.map_offered_media(now, id, offer_text);
         if self.transport_producers(id) + self.transport_consumers(id) == 0 {
             self.remove_transport(id);
-            return Err(SfuError::BadRequest("the offer has no opus audio section".into()));
+            return Err(SfuError::BadRequest(
+                "the offer has no opus audio section".into(),
+            ));
         }
         if let Some(room) = self.peers.get(&peer).map(|p| p.room.clone()) {
             if let Some(r) = self.rooms.get_mut(&room) {
@@ -419,7 +451,9 @@ impl Engine {
 
     /// Moves each peer's speaker slots onto the loudest other speakers of the room.
     pub(super) fn review_slots(&mut self, now: Instant, room: &str) {
-        let Some(r) = self.rooms.get(room) else { return };
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
         let speakers: Vec<(u64, PeerId, Level)> = r
             .producers
             .iter()
@@ -443,7 +477,10 @@ impl Engine {
                 .filter(|(_, owner, _)| *owner != peer)
                 .map(|(id, _, l)| (*id, *l))
                 .collect();
-            let current: Vec<Option<Held>> = slots.iter().map(|c| self.consumers[c].slot.flatten()).collect();
+            let current: Vec<Option<Held>> = slots
+                .iter()
+                .map(|c| self.consumers[c].slot.flatten())
+                .collect();
             let chosen = speakers::choose(now, &current, &others);
             for ((cid, old), new) in slots.iter().zip(current).zip(chosen) {
                 if old.map(|h| h.speaker) != new.map(|h| h.speaker) {
@@ -458,7 +495,9 @@ impl Engine {
     /// Puts a slot consumer on another speaker. Its SSRC stays; sequence numbers continue
     /// and timestamps move on by the elapsed time, so the stream stays valid.
     fn move_slot(&mut self, cid: u64, new: Option<Held>) {
-        let Some(c) = self.consumers.get_mut(&cid) else { return };
+        let Some(c) = self.consumers.get_mut(&cid) else {
+            return;
+        };
         if let Some(old) = self.producers.get_mut(&c.producer) {
             old.consumers.retain(|x| *x != cid);
         }

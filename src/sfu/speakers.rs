@@ -54,7 +54,11 @@ pub struct Held {
 }
 
 /// New slot assignment from the current one and the speakers' levels.
-pub fn choose(now: Instant, slots: &[Option<Held>], speakers: &[(u64, Level)]) -> Vec<Option<Held>> {
+pub fn choose(
+    now: Instant,
+    slots: &[Option<Held>],
+    speakers: &[(u64, Level)],
+) -> Vec<Option<Held>> {
     let level_of = |s: u64| speakers.iter().find(|(id, _)| *id == s).map(|(_, l)| *l);
     // Holders that went quiet for good free their slot.
     let mut out: Vec<Option<Held>> = slots
@@ -69,7 +73,10 @@ pub fn choose(now: Instant, slots: &[Option<Held>], speakers: &[(u64, Level)]) -
     waiting.sort_by(|a, b| b.1.db.total_cmp(&a.1.db));
     for (speaker, level) in waiting {
         if let Some(free) = out.iter_mut().find(|s| s.is_none()) {
-            *free = Some(Held { speaker, since: now });
+            *free = Some(Held {
+                speaker,
+                since: now,
+            });
             continue;
         }
         // Displace the quietest holder that has held long enough, if clearly louder.
@@ -85,7 +92,10 @@ pub fn choose(now: Instant, slots: &[Option<Held>], speakers: &[(u64, Level)]) -
         if let Some(h) = quietest {
             let held_level = level_of(h.speaker).map_or(-127.0, |l| l.db);
             if level.db > held_level + SWITCH_MARGIN_DB {
-                *h = Held { speaker, since: now };
+                *h = Held {
+                    speaker,
+                    since: now,
+                };
             }
         }
     }
@@ -97,13 +107,20 @@ mod tests {
     use super::*;
 
     fn lvl(now: Instant, db: f32) -> Level {
-        Level { db, last_packet: now }
+        Level {
+            db,
+            last_packet: now,
+        }
     }
 
     #[test]
     fn free_slots_take_the_loudest_first() {
         let now = Instant::now();
-        let speakers = [(1, lvl(now, -60.0)), (2, lvl(now, -20.0)), (3, lvl(now, -40.0))];
+        let speakers = [
+            (1, lvl(now, -60.0)),
+            (2, lvl(now, -20.0)),
+            (3, lvl(now, -40.0)),
+        ];
         let out = choose(now, &[None, None], &speakers);
         let ids: Vec<u64> = out.iter().flatten().map(|h| h.speaker).collect();
         assert_eq!(ids, vec![2, 3]);
@@ -112,13 +129,21 @@ mod tests {
     #[test]
     fn a_holder_stays_unless_clearly_quieter_and_held_long_enough() {
         let t0 = Instant::now();
-        let held = [Some(Held { speaker: 1, since: t0 })];
+        let held = [Some(Held {
+            speaker: 1,
+            since: t0,
+        })];
         // Slightly louder newcomer: no switch.
         let s = [(1, lvl(t0, -30.0)), (2, lvl(t0, -27.0))];
         assert_eq!(choose(t0 + MIN_HOLD, &held, &s)[0].unwrap().speaker, 1);
         // Much louder, but the holder only just got the slot: no switch.
         let s = [(1, lvl(t0, -30.0)), (2, lvl(t0, -10.0))];
-        assert_eq!(choose(t0 + Duration::from_millis(100), &held, &s)[0].unwrap().speaker, 1);
+        assert_eq!(
+            choose(t0 + Duration::from_millis(100), &held, &s)[0]
+                .unwrap()
+                .speaker,
+            1
+        );
         // Much louder after the hold time: switch.
         let later = t0 + MIN_HOLD;
         let s = [(1, lvl(later, -30.0)), (2, lvl(later, -10.0))];
@@ -128,7 +153,10 @@ mod tests {
     #[test]
     fn a_silent_holder_frees_its_slot() {
         let t0 = Instant::now();
-        let held = [Some(Held { speaker: 1, since: t0 })];
+        let held = [Some(Held {
+            speaker: 1,
+            since: t0,
+        })];
         let later = t0 + INACTIVE + Duration::from_millis(10);
         let s = [(1, lvl(t0, -10.0)), (2, lvl(later, -90.0))];
         assert_eq!(choose(later, &held, &s)[0].unwrap().speaker, 2);

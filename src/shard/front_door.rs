@@ -10,6 +10,7 @@ use futures::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::conn::Conn;
+use super::connect;
 use super::mesh::{Handover, MeshMsg, Resumable};
 use super::msc_session::MscDialect;
 use super::observe;
@@ -66,6 +67,7 @@ enum Routed {
     P2p(p2p::Session),
     Msc(Identity),
     PubSub(Option<Identity>),
+    Connect(connect::Target),
 }
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
@@ -154,9 +156,13 @@ pub(super) async fn serve_http(
             Some(Err(_)) => return,
         };
         first = false;
-        // Requests for a room (WHIP/WHEP) are served by the shard that owns the room.
-        if let Some(room) = whip::room_of(&head.path) {
-            let owner = shard.owner_of(room);
+        // Requests for a room (WHIP/WHEP, /connect) are served by the shard that owns it.
+        let room = match head.path.as_str() {
+            "/connect" => connect::target(&shard, &head).ok().map(|t| t.conversation),
+            path => whip::room_of(path).map(str::to_string),
+        };
+        if let Some(room) = room {
+            let owner = shard.owner_of(&room);
             if owner != shard.id {
                 let mut request = head.raw.clone();
                 request.extend_from_slice(&buf);
@@ -182,6 +188,12 @@ pub(super) async fn serve_http(
             Routed::P2p(session) => {
                 let leftover = std::mem::take(&mut buf);
                 let dialect = P2pDialect(session);
+                ws_session::start(shard, stream, &head, leftover, dialect, peer).await;
+                return;
+            }
+            Routed::Connect(target) => {
+                let leftover = std::mem::take(&mut buf);
+                let dialect = connect::ConnectDialect::new(target);
                 ws_session::start(shard, stream, &head, leftover, dialect, peer).await;
                 return;
             }
@@ -258,6 +270,15 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
             "POST" => login(shard, body),
             _ => method_not_allowed("POST"),
         },
+        "/connect" => {
+            if !ws::is_upgrade(head) {
+                return Routed::Respond(upgrade_required(head));
+            }
+            return match connect::target(shard, head) {
+                Ok(t) => Routed::Connect(t),
+                Err(resp) => Routed::Respond(resp),
+            };
+        }
         "/pubsub" => {
             if !ws::is_upgrade(head) {
                 return Routed::Respond(upgrade_required(head));

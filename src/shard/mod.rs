@@ -2,6 +2,7 @@
 //! tasks, the mesh between shards, and the process lifecycle.
 
 mod conn;
+mod connect;
 mod front_door;
 mod join;
 mod mesh;

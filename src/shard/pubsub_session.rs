@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use tungstenite::protocol::frame::coding::CloseCode;
+
 use super::mesh::Resumable;
 use super::state::Shard;
 use super::ws_session::{Dialect, Step};
@@ -45,7 +47,7 @@ impl Dialect for PubSubDialect {
             .record_request(started.elapsed().as_micros() as u64);
         match outcome {
             Outcome::Reply(texts) => Step::Reply(texts),
-            Outcome::Close(texts) => Step::Close(texts),
+            Outcome::Close(texts) => Step::Close(texts, CloseCode::Policy),
             Outcome::Relocate { room } => Step::Relocate(shard.owner_of(&room)),
         }
     }

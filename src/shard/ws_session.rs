@@ -26,8 +26,8 @@ pub enum Step {
     Reply(Vec<String>),
     /// Move the session to this shard and replay the message there.
     Relocate(usize),
-    /// Send these texts, then close with 1008 (policy: e.g. failed authentication).
-    Close(Vec<String>),
+    /// Send these texts, then close with this code.
+    Close(Vec<String>, CloseCode),
 }
 
 pub trait Dialect {
@@ -132,12 +132,12 @@ async fn run<D: Dialect>(
             Event::Incoming(Some(Ok(Message::Text(text)))) => {
                 match dialect.on_text(&shard, conn, text.as_str()) {
                     Step::Reply(replies) => replies,
-                    Step::Close(texts) => {
+                    Step::Close(texts, code) => {
                         for t in texts {
                             let _ = ws.send(Message::text(t)).await;
                         }
-                        let _ = close(&mut ws, CloseCode::Policy, "refused").await;
-                        break End::Closed("refused");
+                        let _ = close(&mut ws, code, "").await;
+                        break End::Closed("closed by the dialect");
                     }
                     Step::Relocate(owner) => {
                         break End::Relocate {
