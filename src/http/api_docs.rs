@@ -500,6 +500,33 @@ mod paths {
     fn whep_publisher() {}
 
     #[utoipa::path(
+        get, path = "/connect", tag = "oneshot",
+        summary = "One-shot SDP dialect (WebSocket): one offer in, one answer out",
+        description = "The conversation is the user's current one (`POST /join`), else the \
+            token's room, else `?conversation=`. Identity: a Bearer token, or `X-User-Claim` \
+            when `auth.trust_user_claim_header` is on.",
+        params(
+            ("conversation" = Option<String>, Query, description = "Used when neither /join nor the token names one"),
+            ("Upgrade" = inline(UpgradeValue), Header, description = "Must hold `websocket`"),
+            ("Connection" = inline(ConnectionValue), Header, description = "Must hold `Upgrade`"),
+            ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$",
+                description = "Base64 of 16 random bytes (RFC 6455)"),
+            ("Sec-WebSocket-Version" = inline(WsVersionValue), Header),
+        ),
+        responses(
+            (status = 101, description = "Switching Protocols",
+                headers(("Upgrade" = String), ("Connection" = String), ("Sec-WebSocket-Accept" = String))),
+            (status = 400, description = "No identity, no conversation, or a bad upgrade", body = ErrorBody),
+            (status = 401, description = "Invalid or expired token", body = ErrorBody),
+            (status = 403, description = "A token for another room", body = ErrorBody),
+            (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody,
+                headers(("Upgrade" = String, description = "`websocket`"))),
+        ),
+        security(("bearer" = []), ("token" = []))
+    )]
+    fn connect() {}
+
+    #[utoipa::path(
         get, path = "/openapi.json", tag = "docs",
         summary = "This document (OpenAPI 3.1)",
         responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"))
@@ -575,6 +602,7 @@ impl Modify for Security {
         paths::whip_patch,
         paths::whep,
         paths::whep_publisher,
+        paths::connect,
         paths::openapi,
         paths::docs,
         paths::asyncapi,
