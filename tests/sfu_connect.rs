@@ -10,24 +10,40 @@ use str0m::media::{Direction, MediaKind, Mid};
 
 /// A client with one send-receive audio section; returns (client, its ssrc).
 fn connect_client(w: &mut World, peer: u64) -> (usize, u32) {
-    w.engine.join(w.now, peer, "conv", &format!("u{peer}"), "U", None).unwrap();
+    w.engine
+        .join(w.now, peer, "conv", &format!("u{peer}"), "U", None)
+        .unwrap();
     let c = w.add_client();
     let mut change = w.clients[c].rtc.sdp_api();
     let mid: Mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
     let (offer, pending) = change.apply().unwrap();
-    let (_t, answer) = w.engine.connect_offer(w.now, peer, &offer.to_sdp_string()).unwrap();
+    let (_t, answer) = w
+        .engine
+        .connect_offer(w.now, peer, &offer.to_sdp_string())
+        .unwrap();
     w.clients[c]
         .rtc
         .sdp_api()
         .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
         .unwrap();
-    let ssrc = *w.clients[c].rtc.direct_api().stream_tx_by_mid(mid, None).unwrap().ssrc();
+    let ssrc = *w.clients[c]
+        .rtc
+        .direct_api()
+        .stream_tx_by_mid(mid, None)
+        .unwrap()
+        .ssrc();
     w.clients[c].handle_timeout(w.now);
     (c, ssrc)
 }
 
 /// 20 ms of audio from each client at its level; returns what each received (seq, ssrc, payload tag).
-fn talk(w: &mut World, clients: &[(usize, u32)], levels: &[i8], seq: &mut u64, ms: u64) -> Vec<Vec<(u64, u32, u8)>> {
+fn talk(
+    w: &mut World,
+    clients: &[(usize, u32)],
+    levels: &[i8],
+    seq: &mut u64,
+    ms: u64,
+) -> Vec<Vec<(u64, u32, u8)>> {
     let mut got = vec![Vec::new(); clients.len()];
     for _ in 0..ms / 20 {
         *seq += 1;
@@ -56,7 +72,11 @@ fn three_clients_hear_each_other_and_the_switch_keeps_streams_valid() {
     // Client 0 is loud, 1 medium, 2 quiet: 1 and 2 hear 0; 0 hears 1.
     let got = talk(&mut w, &clients, &[-10, -30, -80], &mut seq, 2000);
     let heard = |g: &Vec<(u64, u32, u8)>| g.last().map(|x| x.2);
-    assert_eq!(heard(&got[0]), Some(1), "client 0 hears the loudest other (1)");
+    assert_eq!(
+        heard(&got[0]),
+        Some(1),
+        "client 0 hears the loudest other (1)"
+    );
     assert_eq!(heard(&got[1]), Some(0));
     assert_eq!(heard(&got[2]), Some(0));
     for g in &got {
@@ -69,7 +89,10 @@ fn three_clients_hear_each_other_and_the_switch_keeps_streams_valid() {
     // Across the switch each client's stream keeps one SSRC and contiguous sequence numbers.
     for i in 0..2 {
         let all: Vec<&(u64, u32, u8)> = got[i].iter().chain(later[i].iter()).collect();
-        assert!(all.iter().any(|x| x.2 != all[0].2), "a switch happened for {i}");
+        assert!(
+            all.iter().any(|x| x.2 != all[0].2),
+            "a switch happened for {i}"
+        );
         for pair in all.windows(2) {
             assert_eq!(pair[1].1, pair[0].1, "one SSRC");
             assert_eq!(pair[1].0, pair[0].0 + 1, "no gap in sequence numbers");
