@@ -300,6 +300,7 @@ fn print_dev_banner(
         "A random secret is in use, POST /login is enabled, and tokens die with the process."
     );
     tracing::warn!("Never run this way in production.");
+    tracing::warn!("Demo page: {scheme}://{addr}/?token={token}&room=demo");
     tracing::warn!("Health:    {scheme}://{addr}/health");
     tracing::warn!("P2P relay: {ws_scheme}://{addr}/p2p?token={token}");
     tracing::warn!("{banner}");
