@@ -146,12 +146,24 @@ struct Step {
     cpu_seconds: f64,
     forwarded: u64,
     loss_percent: f64,
+    /// Tracks the load tool expected and received (a missing track is worse than loss).
+    tracks_expected: u64,
+    tracks_received: u64,
+    /// One-way latency publisher -> subscriber p99, from the load tool (same host).
+    p99_end_to_end_us: u64,
     p99_forward_us: u64,
     rss_bytes: u64,
     seconds: f64,
 }
 
 impl Step {
+    /// Every track delivered with little loss.
+    fn delivered(&self) -> bool {
+        self.tracks_expected > 0
+            && self.tracks_received == self.tracks_expected
+            && self.loss_percent <= 1.0
+    }
+
     fn cpu_us_per_packet(&self) -> f64 {
         self.cpu_seconds * 1e6 / self.forwarded.max(1) as f64
     }
@@ -166,6 +178,9 @@ impl Step {
             "forwardedPerSecond": self.packets_per_second(),
             "cpuMicrosPerForwardedPacket": self.cpu_us_per_packet(),
             "lossPercent": self.loss_percent,
+            "tracksExpected": self.tracks_expected,
+            "tracksReceived": self.tracks_received,
+            "p99EndToEndLatencyUs": self.p99_end_to_end_us,
             "p99ForwardLatencyUs": self.p99_forward_us,
             "serverRssBytes": self.rss_bytes,
         })
@@ -229,6 +244,9 @@ fn run_step(a: &Args, subscribers: u32, results: &Path) -> Step {
         cpu_seconds: cpu1 - cpu0,
         forwarded: fwd1 - fwd0,
         loss_percent: report["totals"]["lossPercent"].as_f64().unwrap_or(100.0),
+        tracks_expected: report["totals"]["tracksExpected"].as_u64().unwrap_or(0),
+        tracks_received: report["totals"]["tracksReceived"].as_u64().unwrap_or(0),
+        p99_end_to_end_us: report["totals"]["latencyUs"]["p99"].as_u64().unwrap_or(0),
         p99_forward_us: latency["merged"]["forwardUs"]["p99"].as_u64().unwrap_or(0),
         rss_bytes: rss,
         seconds,
@@ -311,22 +329,32 @@ fn main() {
     std::fs::create_dir_all(&results).unwrap();
     let mut steps = Vec::new();
     println!(
-        "{:>11} {:>10} {:>12} {:>14} {:>8} {:>10} {:>10}",
-        "subscribers", "cpu s", "forwarded/s", "cpu us/packet", "loss %", "p99 us", "RSS MiB"
+        "{:>11} {:>10} {:>12} {:>14} {:>8} {:>9} {:>10} {:>12} {:>10}",
+        "subscribers",
+        "cpu s",
+        "forwarded/s",
+        "cpu us/packet",
+        "loss %",
+        "tracks",
+        "p99 fwd us",
+        "p99 e2e us",
+        "RSS MiB"
     );
     for &n in &a.steps {
         let s = run_step(&a, n, &results);
         println!(
-            "{:>11} {:>10.2} {:>12.0} {:>14.2} {:>8.2} {:>10} {:>10.1}",
+            "{:>11} {:>10.2} {:>12.0} {:>14.2} {:>8.2} {:>9} {:>10} {:>12} {:>10.1}",
             s.subscribers,
             s.cpu_seconds,
             s.packets_per_second(),
             s.cpu_us_per_packet(),
             s.loss_percent,
+            format!("{}/{}", s.tracks_received, s.tracks_expected),
             s.p99_forward_us,
+            s.p99_end_to_end_us,
             s.rss_bytes as f64 / (1 << 20) as f64
         );
-        let stop = s.loss_percent > 1.0;
+        let stop = !s.delivered();
         steps.push(s);
         if stop {
             break;
@@ -334,7 +362,7 @@ fn main() {
     }
     let good: Vec<&Step> = steps
         .iter()
-        .filter(|s| s.loss_percent < 0.5 && s.p99_forward_us < 5_000)
+        .filter(|s| s.delivered() && s.loss_percent < 0.5 && s.p99_forward_us < 5_000)
         .collect();
     let knee = good.last().copied().or(steps.first());
     let rss_per_sub = match (steps.first(), steps.last()) {
@@ -353,7 +381,7 @@ fn main() {
         "cpuMicrosPerForwardedPacketAtKnee": knee.map(Step::cpu_us_per_packet),
         "forwardedPerSecondPerCoreAtKnee": knee.map(|s| s.packets_per_second() / (s.cpu_seconds / s.seconds).max(1e-9)),
         "rssBytesPerSubscriber": rss_per_sub,
-        "criteria": "largest step with loss < 0.5% and p99 forward latency < 5 ms",
+        "criteria": "largest step with every track delivered, loss < 0.5% and p99 forward latency < 5 ms",
     });
     let json_path = results.join(format!("capacity-{stamp}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
