@@ -695,10 +695,23 @@ impl Engine {
         c.paused = paused;
         c.rewriter.mark_discontinuity();
         let producer = c.producer;
-        if !paused && self.producers[&producer].kind == Kind::Video {
+        let connected = self
+            .transports
+            .get(&c.transport)
+            .is_some_and(|t| t.rtc.is_connected());
+        if !paused
+            && self
+                .producers
+                .get(&producer)
+                .is_some_and(|p| p.kind == Kind::Video)
+        {
             c.wait_keyframe = true;
-            self.request_keyframe(now, producer);
-            self.drain_dirty(now);
+            // Before the subscriber's transport is up a keyframe would be wasted; the
+            // forward path asks for one once the consumer can take it.
+            if connected {
+                self.request_keyframe(now, producer);
+                self.drain_dirty(now);
+            }
         }
         Ok(())
     }

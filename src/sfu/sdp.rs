@@ -16,6 +16,22 @@ use super::speakers::{self, Held, Level};
 use super::transport::{Direction, Transport};
 use super::SfuError;
 
+/// A parser error as a client may see it: one line, without the parser's internal
+/// positions (they print memory addresses).
+fn sdp_error(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains("PointerOffset"))
+        .collect();
+    if lines.is_empty() {
+        "not an SDP document".into()
+    } else {
+        lines.join("; ")
+    }
+}
+
 /// What a consumer on a negotiated section carries.
 #[derive(Clone, Copy)]
 enum Slot {
@@ -77,7 +93,7 @@ impl Engine {
     ) -> Result<(String, String), SfuError> {
         let offer_text = offer;
         let offer = SdpOffer::from_sdp_string(offer)
-            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {e}")))?;
+            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {}", sdp_error(&e))))?;
         let id = self.new_sdp_transport(now, peer, Direction::Send)?;
         let t = self.transports.get_mut(&id).expect("just made");
         let answer = match t.rtc.sdp_api().accept_offer(offer) {
@@ -89,7 +105,7 @@ impl Engine {
                 )));
             }
         };
-        self.map_offered_media(now, id, offer_text);
+        self.map_offered_media(id, offer_text);
         self.drain(now, id);
         if self.transport_producers(id) == 0 {
             self.remove_transport(id);
@@ -116,7 +132,7 @@ impl Engine {
             .collect::<Result<Vec<u64>, _>>()?;
         let offer_text = offer;
         let offer = SdpOffer::from_sdp_string(offer)
-            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {e}")))?;
+            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {}", sdp_error(&e))))?;
         let id = self.new_sdp_transport(now, peer, Direction::Recv)?;
         let t = self.transports.get_mut(&id).expect("just made");
         t.offered_producers = wanted;
@@ -129,7 +145,7 @@ impl Engine {
                 )));
             }
         };
-        self.map_offered_media(now, id, offer_text);
+        self.map_offered_media(id, offer_text);
         self.drain(now, id);
         if let Some(t) = self.transports.get_mut(&id) {
             t.offered_producers.clear();
@@ -194,7 +210,7 @@ impl Engine {
     ) -> Result<(), SfuError> {
         let id = self.own_sdp_transport(peer, transport)?;
         let answer = SdpAnswer::from_sdp_string(answer)
-            .map_err(|e| SfuError::BadRequest(format!("invalid SDP answer: {e}")))?;
+            .map_err(|e| SfuError::BadRequest(format!("invalid SDP answer: {}", sdp_error(&e))))?;
         let t = self.transports.get_mut(&id).expect("checked");
         let (pending, mids) = t
             .pending_offer
@@ -205,10 +221,25 @@ impl Engine {
             .accept_answer(pending, answer)
             .map_err(|e| SfuError::BadRequest(format!("cannot accept the answer: {e}")))?;
         for (mid, pid) in mids {
-            self.attach_consumer(now, id, mid, Slot::Producer(pid));
+            // A section the answer rejected (port 0, inactive) carries nothing.
+            let accepted = self
+                .transports
+                .get(&id)
+                .and_then(|t| t.rtc.media(mid))
+                .is_some_and(|m| {
+                    !m.disabled()
+                        && matches!(
+                            m.direction(),
+                            MediaDirection::SendOnly | MediaDirection::SendRecv
+                        )
+                });
+            if accepted {
+                self.attach_consumer(id, mid, Slot::Producer(pid));
+            }
         }
         self.drain(now, id);
         if self.transport_consumers(id) == 0 {
+            self.remove_transport(id);
             return Err(SfuError::BadRequest(
                 "the answer accepts none of the offered media".into(),
             ));
@@ -324,7 +355,7 @@ impl Engine {
 
     /// Maps the media sections of a just-negotiated offer (their mids, in SDP order) to
     /// producers (a publisher's sections) or consumers (a subscriber's own offer).
-    fn map_offered_media(&mut self, now: Instant, tid: u64, offer: &str) {
+    fn map_offered_media(&mut self, tid: u64, offer: &str) {
         let mids: Vec<Mid> = offer
             .lines()
             .filter_map(|l| l.trim().strip_prefix("a=mid:"))
@@ -335,18 +366,11 @@ impl Engine {
                 continue;
             };
             let (kind, direction) = (media.kind(), media.direction());
-            self.map_media(now, tid, mid, kind, direction);
+            self.map_media(tid, mid, kind, direction);
         }
     }
 
-    fn map_media(
-        &mut self,
-        now: Instant,
-        tid: u64,
-        mid: Mid,
-        kind: MediaKind,
-        direction: MediaDirection,
-    ) {
+    fn map_media(&mut self, tid: u64, mid: Mid, kind: MediaKind, direction: MediaDirection) {
         let Some(t) = self.transports.get_mut(&tid) else {
             return;
         };
@@ -397,7 +421,7 @@ impl Engine {
             return;
         };
         if client_receives && both {
-            self.attach_consumer(now, tid, mid, Slot::Speakers);
+            self.attach_consumer(tid, mid, Slot::Speakers);
         } else if client_receives && t.direction == Direction::Recv {
             let pos = t
                 .offered_producers
@@ -405,7 +429,7 @@ impl Engine {
                 .position(|p| self.producers.get(p).is_some_and(|p| p.kind == kind));
             if let Some(pos) = pos {
                 let pid = t.offered_producers.remove(pos);
-                self.attach_consumer(now, tid, mid, Slot::Producer(pid));
+                self.attach_consumer(tid, mid, Slot::Producer(pid));
             }
         }
     }
@@ -420,7 +444,7 @@ impl Engine {
     ) -> Result<(String, String), SfuError> {
         let offer_text = offer;
         let offer = SdpOffer::from_sdp_string(offer)
-            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {e}")))?;
+            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {}", sdp_error(&e))))?;
         let id = self.new_sdp_transport(now, peer, Direction::Both)?;
         let t = self.transports.get_mut(&id).expect("just made");
         let answer = match t.rtc.sdp_api().accept_offer(offer) {
@@ -432,7 +456,7 @@ impl Engine {
                 )));
             }
         };
-        self.map_offered_media(now, id, offer_text);
+        self.map_offered_media(id, offer_text);
         if self.transport_producers(id) + self.transport_consumers(id) == 0 {
             self.remove_transport(id);
             return Err(SfuError::BadRequest(
@@ -511,7 +535,7 @@ impl Engine {
 
     /// A consumer on a negotiated media section: the payload type the subscriber accepted
     /// for the producer's codec, and the SSRC str0m announced for the section.
-    fn attach_consumer(&mut self, now: Instant, tid: u64, mid: Mid, what: Slot) {
+    fn attach_consumer(&mut self, tid: u64, mid: Mid, what: Slot) {
         let (codec, pid) = match what {
             Slot::Producer(pid) => match self.producers.get(&pid) {
                 Some(p) => (p.spec.codec, pid),
@@ -568,6 +592,7 @@ impl Engine {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.consumers.push(id);
         }
-        self.request_keyframe(now, pid);
+        // No keyframe request here: one asked for before this transport is up would arrive
+        // before the subscriber can decode it; the forward path asks once it can.
     }
 }

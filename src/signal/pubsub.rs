@@ -236,9 +236,14 @@ fn dispatch(
                 .subscriptions
                 .get(&publisher)
                 .ok_or_else(|| format!("no subscription to publisher {publisher}"))?;
-            engine
-                .subscribe_answer(now, s.peer, t, field(msg, "answer")?)
-                .map_err(sfu)?;
+            let t = t.clone();
+            if let Err(e) = engine.subscribe_answer(now, s.peer, &t, field(msg, "answer")?) {
+                // A refused answer frees the subscription: the client may ask again.
+                if matches!(&e, SfuError::BadRequest(m) if m.contains("accepts none")) {
+                    s.subscriptions.remove(&publisher);
+                }
+                return Err(sfu(e));
+            }
             Ok(None)
         }
         "subscribe-ice-candidate" => {
