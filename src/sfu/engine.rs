@@ -269,6 +269,10 @@ impl Engine {
         std::mem::take(&mut self.outbox)
     }
 
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
     pub fn outbox_is_empty(&self) -> bool {
         self.outbox.is_empty()
     }

@@ -20,6 +20,8 @@ use super::state::Shard;
 
 /// At most this many datagrams are read before the engine's output is sent.
 const RECV_BATCH: usize = 64;
+/// Output waiting this long (in datagrams) is sent before more input is read.
+const FLUSH_AT: usize = 64;
 /// The kernel's limit on segments in one GSO send.
 const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65_000;
@@ -58,25 +60,24 @@ pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiv
         let slept_from = Instant::now();
         futures::select! {
             (sock, first, r) = pending.as_mut() => {
-                let received_at = Instant::now();
-                let forwarded_before = shard.engine.borrow().counters().rtp_out;
+                let mut batch = Batch::new(&shard);
                 if let Some((n, from)) = r {
-                    handle(&shard, received_at, from, &first[..n]);
+                    batch.handle(&shard, from, &first[..n]);
                 }
                 pending.set(receive(sock, first).fuse());
-                // Drain what else is queued without waiting, then send it all at once.
+                // Drain what else is queued without waiting. Sending waits for a batch
+                // (GSO wants several datagrams per destination), but never for long: a
+                // large fan-out is sent as soon as it is ready.
                 for _ in 1..RECV_BATCH {
+                    if shard.engine.borrow().outbox_len() >= FLUSH_AT {
+                        batch.flush(&shard, &socket, fd, &mut gso).await;
+                    }
                     match recv_now(fd, &mut buf) {
-                        Some((n, from)) => handle(&shard, Instant::now(), from, &buf[..n]),
+                        Some((n, from)) => batch.handle(&shard, from, &buf[..n]),
                         None => break,
                     }
                 }
-                let outbox = shard.engine.borrow_mut().take_outbox();
-                send_all(&socket, fd, &outbox, &mut gso).await;
-                let forwarded = shard.engine.borrow().counters().rtp_out - forwarded_before;
-                if forwarded > 0 {
-                    shard.record_forward_latency(received_at.elapsed(), forwarded);
-                }
+                batch.flush(&shard, &socket, fd, &mut gso).await;
             }
             _ = glommio::timer::sleep(wait).fuse() => {
                 let now = Instant::now();
@@ -94,8 +95,41 @@ pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiv
     }
 }
 
-fn handle(shard: &Shard, now: Instant, from: SocketAddr, data: &[u8]) {
-    shard.engine.borrow_mut().handle_datagram(now, from, data);
+/// Datagrams handled but not yet sent, and since when.
+struct Batch {
+    oldest: Option<Instant>,
+    forwarded_before: u64,
+}
+
+impl Batch {
+    fn new(shard: &Shard) -> Batch {
+        Batch {
+            oldest: None,
+            forwarded_before: shard.engine.borrow().counters().rtp_out,
+        }
+    }
+
+    fn handle(&mut self, shard: &Shard, from: SocketAddr, data: &[u8]) {
+        let now = Instant::now();
+        self.oldest.get_or_insert(now);
+        shard.engine.borrow_mut().handle_datagram(now, from, data);
+    }
+
+    /// Sends what the engine produced and records, for every packet forwarded since the
+    /// last flush, the time since the oldest datagram of the batch arrived.
+    async fn flush(&mut self, shard: &Shard, socket: &UdpSocket, fd: RawFd, gso: &mut bool) {
+        let outbox = shard.engine.borrow_mut().take_outbox();
+        if !outbox.is_empty() {
+            send_all(socket, fd, &outbox, gso).await;
+        }
+        let now_forwarded = shard.engine.borrow().counters().rtp_out;
+        let forwarded = now_forwarded - self.forwarded_before;
+        if let (Some(oldest), true) = (self.oldest, forwarded > 0) {
+            shard.record_forward_latency(oldest.elapsed(), forwarded);
+        }
+        self.forwarded_before = now_forwarded;
+        self.oldest = None;
+    }
 }
 
 /// A non-blocking receive; `None` when nothing is queued.
