@@ -83,19 +83,22 @@ impl Engine {
             .count()
     }
 
-    /// A publisher's offer: answers it; each media section the client sends with a codec
-    /// corelay forwards becomes a producer. Returns (transport id, answer).
-    pub fn publish_offer(
+    /// Makes an SDP transport, accepts the client's offer on it and maps the offer's media
+    /// sections; `offered` are the producers a subscriber's offer is matched with (WHEP).
+    /// Returns the transport and the answer; the transport is gone again on error.
+    fn accept_client_offer(
         &mut self,
         now: Instant,
         peer: PeerId,
-        offer: &str,
-    ) -> Result<(String, String), SfuError> {
-        let offer_text = offer;
-        let offer = SdpOffer::from_sdp_string(offer)
+        direction: Direction,
+        offer_text: &str,
+        offered: Vec<u64>,
+    ) -> Result<(u64, String), SfuError> {
+        let offer = SdpOffer::from_sdp_string(offer_text)
             .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {}", sdp_error(&e))))?;
-        let id = self.new_sdp_transport(now, peer, Direction::Send)?;
+        let id = self.new_sdp_transport(now, peer, direction)?;
         let t = self.transports.get_mut(&id).expect("just made");
+        t.offered_producers = offered;
         let answer = match t.rtc.sdp_api().accept_offer(offer) {
             Ok(a) => a,
             Err(e) => {
@@ -106,6 +109,22 @@ impl Engine {
             }
         };
         self.map_offered_media(id, offer_text);
+        if let Some(t) = self.transports.get_mut(&id) {
+            t.offered_producers.clear();
+        }
+        Ok((id, answer.to_sdp_string()))
+    }
+
+    /// A publisher's offer: answers it; each media section the client sends with a codec
+    /// corelay forwards becomes a producer. Returns (transport id, answer).
+    pub fn publish_offer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        offer: &str,
+    ) -> Result<(String, String), SfuError> {
+        let (id, answer) =
+            self.accept_client_offer(now, peer, Direction::Send, offer, Vec::new())?;
         self.drain(now, id);
         if self.transport_producers(id) == 0 {
             self.remove_transport(id);
@@ -114,7 +133,7 @@ impl Engine {
                     .into(),
             ));
         }
-        Ok((wire_id("t", id), answer.to_sdp_string()))
+        Ok((wire_id("t", id), answer))
     }
 
     /// A subscriber's own offer (WHEP): each media section it receives carries the next
@@ -130,27 +149,9 @@ impl Engine {
             .iter()
             .map(|p| self.producer_in_room(peer, p))
             .collect::<Result<Vec<u64>, _>>()?;
-        let offer_text = offer;
-        let offer = SdpOffer::from_sdp_string(offer)
-            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {}", sdp_error(&e))))?;
-        let id = self.new_sdp_transport(now, peer, Direction::Recv)?;
-        let t = self.transports.get_mut(&id).expect("just made");
-        t.offered_producers = wanted;
-        let answer = match t.rtc.sdp_api().accept_offer(offer) {
-            Ok(a) => a,
-            Err(e) => {
-                self.remove_transport(id);
-                return Err(SfuError::BadRequest(format!(
-                    "cannot accept the offer: {e}"
-                )));
-            }
-        };
-        self.map_offered_media(id, offer_text);
+        let (id, answer) = self.accept_client_offer(now, peer, Direction::Recv, offer, wanted)?;
         self.drain(now, id);
-        if let Some(t) = self.transports.get_mut(&id) {
-            t.offered_producers.clear();
-        }
-        Ok((wire_id("t", id), answer.to_sdp_string()))
+        Ok((wire_id("t", id), answer))
     }
 
     /// A server-side offer for a subscriber: one send-only media section per producer.
@@ -442,21 +443,8 @@ impl Engine {
         peer: PeerId,
         offer: &str,
     ) -> Result<(String, String), SfuError> {
-        let offer_text = offer;
-        let offer = SdpOffer::from_sdp_string(offer)
-            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {}", sdp_error(&e))))?;
-        let id = self.new_sdp_transport(now, peer, Direction::Both)?;
-        let t = self.transports.get_mut(&id).expect("just made");
-        let answer = match t.rtc.sdp_api().accept_offer(offer) {
-            Ok(a) => a,
-            Err(e) => {
-                self.remove_transport(id);
-                return Err(SfuError::BadRequest(format!(
-                    "cannot accept the offer: {e}"
-                )));
-            }
-        };
-        self.map_offered_media(id, offer_text);
+        let (id, answer) =
+            self.accept_client_offer(now, peer, Direction::Both, offer, Vec::new())?;
         if self.transport_producers(id) + self.transport_consumers(id) == 0 {
             self.remove_transport(id);
             return Err(SfuError::BadRequest(
@@ -470,7 +458,7 @@ impl Engine {
             self.review_slots(now, &room);
         }
         self.drain(now, id);
-        Ok((wire_id("t", id), answer.to_sdp_string()))
+        Ok((wire_id("t", id), answer))
     }
 
     /// Moves each peer's speaker slots onto the loudest other speakers of the room.
