@@ -303,6 +303,87 @@ def msc_session(base_ws, channel, tokens):
         bob.close()
 
 
+# A minimal but complete audio offer (ICE credentials, fingerprint, opus): enough for the
+# server to negotiate; nothing needs to connect for the messages checked here.
+def audio_offer(direction):
+    return "\r\n".join([
+        "v=0", "o=- 4611731400430051336 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
+        "a=group:BUNDLE 0", "a=msid-semantic: WMS",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=ice-ufrag:abcd", "a=ice-pwd:abcdefghijklmnopqrstuvwx", "a=ice-options:trickle",
+        "a=fingerprint:sha-256 " + ":".join(["00", "11", "22", "33", "44", "55", "66", "77",
+                                             "88", "99", "AA", "BB", "CC", "DD", "EE", "FF"] * 2),
+        "a=setup:actpass", "a=mid:0", "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+        "a=" + direction, "a=msid:- track1", "a=rtcp-mux", "a=rtpmap:111 opus/48000/2",
+        "a=fmtp:111 minptime=10;useinbandfec=1", "a=ssrc:1111 cname:abc", ""])
+
+
+class TypedPeer:
+    """A client of a dialect whose messages have a "type"; events are kept while waiting."""
+
+    def __init__(self, stack, channel, url):
+        self.channel = channel
+        self.ws = stack.enter_context(connect(url, open_timeout=10, close_timeout=2))
+        self.kept = []
+
+    def send(self, msg, valid=True):
+        if valid:
+            self.channel.check("receive", msg, "client message")
+        self.ws.send(json.dumps(msg))
+
+    def expect(self, kind):
+        for i, m in enumerate(self.kept):
+            if m.get("type") == kind:
+                return self.kept.pop(i)
+        while True:
+            m = json.loads(self.ws.recv(timeout=10))
+            self.channel.check("send", m, "server message")
+            if m.get("type") == kind:
+                return m
+            self.kept.append(m)
+
+
+def pubsub_session(base_ws, channel, tokens):
+    room = "room-pubsub"
+    with contextlib.ExitStack() as stack:
+        url = base_ws + channel.address
+        alice = TypedPeer(stack, channel, url)
+        bob = TypedPeer(stack, channel, url)
+        alice.send({"type": "auth", "token": tokens["alice"]})
+        alice.expect("auth-ok")
+        bob.send({"type": "auth", "token": tokens["bob"]})
+        bob.expect("auth-ok")
+        alice.send({"type": "join", "roomName": room})
+        bob.send({"type": "join", "roomName": room})
+        alice.send({"type": "publish-offer", "roomName": room, "offer": audio_offer("sendonly")})
+        answer = alice.expect("publish-answer")
+        publisher = bob.expect("new-publisher")["publisherId"]
+        if publisher != answer.get("publisherId"):
+            fail(f"/pubsub: new-publisher {publisher} is not the publisher {answer}")
+        bob.send({"type": "subscribe-request", "roomName": room, "publisherId": publisher})
+        bob.expect("subscribe-offer")
+        bob.send({"type": "subscribe-request", "roomName": room, "publisherId": 987654})
+        bob.expect("error")
+        alice.ws.close()
+        bob.expect("publisher-left")
+        bob.ws.close()
+
+
+def connect_session(base_ws, channel, tokens):
+    url = base_ws + channel.address + f"?token={tokens['alice']}&conversation=conv-1"
+    with contextlib.ExitStack() as stack:
+        ws = stack.enter_context(connect(url, open_timeout=10, close_timeout=2))
+        offer = audio_offer("sendrecv")
+        channel.check("receive", offer, "client offer")
+        ws.send(offer)
+        answer = ws.recv(timeout=10)
+        channel.check("send", answer, "server answer")
+    with contextlib.ExitStack() as stack:
+        ws = stack.enter_context(connect(url, open_timeout=10, close_timeout=2))
+        ws.send("not an offer")
+        channel.check("send", json.loads(ws.recv(timeout=10)), "server error")
+
+
 def main():
     base, schema_path, binary = sys.argv[1:4]
     with urllib.request.urlopen(base + "/asyncapi", timeout=10) as r:
@@ -328,6 +409,10 @@ def main():
     for cid, ch in channels.items():
         if ch.address == "/ws":
             msc_session(base_ws, ch, tokens)
+        elif ch.address == "/pubsub":
+            pubsub_session(base_ws, ch, tokens)
+        elif ch.address == "/connect":
+            connect_session(base_ws, ch, tokens)
         elif ch.address.startswith("/p2p"):
             path = ch.address.replace("{namespace}", "team-a")
             session(base_ws, ch, path, tokens, "room-" + cid)
