@@ -155,7 +155,10 @@ fn bad_sdp_is_a_clear_error() {
         .publish_offer(w.now, 1, "v=0\r\nnot sdp")
         .unwrap_err();
     assert!(e.to_string().contains("invalid SDP"), "{e}");
-    assert!(!e.to_string().contains("PointerOffset"), "no parser internals: {e}");
+    assert!(
+        !e.to_string().contains("PointerOffset"),
+        "no parser internals: {e}"
+    );
     assert_eq!(w.engine.transports(), 0);
     // an offer with nothing corelay forwards (a data channel only)
     let c = w.add_client();
