@@ -92,12 +92,15 @@ pub struct Args {
     #[arg(long)]
     pub quiet: bool,
 
-    /// WHIP endpoint (not implemented yet).
-    #[arg(long)]
+    /// Publish over WHIP instead of /ws: the endpoint prefix, e.g.
+    /// http://127.0.0.1:3001/whip; each publisher POSTs its offer to PREFIX/<room>.
+    #[arg(long, value_name = "URL")]
     pub whip: Option<String>,
 
-    /// WHEP endpoint (not implemented yet).
-    #[arg(long)]
+    /// Subscribe over WHEP instead of /ws: the endpoint prefix, e.g.
+    /// http://127.0.0.1:3001/whep; each subscriber POSTs one offer (a recvonly section per
+    /// publisher of its room) to PREFIX/<room>.
+    #[arg(long, value_name = "URL")]
     pub whep: Option<String>,
 }
 
@@ -169,10 +172,17 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
 impl Args {
     /// Checks what clap cannot; `Err` is a message for exit status 2.
     pub fn validate(&self) -> Result<(), String> {
-        if self.whip.is_some() || self.whep.is_some() {
-            return Err("WHIP/WHEP mode (--whip/--whep) is not implemented yet; \
-                 use --url with the /ws dialect"
-                .into());
+        for (flag, v) in [("--whip", &self.whip), ("--whep", &self.whep)] {
+            if let Some(url) = v {
+                crate::whip::HttpTarget::parse(url).map_err(|e| format!("{flag} {e}"))?;
+            }
+        }
+        if self.whep.is_some() && self.subscribers_first {
+            return Err(
+                "--subscribers-first does not go with --whep: a WHEP session \
+                 covers what is published when it starts (no renegotiation)"
+                    .into(),
+            );
         }
         if self.secret.is_none() && self.token.is_none() {
             return Err("give --secret (or JWT_SECRET) to mint tokens, or --token".into());

@@ -7,6 +7,7 @@ mod media;
 mod net;
 mod report;
 mod signal;
+mod whip;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,7 @@ use clap::Parser;
 use serde_json::json;
 
 use cli::Args;
-use worker::{new_hist, Plan, Role, RunConfig, Shared, Tokens, Worker, WorkerLive};
+use worker::{new_hist, Plan, Role, RunConfig, Shared, Tokens, Worker, WorkerLive, PUB_PENDING};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -125,7 +126,14 @@ fn run(args: Args, target: cli::Target) -> i32 {
         args.subscribers,
         plans.len(),
         threads,
-        args.url,
+        match (&args.whip, &args.whep) {
+            (None, None) => args.url.clone(),
+            (p, v) => format!(
+                "publishers {}, subscribers {}",
+                p.as_deref().map_or_else(|| format!("{}/ws", args.url), |u| format!("WHIP {u}")),
+                v.as_deref().map_or_else(|| format!("{}/ws", args.url), |u| format!("WHEP {u}")),
+            ),
+        },
         args.duration,
         args.drain,
         args.video_bitrate,
@@ -142,8 +150,19 @@ fn run(args: Args, target: cli::Target) -> i32 {
         }
     }
 
+    let endpoint = |url: &Option<String>| {
+        url.as_deref()
+            .map(|u| Arc::new(whip::HttpTarget::parse(u).expect("validated")))
+    };
+    let mut room_publishers = vec![Vec::new(); args.rooms];
+    for p in plans.iter().filter(|p| p.role != Role::Subscriber) {
+        room_publishers[p.room].push((p.id, p.role));
+    }
     let t0 = Instant::now();
     let cfg = Arc::new(RunConfig {
+        whip: endpoint(&args.whip),
+        whep: endpoint(&args.whep),
+        room_publishers,
         target,
         rooms: rooms.clone(),
         tokens,
@@ -161,6 +180,9 @@ fn run(args: Args, target: cli::Target) -> i32 {
         live: (0..threads).map(|_| WorkerLive::default()).collect(),
         sent: (0..plans.len()).map(|_| AtomicU64::new(0)).collect(),
         producers: Mutex::new(Default::default()),
+        pub_state: (0..plans.len())
+            .map(|_| std::sync::atomic::AtomicU8::new(PUB_PENDING))
+            .collect(),
     });
     let mut handles = Vec::new();
     for w in 0..threads {
@@ -228,6 +250,8 @@ fn run(args: Args, target: cli::Target) -> i32 {
             "runId": format!("{run_id:08x}"),
             "config": {
                 "url": args.url,
+                "whip": args.whip,
+                "whep": args.whep,
                 "threads": threads,
                 "rooms": args.rooms,
                 "videoPublishers": args.video_publishers,

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ use crate::cli::Target;
 use crate::media::{self, Seen, SeqWindow, Stamp};
 use crate::net::{self, Poller, RecvBatch, BATCH};
 use crate::signal::{Incoming, Signal};
+use crate::whip::{HttpPool, HttpTarget};
+
+mod sdp;
 
 pub type Hist = Histogram<u64>;
 
@@ -43,6 +46,8 @@ const LIVE_EVERY: Duration = Duration::from_millis(100);
 const TIMER_FLOOR: Duration = Duration::from_micros(200);
 /// Datagram batches taken from one socket per readiness (fairness between sockets).
 const ROUNDS_PER_WAKE: usize = 4;
+/// Helper threads per worker for WHIP/WHEP requests.
+const HTTP_THREADS: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -86,7 +91,18 @@ pub struct RunConfig {
     pub keyframe_interval: Duration,
     pub connect_timeout: Duration,
     pub run_id: u32,
+    /// Publishers publish over WHIP here instead of the `/ws` dialect.
+    pub whip: Option<Arc<HttpTarget>>,
+    /// Subscribers view over WHEP here instead of the `/ws` dialect.
+    pub whep: Option<Arc<HttpTarget>>,
+    /// Each room's publishers (id, role), in join order.
+    pub room_publishers: Vec<Vec<(u32, Role)>>,
 }
+
+/// `Shared::pub_state`: a publisher has no producer yet, has one, or never will.
+pub const PUB_PENDING: u8 = 0;
+pub const PUB_READY: u8 = 1;
+pub const PUB_GONE: u8 = 2;
 
 /// A worker's running totals for the progress line, published every 100 ms.
 #[repr(align(128))]
@@ -111,6 +127,9 @@ pub struct Shared {
     pub sent: Vec<AtomicU64>,
     /// (room, producer id) -> publisher id.
     pub producers: Mutex<HashMap<(usize, String), u32>>,
+    /// Per peer id (publishers only): [`PUB_PENDING`], [`PUB_READY`] or [`PUB_GONE`];
+    /// WHEP subscribers wait until no publisher of their room is pending.
+    pub pub_state: Vec<AtomicU8>,
 }
 
 pub struct PubResult {
@@ -245,6 +264,8 @@ struct Peer {
     consumed: HashSet<String>,
     tracks: Vec<Track>,
     by_ssrc: HashMap<u32, usize>,
+    /// WHIP/WHEP state (SDP mode) instead of `signal`.
+    sdp: Option<sdp::SdpPeer>,
 }
 
 impl Peer {
@@ -274,6 +295,7 @@ impl Peer {
             consumed: HashSet::new(),
             tracks: Vec::new(),
             by_ssrc: HashMap::new(),
+            sdp: None,
         }
     }
 
@@ -282,7 +304,7 @@ impl Peer {
     }
 
     fn can_send(&self) -> bool {
-        self.producing && self.connected && !self.dead
+        self.producing && self.connected && !self.dead && self.ssrc != 0
     }
 }
 
@@ -323,6 +345,8 @@ pub struct Worker {
     stats: Stats,
     next_deadline: Instant,
     next_media: Instant,
+    /// Helper threads for WHIP/WHEP requests (only in that mode).
+    http: Option<HttpPool>,
 }
 
 impl Worker {
@@ -338,6 +362,11 @@ impl Worker {
         };
         let rooms = (0..cfg.rooms.len()).map(|_| RoomStats::new()).collect();
         let hard_end = cfg.hard_end;
+        let http = if cfg.whip.is_some() || cfg.whep.is_some() {
+            Some(HttpPool::new(&format!("load-{index}"), HTTP_THREADS)?)
+        } else {
+            None
+        };
         Ok(Worker {
             index,
             auth,
@@ -359,6 +388,7 @@ impl Worker {
             },
             next_deadline: hard_end,
             next_media: hard_end,
+            http,
             plans,
             cfg,
             shared,
@@ -454,6 +484,13 @@ impl Worker {
             (None, Tokens::Fixed(t)) => t.clone(),
             (None, Tokens::Mint(_)) => unreachable!("an authenticator exists when minting"),
         };
+        let sdp_target = match plan.role {
+            Role::Subscriber => cfg.whep.clone(),
+            _ => cfg.whip.clone(),
+        };
+        if let Some(target) = sdp_target {
+            return self.start_sdp_peer(plan, token_text, target, now);
+        }
         let url = format!("ws://{}/ws?token={}", cfg.target.authority, token_text);
         let idx = self.peers.len();
         let mut peer = Peer::new(plan, now);
@@ -590,6 +627,9 @@ impl Worker {
             Req::Produce => {
                 let peer = &mut self.peers[i];
                 peer.producing = true;
+                if let Some(s) = self.shared.pub_state.get(peer.plan.id as usize) {
+                    s.store(PUB_READY, Ordering::Relaxed);
+                }
                 peer.next_send = now;
                 if let Some(id) = data["id"].as_str() {
                     self.shared
@@ -799,6 +839,9 @@ impl Worker {
         // Give the (empty) queue back to keep its capacity.
         if let Some(ep) = peer.ep.as_mut() {
             ep.client.events = events;
+            if let Some(s) = peer.sdp.as_ref() {
+                sdp::resolve_ssrc(s, &mut peer.ssrc, &mut ep.client);
+            }
         }
         if failed {
             self.fail(i, Some("ice_disconnected"));
@@ -963,6 +1006,9 @@ impl Worker {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        if self.http.is_some() {
+            self.sdp_housekeeping(now);
+        }
         let timeout = self.cfg.connect_timeout;
         for i in 0..self.peers.len() {
             let peer = &self.peers[i];
@@ -1016,6 +1062,12 @@ impl Worker {
             return;
         }
         peer.dead = true;
+        if peer.is_publisher() {
+            if let Some(s) = self.shared.pub_state.get(peer.plan.id as usize) {
+                let _ =
+                    s.compare_exchange(PUB_PENDING, PUB_GONE, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
         if let Some(k) = kind {
             self.stats.error(peer.plan.room, k);
         }
@@ -1037,6 +1089,7 @@ impl Worker {
                 s.close();
             }
         }
+        self.delete_resources();
         self.publish_live();
         for plan in &self.plans[self.next_plan..] {
             self.stats.error(plan.room, "not_started");
@@ -1086,16 +1139,26 @@ fn producer_info(v: &Value) -> Option<ProducerInfo> {
 fn on_rtp(peer: &mut Peer, p: &RtpPacket, now: Instant, run_id: u32, stats: &mut Stats) {
     let room = peer.plan.room;
     let video = *p.header.payload_type == VP8.pt;
-    let Some(stamp) = media::read_stamp(&p.payload, video) else {
+    // By payload type first (the /ws dialect uses corelay's), else either layout (an SDP
+    // answer may have chosen other payload types).
+    let stamp =
+        media::read_stamp(&p.payload, video).or_else(|| media::read_stamp(&p.payload, !video));
+    let Some(stamp) = stamp else {
         return stats.error(room, "foreign_payload");
     };
     if stamp.run != run_id {
         return stats.error(room, "foreign_run");
     }
-    let idx = peer.by_ssrc.get(&*p.header.ssrc).copied().or_else(|| {
-        peer.tracks
+    let ssrc = *p.header.ssrc;
+    let idx = peer.by_ssrc.get(&ssrc).copied().or_else(|| {
+        let found = peer
+            .tracks
             .iter()
-            .position(|t| t.publisher == Some(stamp.publisher))
+            .position(|t| t.publisher == Some(stamp.publisher));
+        if let Some(k) = found {
+            peer.by_ssrc.insert(ssrc, k);
+        }
+        found
     });
     let Some(idx) = idx else {
         return stats.error(room, "unknown_track");

@@ -403,16 +403,189 @@ fn max_loss_sets_the_exit_status() {
 }
 
 #[test]
-fn whip_mode_is_refused_with_status_2() {
+fn whip_publishers_reach_whep_subscribers_and_the_resources_are_deleted() {
+    let _serial = serial();
+    let server = Server::start(&[]);
+    let (whip, whep) = (
+        format!("{}/whip", server.url()),
+        format!("{}/whep", server.url()),
+    );
+    let run = load(
+        &server,
+        &[
+            "--whip",
+            &whip,
+            "--whep",
+            &whep,
+            "--video-publishers",
+            "1",
+            "--audio-publishers",
+            "1",
+            "--subscribers",
+            "3",
+            "--duration",
+            "4s",
+            "--max-loss",
+            "0",
+        ],
+    );
+    let ctx = context(&run);
+    assert_eq!(run.status, 0, "{ctx}");
+    let t = &run.json["totals"];
+    assert_documented_fields(&run.json);
+    assert_eq!(run.json["config"]["whip"].as_str(), Some(whip.as_str()));
+    assert_eq!(run.json["config"]["whep"].as_str(), Some(whep.as_str()));
+    assert_eq!(u(t, "peersConnected"), 5, "{ctx}");
+    assert_eq!(u(t, "tracksExpected"), 6, "{ctx}");
+    assert_eq!(u(t, "tracksReceived"), 6, "{ctx}");
+    assert_eq!(u(t, "packetsLost"), 0, "{ctx}");
+    assert_eq!(t["errors"], serde_json::json!({}), "{ctx}");
+    let sent = u(t, "packetsSent") as f64;
+    let nominal = pair_packets(4.0);
+    assert!(
+        sent <= nominal * 1.01 && sent >= nominal * 0.85,
+        "sent {sent}, nominal {nominal}\n{ctx}"
+    );
+    let received = u(t, "packetsReceived") as f64;
+    assert!(
+        received <= 3.0 * sent && received >= 3.0 * sent * 0.9,
+        "received {received} of 3 x {sent}\n{ctx}"
+    );
+    assert_eq!(u(t, "packetsExpected"), u(t, "packetsReceived"), "{ctx}");
+    assert!(u(t, "keyframesSent") >= 2, "{ctx}");
+    // Every WHIP and WHEP resource was DELETEd: nothing is left on the server.
+    let m = metrics(&server);
+    for name in [
+        "corelay_producers",
+        "corelay_consumers",
+        "corelay_transports",
+    ] {
+        assert_eq!(sum(&m, name), 0.0, "{name} after the run\n{ctx}");
+    }
+}
+
+#[test]
+fn whep_with_subscribers_first_is_refused_with_status_2() {
     let out = Command::new(env!("CARGO_BIN_EXE_corelay-load"))
         .args([
-            "--whip",
-            "http://127.0.0.1:1/whip",
+            "--secret",
+            SECRET,
             "--whep",
             "http://127.0.0.1:1/whep",
+            "--subscribers-first",
         ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--subscribers-first"));
+}
+
+/// One HTTP GET on the server; the body.
+fn get(server: &Server, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "GET {path}: {out}");
+    let (_, body) = out.split_once("\r\n\r\n").expect("a response head");
+    body.to_string()
+}
+
+/// Prometheus text: (name, labels, value) per sample line; comments and blank lines
+/// skipped. Labels are kept as written (`{...}` without the braces, may be empty).
+fn metrics(server: &Server) -> Vec<(String, String, f64)> {
+    let text = get(server, "/metrics");
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, rest) = match line.find('{') {
+            Some(open) => {
+                let close = line
+                    .rfind('}')
+                    .unwrap_or_else(|| panic!("bad line {line:?}"));
+                (
+                    (line[..open].to_string(), line[open + 1..close].to_string()),
+                    &line[close + 1..],
+                )
+            }
+            None => {
+                let (n, r) = line
+                    .split_once(' ')
+                    .unwrap_or_else(|| panic!("bad line {line:?}"));
+                ((n.to_string(), String::new()), r)
+            }
+        };
+        // The value, then an optional timestamp.
+        let value = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        out.push((series.0, series.1, value));
+    }
+    out
+}
+
+/// A metric summed over its series (over shards).
+fn sum(m: &[(String, String, f64)], name: &str) -> f64 {
+    let hits: Vec<f64> = m.iter().filter(|x| x.0 == name).map(|x| x.2).collect();
+    assert!(!hits.is_empty(), "no {name} in /metrics");
+    hits.iter().sum()
+}
+
+#[test]
+fn the_servers_metrics_and_latency_agree_with_what_the_tool_measured() {
+    let _serial = serial();
+    let server = Server::start(&[]);
+    let run = load(
+        &server,
+        &[
+            "--rooms",
+            "2",
+            "--video-publishers",
+            "1",
+            "--audio-publishers",
+            "1",
+            "--subscribers",
+            "3",
+            "--duration",
+            "3s",
+        ],
+    );
+    let ctx = context(&run);
+    assert_eq!(run.status, 0, "{ctx}");
+    let t = &run.json["totals"];
+    let (sent, received) = (u(t, "packetsSent") as f64, u(t, "packetsReceived") as f64);
+    assert!(sent > 0.0 && received > 0.0, "{ctx}");
+
+    let m = metrics(&server);
+    let shards = m
+        .iter()
+        .filter(|x| x.0 == "corelay_rtp_packets_forwarded_total")
+        .count();
+    assert_eq!(shards, 2, "one series per shard");
+    let forwarded = sum(&m, "corelay_rtp_packets_forwarded_total");
+    let server_in = sum(&m, "corelay_rtp_packets_received_total");
+    // Forwarded covers every packet a subscriber got; retransmissions may add a little.
+    assert!(
+        forwarded >= received && forwarded <= received * 1.03 + 10.0,
+        "forwarded {forwarded}, subscribers received {received}\n{ctx}"
+    );
+    assert!(
+        server_in >= sent * 0.99,
+        "server received {server_in}, publishers sent {sent}\n{ctx}"
+    );
+
+    let latency: Value = serde_json::from_str(&get(&server, "/latency")).expect("JSON");
+    let count = latency["merged"]["forwardUs"]["count"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("merged.forwardUs.count in {latency:#}"));
+    assert!(
+        count >= received * 0.99,
+        "forwardUs.count {count}, subscribers received {received}\n{latency:#}"
+    );
 }

@@ -134,8 +134,9 @@ mod tests {
             since: t0,
         })];
         // Slightly louder newcomer: no switch.
-        let s = [(1, lvl(t0, -30.0)), (2, lvl(t0, -27.0))];
-        assert_eq!(choose(t0 + MIN_HOLD, &held, &s)[0].unwrap().speaker, 1);
+        let at = t0 + MIN_HOLD;
+        let s = [(1, lvl(at, -30.0)), (2, lvl(at, -27.0))];
+        assert_eq!(choose(at, &held, &s)[0].unwrap().speaker, 1);
         // Much louder, but the holder only just got the slot: no switch.
         let s = [(1, lvl(t0, -30.0)), (2, lvl(t0, -10.0))];
         assert_eq!(
