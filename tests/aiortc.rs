@@ -4,50 +4,12 @@
 //! (>= 30 decoded video frames within 20 s), then both sessions are DELETEd. It needs
 //! python3 (with venv), and PyPI the first time (the venv is kept in target/aiortc-venv).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 #[test]
 fn aiortc_publishes_over_whip_and_views_over_whep() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = {
-        use std::os::unix::process::CommandExt;
-        Command::new("bash")
-            .arg(format!("{root}/tests/aiortc/run.sh"))
-            .arg(env!("CARGO_BIN_EXE_corelay"))
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .stdout(log.reopen().unwrap())
-            .stderr(log.reopen().unwrap())
-            .process_group(0)
-            .spawn()
-            .expect("bash runs")
-    };
     // run.sh bounds itself at 150 s (+5 s to kill); this is the backstop.
-    let limit = Duration::from_secs(180);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > limit {
-            // SAFETY: kill(2) on the process group we created.
-            unsafe {
-                libc::kill(-(child.id() as i32), libc::SIGKILL);
-            }
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let output = std::fs::read_to_string(log.path()).unwrap_or_default();
-    println!("{output}");
-    match status {
-        None => panic!("tests/aiortc/run.sh ran over {limit:?}"),
-        Some(s) => assert!(
-            s.success(),
-            "tests/aiortc/run.sh failed ({s}); output above"
-        ),
-    }
+    common::run_check_script("tests/aiortc/run.sh", Duration::from_secs(180));
 }

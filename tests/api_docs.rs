@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -180,41 +179,5 @@ fn percent_encoded_namespaces_are_decoded() {
 /// the npm registry the first time.
 #[test]
 fn validators_accept_the_documents_against_the_running_server() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = {
-        use std::os::unix::process::CommandExt;
-        Command::new("bash")
-            .arg(format!("{root}/tests/api/check_api_docs.sh"))
-            .arg(env!("CARGO_BIN_EXE_corelay"))
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .stdout(log.reopen().unwrap())
-            .stderr(log.reopen().unwrap())
-            .process_group(0)
-            .spawn()
-            .expect("bash runs")
-    };
-    let limit = Duration::from_secs(200);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > limit {
-            // SAFETY: kill(2) on the process group we created.
-            unsafe {
-                libc::kill(-(child.id() as i32), libc::SIGKILL);
-            }
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let output = std::fs::read_to_string(log.path()).unwrap_or_default();
-    println!("{output}");
-    match status {
-        None => panic!("check_api_docs.sh ran over {limit:?}"),
-        Some(s) => assert!(s.success(), "check_api_docs.sh failed ({s}); output above"),
-    }
+    run_check_script("tests/api/check_api_docs.sh", Duration::from_secs(200));
 }

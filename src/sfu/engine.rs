@@ -522,6 +522,21 @@ impl Engine {
         Ok(wire_id("p", id))
     }
 
+    /// Registers a consumer (its stream already declared on the transport) with its
+    /// transport, producer (0: none yet) and peer. Shared by every dialect.
+    pub(super) fn add_consumer(&mut self, c: Consumer) -> u64 {
+        let id = self.fresh_id();
+        self.consumer_by_mid.insert((c.transport, c.mid), id);
+        if let Some(p) = self.producers.get_mut(&c.producer) {
+            p.consumers.push(id);
+        }
+        if let Some(p) = self.peers.get_mut(&c.peer) {
+            p.consumers.push(id);
+        }
+        self.consumers.insert(id, c);
+        id
+    }
+
     /// Registers a producer (its media already declared on the transport) and tells the
     /// room. Shared by the mediasoup dialect and the SDP bridge.
     pub(super) fn add_producer(
@@ -631,33 +646,18 @@ impl Engine {
             api.declare_stream_tx(ssrc, rtx_ssrc, mid, None);
             (ssrc, rtx)
         };
-        let id = self.fresh_id();
-        self.consumers.insert(
-            id,
-            Consumer {
-                peer,
-                transport: tid,
-                producer: pid,
-                mid,
-                ssrc,
-                pt: codec.pt,
-                paused: true,
-                wait_keyframe: kind == Kind::Video,
-                rewriter: Rewriter::default(),
-                slot: None,
-            },
-        );
-        self.consumer_by_mid.insert((tid, mid), id);
-        self.producers
-            .get_mut(&pid)
-            .expect("checked")
-            .consumers
-            .push(id);
-        self.peers
-            .get_mut(&peer)
-            .expect("checked")
-            .consumers
-            .push(id);
+        let id = self.add_consumer(Consumer {
+            peer,
+            transport: tid,
+            producer: pid,
+            mid,
+            ssrc,
+            pt: codec.pt,
+            paused: true,
+            wait_keyframe: kind == Kind::Video,
+            rewriter: Rewriter::default(),
+            slot: None,
+        });
         self.drain(now, tid);
         Ok(ConsumerInfo {
             id: wire_id("c", id),

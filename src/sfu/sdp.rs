@@ -557,29 +557,18 @@ impl Engine {
             }
         };
         let peer = t.peer;
-        let id = self.fresh_id();
-        self.consumers.insert(
-            id,
-            Consumer {
-                peer,
-                transport: tid,
-                producer: pid,
-                mid,
-                ssrc,
-                pt: *pt,
-                paused: false,
-                wait_keyframe: codec.kind == Kind::Video,
-                rewriter: Rewriter::default(),
-                slot: matches!(what, Slot::Speakers).then_some(None),
-            },
-        );
-        self.consumer_by_mid.insert((tid, mid), id);
-        if let Some(p) = self.producers.get_mut(&pid) {
-            p.consumers.push(id);
-        }
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.consumers.push(id);
-        }
+        self.add_consumer(Consumer {
+            peer,
+            transport: tid,
+            producer: pid,
+            mid,
+            ssrc,
+            pt: *pt,
+            paused: false,
+            wait_keyframe: codec.kind == Kind::Video,
+            rewriter: Rewriter::default(),
+            slot: matches!(what, Slot::Speakers).then_some(None),
+        });
         // No keyframe request here: one asked for before this transport is up would arrive
         // before the subscriber can decode it; the forward path asks once it can.
     }

@@ -238,3 +238,45 @@ impl Endpoint {
         }
     }
 }
+
+/// Runs a check script of tests/ with this build's binary as its argument, in its own
+/// process group (killed as a whole after `limit`), printing its output; panics unless it
+/// exits 0.
+pub fn run_check_script(script: &str, limit: Duration) {
+    use std::os::unix::process::CommandExt;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new("bash")
+        .arg(format!("{root}/{script}"))
+        .arg(env!("CARGO_BIN_EXE_corelay"))
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(log.reopen().unwrap())
+        .stderr(log.reopen().unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("bash runs");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            // SAFETY: kill(2) on the process group we created.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!(
+        "{}",
+        std::fs::read_to_string(log.path()).unwrap_or_default()
+    );
+    match status {
+        None => panic!("{script} ran over {limit:?}"),
+        Some(s) => assert!(s.success(), "{script} failed ({s}); output above"),
+    }
+}
