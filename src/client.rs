@@ -32,8 +32,108 @@ pub enum ClientEvent {
     KeyframeRequest(KeyframeRequest),
 }
 
+/// The payload types and header-extension ids a client sends with. Browsers differ, so
+/// tests send with more than one numbering.
+#[derive(Clone, Debug)]
+pub struct Numbering {
+    /// (codec, payload type, RTX payload type)
+    pub codecs: Vec<(RouterCodec, u8, Option<u8>)>,
+    /// (id, uri) of the header extensions the client writes.
+    pub exts: Vec<(u8, &'static str)>,
+}
+
+impl Numbering {
+    /// The router's own numbering (str0m's defaults).
+    pub fn router() -> Numbering {
+        use crate::sfu::ortc::{
+            EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_RID, EXT_RRID, EXT_VIDEO_ORIENTATION, H264,
+            OPUS, VP8, VP9,
+        };
+        Numbering {
+            codecs: [OPUS, VP8, VP9, H264]
+                .iter()
+                .map(|c| (*c, c.pt, c.rtx_pt))
+                .collect(),
+            exts: vec![
+                (1, EXT_AUDIO_LEVEL),
+                (2, EXT_ABS_SEND_TIME),
+                (3, EXT_TWCC),
+                (4, EXT_MID),
+                (10, EXT_RID),
+                (11, EXT_RRID),
+                (13, EXT_VIDEO_ORIENTATION),
+            ],
+        }
+    }
+
+    /// The client's payload types for a codec (router values for codecs it does not list).
+    pub fn pt(&self, codec: &RouterCodec) -> (u8, Option<u8>) {
+        self.codecs
+            .iter()
+            .find(|(c, _, _)| c.mime == codec.mime)
+            .map(|(_, pt, rtx)| (*pt, *rtx))
+            .unwrap_or((codec.pt, codec.rtx_pt))
+    }
+
+    fn ext_json(&self, kind: crate::sfu::ortc::Kind) -> Value {
+        use crate::sfu::ortc::{Kind, EXT_AUDIO_LEVEL, EXT_RID, EXT_RRID, EXT_VIDEO_ORIENTATION};
+        self.exts
+            .iter()
+            .filter(|(_, uri)| match kind {
+                Kind::Audio => ![EXT_RID, EXT_RRID, EXT_VIDEO_ORIENTATION].contains(uri),
+                Kind::Video => *uri != EXT_AUDIO_LEVEL,
+            })
+            .map(|(id, uri)| json!({"uri": uri, "id": id}))
+            .collect()
+    }
+
+    fn rtc_config(&self) -> RtcConfig {
+        use crate::sfu::ortc::{
+            EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_RID, EXT_RRID, EXT_VIDEO_ORIENTATION,
+        };
+        use str0m::format::FormatParams;
+        use str0m::media::Frequency;
+        use str0m::rtp::Extension;
+        let mut config = RtcConfig::new().clear_codecs().clear_extension_map();
+        for (codec, pt, rtx) in &self.codecs {
+            let (clock, channels) = match codec.kind {
+                crate::sfu::ortc::Kind::Audio => (Frequency::FORTY_EIGHT_KHZ, Some(2)),
+                crate::sfu::ortc::Kind::Video => (Frequency::NINETY_KHZ, None),
+            };
+            let mut format = FormatParams::default();
+            if codec.mime == "video/H264" {
+                format.packetization_mode = Some(1);
+                format.profile_level_id = Some(0x42001f);
+            }
+            config.codec_config().add_config(
+                (*pt).into(),
+                rtx.map(Into::into),
+                codec.str0m(),
+                clock,
+                channels,
+                format,
+            );
+        }
+        for (id, uri) in &self.exts {
+            let ext = match *uri {
+                EXT_AUDIO_LEVEL => Extension::AudioLevel,
+                EXT_ABS_SEND_TIME => Extension::AbsoluteSendTime,
+                EXT_TWCC => Extension::TransportSequenceNumber,
+                EXT_MID => Extension::RtpMid,
+                EXT_RID => Extension::RtpStreamId,
+                EXT_RRID => Extension::RepairedRtpStreamId,
+                EXT_VIDEO_ORIENTATION => Extension::VideoOrientation,
+                _ => continue,
+            };
+            config = config.set_extension(*id, ext);
+        }
+        config
+    }
+}
+
 pub struct Client {
     pub rtc: Rtc,
+    pub numbering: Numbering,
     pub addr: SocketAddr,
     server: Option<SocketAddr>,
     pub outbox: Vec<Transmit>,
@@ -60,7 +160,13 @@ fn text<'a>(v: &'a Value, path: &[&str]) -> Result<&'a str, ClientError> {
 
 impl Client {
     pub fn new(now: Instant, addr: SocketAddr) -> Client {
-        let mut rtc = RtcConfig::new()
+        Client::with_numbering(now, addr, Numbering::router())
+    }
+
+    /// A client that sends with its own payload types and extension ids.
+    pub fn with_numbering(now: Instant, addr: SocketAddr, numbering: Numbering) -> Client {
+        let mut rtc = numbering
+            .rtc_config()
             .set_rtp_mode(true)
             .set_stats_interval(None)
             .build(now);
@@ -68,6 +174,7 @@ impl Client {
         rtc.add_local_candidate(cand);
         Client {
             rtc,
+            numbering,
             addr,
             server: None,
             outbox: Vec::new(),
@@ -138,13 +245,14 @@ impl Client {
             api.declare_media(mid, kind);
             api.declare_stream_tx(ssrc.into(), rtx.map(Into::into), mid, None);
         }
+        let (pt, rtx_pt) = self.numbering.pt(codec);
         let mut codecs = vec![json!({
-            "mimeType": codec.mime, "payloadType": codec.pt, "clockRate": codec.clock_rate,
+            "mimeType": codec.mime, "payloadType": pt, "clockRate": codec.clock_rate,
         })];
-        if let (Some(rtx_pt), Some(_)) = (codec.rtx_pt, rtx) {
+        if let (Some(rtx_pt), Some(_)) = (rtx_pt, rtx) {
             codecs.push(json!({
                 "mimeType": "video/rtx", "payloadType": rtx_pt, "clockRate": codec.clock_rate,
-                "parameters": {"apt": codec.pt},
+                "parameters": {"apt": pt},
             }));
         }
         let mut encoding = json!({"ssrc": ssrc});
@@ -154,7 +262,7 @@ impl Client {
         json!({
             "mid": mid_text,
             "codecs": codecs,
-            "headerExtensions": [{"uri": EXT_MID, "id": 4}, {"uri": EXT_TWCC, "id": 3}],
+            "headerExtensions": self.numbering.ext_json(codec.kind),
             "encodings": [encoding],
             "rtcp": {"cname": format!("client-{ssrc}")},
         })
@@ -173,13 +281,11 @@ impl Client {
                 api.declare_stream_tx((*ssrc).into(), None, mid, Some((*rid).into()));
             }
         }
+        let (pt, _) = self.numbering.pt(codec);
         json!({
             "mid": mid_text,
-            "codecs": [{"mimeType": codec.mime, "payloadType": codec.pt, "clockRate": codec.clock_rate}],
-            "headerExtensions": [
-                {"uri": EXT_MID, "id": 4}, {"uri": EXT_TWCC, "id": 3},
-                {"uri": crate::sfu::ortc::EXT_RID, "id": 10},
-            ],
+            "codecs": [{"mimeType": codec.mime, "payloadType": pt, "clockRate": codec.clock_rate}],
+            "headerExtensions": self.numbering.ext_json(codec.kind),
             "encodings": layers.iter().map(|(rid, _)| json!({"rid": rid})).collect::<Vec<_>>(),
             "rtcp": {"cname": "simulcast-client"},
         })
@@ -260,8 +366,9 @@ impl Client {
                     voice_activity: Some(level > -50),
                     ..Default::default()
                 };
+                let (pt, _) = self.numbering.pt(&crate::sfu::ortc::OPUS);
                 tx.write_rtp(
-                    RtpWrite::new(111.into(), seq.into(), ts, now, payload.to_vec()).ext_vals(ext),
+                    RtpWrite::new(pt.into(), seq.into(), ts, now, payload.to_vec()).ext_vals(ext),
                 );
             }
         }

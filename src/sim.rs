@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::client::{Client, ClientEvent};
+use crate::client::{Client, ClientEvent, Numbering};
 use crate::sfu::engine::Engine;
 use crate::sfu::ortc::{Kind, RtpParameters, VP8};
 use crate::sfu::transport::Direction;
@@ -48,10 +48,16 @@ impl World {
     }
 
     pub fn add_client(&mut self) -> usize {
+        self.add_client_with(Numbering::router())
+    }
+
+    /// A client that sends with its own payload types and extension ids.
+    pub fn add_client_with(&mut self, numbering: Numbering) -> usize {
         let addr: SocketAddr = format!("10.0.1.{}:5000", self.clients.len() + 1)
             .parse()
             .unwrap();
-        self.clients.push(Client::new(self.now, addr));
+        self.clients
+            .push(Client::with_numbering(self.now, addr, numbering));
         self.clients.len() - 1
     }
 
@@ -106,8 +112,18 @@ impl World {
     }
 
     pub fn transport(&mut self, peer: u64, dir: Direction) -> (usize, String) {
+        self.transport_with(peer, dir, Numbering::router())
+    }
+
+    /// A connected transport whose client numbers payload types and extensions its own way.
+    pub fn transport_with(
+        &mut self,
+        peer: u64,
+        dir: Direction,
+        numbering: Numbering,
+    ) -> (usize, String) {
         let t = self.engine.create_transport(self.now, peer, dir).unwrap();
-        let c = self.add_client();
+        let c = self.add_client_with(numbering);
         let info = json!({
             "iceParameters": t.ice_parameters,
             "iceCandidates": t.ice_candidates,
@@ -208,10 +224,11 @@ impl Video {
                 if key { 0x00 } else { 0x01 },
             ];
             payload.extend(std::iter::repeat_n(0xab, 900));
+            let (pt, _) = w.clients[self.client].numbering.pt(&VP8);
             w.clients[self.client].send_rtp(
                 w.now,
                 self.ssrc,
-                VP8.pt,
+                pt,
                 self.seq,
                 self.ts,
                 i == 2,

@@ -3,17 +3,22 @@
 
 use std::time::Duration;
 
-use corelay::client::ClientEvent;
+use corelay::client::{ClientEvent, Numbering};
+use corelay::sfu::ortc::{EXT_AUDIO_LEVEL, EXT_MID, EXT_TWCC, OPUS, VP8};
 use corelay::sim::{Video, World};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind};
 
 /// A client that publishes one VP8 track through an SDP offer; returns (client, ssrc).
 fn sdp_publisher(w: &mut World, peer: u64) -> (usize, u32) {
+    sdp_publisher_with(w, peer, Numbering::router())
+}
+
+fn sdp_publisher_with(w: &mut World, peer: u64, numbering: Numbering) -> (usize, u32) {
     w.engine
         .join(w.now, peer, "room", &format!("u{peer}"), "Pub", None)
         .unwrap();
-    let c = w.add_client();
+    let c = w.add_client_with(numbering);
     let mut change = w.clients[c].rtc.sdp_api();
     let mid = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
     let (offer, pending) = change.apply().unwrap();
@@ -128,6 +133,56 @@ fn sdp_publisher_reaches_whep_offered_and_mediasoup_subscribers() {
         assert!(n >= 100, "{name} subscriber got {n} packets");
     }
     assert_eq!(w.engine.consumers(), 3);
+}
+
+#[test]
+fn an_sdp_publisher_numbering_its_own_way_reaches_every_kind_of_subscriber() {
+    // Firefox-like payload types and extension ids (WHIP, /pubsub and /connect offers
+    // all take this path): the answer keeps them, consumers get the router's.
+    let numbering = Numbering {
+        codecs: vec![(OPUS, 109, None), (VP8, 120, Some(124))],
+        exts: vec![(12, EXT_AUDIO_LEVEL), (9, EXT_MID), (7, EXT_TWCC)],
+    };
+    let mut w = World::new();
+    let (pc, ssrc) = sdp_publisher_with(&mut w, 1, numbering);
+    let whep = whep_subscriber(&mut w, 2);
+    let producers: Vec<String> = w
+        .engine
+        .room_producers(2)
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let offered = offered_subscriber(&mut w, 3, &producers);
+    let msc = w.subscriber(4, &producers[0]);
+    w.connect_all();
+    let mut video = Video {
+        client: pc,
+        ssrc,
+        seq: 1,
+        ts: 0,
+    };
+    video.frames(&mut w, 40);
+    w.run(Duration::from_millis(100));
+    let mut pts = Vec::new();
+    for (name, c) in [
+        ("whep", whep),
+        ("offered", offered),
+        ("mediasoup", msc.client),
+    ] {
+        let mut n = 0;
+        while let Some(e) = w.clients[c].events.pop_front() {
+            if let ClientEvent::Rtp(p) = e {
+                n += 1;
+                pts.push(*p.header.payload_type);
+            }
+        }
+        assert!(n >= 100, "{name} subscriber got {n} packets");
+    }
+    assert!(
+        pts.iter().all(|pt| *pt != 120),
+        "no subscriber sees the publisher's 120"
+    );
 }
 
 #[test]

@@ -19,6 +19,7 @@ use str0m::{Event as RtcEvent, IceConnectionState, Input, Output};
 use super::keyframe::is_keyframe;
 use super::ortc::{self, Kind, ProducerSpec, RtpParameters};
 use super::rewrite::Rewriter;
+use super::send_offer::SendSection;
 use super::speakers::{Held, Level};
 use super::transport::{Direction, Transport};
 use super::SfuError;
@@ -489,35 +490,25 @@ impl Engine {
                 spec.mid
             )));
         }
-        let media_kind = match kind {
-            Kind::Audio => MediaKind::Audio,
-            Kind::Video => MediaKind::Video,
-        };
-        let layers = {
-            let mut api = t.rtc.direct_api();
-            let media = api.declare_media(mid, media_kind);
-            for rid in &spec.rids {
-                media.expect_rid_rx(rid.as_str().into());
-            }
-            if let Some((ssrc, rtx)) = spec.ssrc {
-                api.expect_stream_rx(ssrc.into(), rtx.map(Into::into), mid, None);
-                vec![Layer {
-                    rid: None,
-                    ssrc: Some(ssrc.into()),
+        let section = SendSection::new(kind, &spec, params).map_err(SfuError::BadRequest)?;
+        t.negotiate_section(section)?;
+        let layers = if let Some((ssrc, _)) = spec.ssrc {
+            vec![Layer {
+                rid: None,
+                ssrc: Some(ssrc.into()),
+                last_packet: None,
+            }]
+        } else {
+            spec.rids
+                .iter()
+                .map(|r| Layer {
+                    rid: Some(r.as_str().into()),
+                    ssrc: None,
                     last_packet: None,
-                }]
-            } else {
-                spec.rids
-                    .iter()
-                    .map(|r| Layer {
-                        rid: Some(r.as_str().into()),
-                        ssrc: None,
-                        last_packet: None,
-                    })
-                    .collect()
-            }
+                })
+                .collect()
         };
-        let id = self.add_producer(peer, tid, kind, spec, mid, layers);
+        let id = self.add_producer(now, peer, tid, kind, spec, mid, layers);
         self.drain(now, tid);
         Ok(wire_id("p", id))
     }
@@ -539,8 +530,10 @@ impl Engine {
 
     /// Registers a producer (its media already declared on the transport) and tells the
     /// room. Shared by the mediasoup dialect and the SDP bridge.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn add_producer(
         &mut self,
+        now: Instant,
         peer: PeerId,
         tid: u64,
         kind: Kind,
@@ -564,7 +557,7 @@ impl Engine {
                 layers,
                 selected,
                 last_keyframe_request: None,
-                level: Level::new(Instant::now()),
+                level: Level::new(now),
             },
         );
         self.producer_by_mid.insert((tid, mid), id);

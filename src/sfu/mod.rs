@@ -6,6 +6,7 @@ pub mod keyframe;
 pub mod ortc;
 pub mod rewrite;
 pub mod sdp;
+pub mod send_offer;
 pub mod speakers;
 pub mod transport;
 

@@ -1,10 +1,11 @@
 //! RTP capabilities and parameters in mediasoup's JSON shapes, which mediasoup-client
 //! expects, and the checks that keep them consistent with what str0m can receive.
 //!
-//! str0m fixes payload types and header-extension ids when an `Rtc` is built, so the
-//! router advertises exactly str0m's defaults, which are also Chrome's native values
-//! (Opus 111, VP8 96/97, VP9 98/99, H264 127/121; extension ids 1-4, 10, 11, 13). A
-//! producer whose parameters use other numbers is refused with a clear error.
+//! The router advertises str0m's default numbering (Opus 111, VP8 96/97, VP9 98/99, H264
+//! 127/121; extension ids 1-4, 10, 11, 13), which is what consumers receive with. A
+//! producer sends with its own browser's numbering, which differs between browsers and
+//! even between peer connections of one browser: `send_offer` negotiates that numbering
+//! into the send transport, so here only the codec itself is checked.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -238,6 +239,16 @@ pub struct CodecParameters {
     pub channels: Option<u8>,
     #[serde(default)]
     pub parameters: serde_json::Map<String, Value>,
+    #[serde(default)]
+    pub rtcp_feedback: Vec<RtcpFeedback>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RtcpFeedback {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub parameter: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -285,6 +296,10 @@ pub struct RtpParameters {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducerSpec {
     pub codec: RouterCodec,
+    /// The payload type the client sends the codec with (its own numbering).
+    pub pt: u8,
+    /// The client's RTX payload type for the codec, if it repairs with RTX.
+    pub rtx_pt: Option<u8>,
     pub mid: String,
     pub cname: String,
     /// Simulcast rids, lowest first; empty for a single stream.
@@ -322,12 +337,6 @@ pub fn check_producer(kind: Kind, p: &RtpParameters) -> Result<ProducerSpec, Str
             kind.as_str()
         ));
     }
-    if media.payload_type != codec.pt {
-        return Err(format!(
-            "{} uses payload type {}; corelay receives it as {} (use the router's preferredPayloadType)",
-            codec.mime, media.payload_type, codec.pt
-        ));
-    }
     if codec.mime == "video/H264" {
         let pm = media
             .parameters
@@ -338,29 +347,16 @@ pub fn check_producer(kind: Kind, p: &RtpParameters) -> Result<ProducerSpec, Str
             return Err("H264 needs packetization-mode 1".into());
         }
     }
-    for rtx in p
+    let rtx_pt = p
         .codecs
         .iter()
         .filter(|c| c.mime_type.eq_ignore_ascii_case("video/rtx"))
-    {
-        let apt = rtx.parameters.get("apt").and_then(Value::as_u64);
-        if apt == Some(codec.pt as u64) && Some(rtx.payload_type) != codec.rtx_pt {
-            return Err(format!(
-                "RTX for {} uses payload type {}; corelay expects {:?}",
-                codec.mime, rtx.payload_type, codec.rtx_pt
-            ));
-        }
-    }
-    for ext in &p.header_extensions {
-        if let Some(ours) = ROUTER_EXTS.iter().find(|e| e.uri == ext.uri) {
-            if ours.id != ext.id {
-                return Err(format!(
-                    "header extension {} uses id {}; corelay receives it as id {}",
-                    ext.uri, ext.id, ours.id
-                ));
-            }
-        }
-    }
+        .find(|c| {
+            c.parameters.get("apt").and_then(Value::as_u64) == Some(media.payload_type as u64)
+        })
+        .map(|c| c.payload_type);
+    // The router repairs only video with RTX; an RTX entry for anything else is unused.
+    let rtx_pt = rtx_pt.filter(|_| codec.rtx_pt.is_some());
     if p.encodings.is_empty() {
         return Err("rtpParameters.encodings is empty".into());
     }
@@ -376,6 +372,8 @@ pub fn check_producer(kind: Kind, p: &RtpParameters) -> Result<ProducerSpec, Str
     }
     Ok(ProducerSpec {
         codec,
+        pt: media.payload_type,
+        rtx_pt,
         mid,
         cname: p.rtcp.cname.clone().unwrap_or_else(|| "corelay".into()),
         rids,
@@ -516,24 +514,30 @@ mod tests {
     }
 
     #[test]
-    fn mismatched_numbers_are_refused_with_the_reason() {
+    fn a_producer_keeps_its_own_numbering() {
+        // Firefox's numbers: Opus 109, VP8 120 with RTX 124.
         let p = params(json!({
             "mid": "0",
             "codecs": [{"mimeType": "audio/opus", "payloadType": 109, "clockRate": 48000, "channels": 2}],
-            "encodings": [{"ssrc": 1}]
-        }));
-        assert!(check_producer(Kind::Audio, &p)
-            .unwrap_err()
-            .contains("payload type 109"));
-        let p = params(json!({
-            "mid": "0",
-            "codecs": [{"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000}],
             "headerExtensions": [{"uri": EXT_MID, "id": 9}],
             "encodings": [{"ssrc": 1}]
         }));
-        assert!(check_producer(Kind::Audio, &p)
-            .unwrap_err()
-            .contains("id 9"));
+        let spec = check_producer(Kind::Audio, &p).unwrap();
+        assert_eq!((spec.codec, spec.pt, spec.rtx_pt), (OPUS, 109, None));
+        let p = params(json!({
+            "mid": "1",
+            "codecs": [
+                {"mimeType": "video/VP8", "payloadType": 120, "clockRate": 90000},
+                {"mimeType": "video/rtx", "payloadType": 124, "clockRate": 90000, "parameters": {"apt": 120}}
+            ],
+            "encodings": [{"ssrc": 2, "rtx": {"ssrc": 3}}]
+        }));
+        let spec = check_producer(Kind::Video, &p).unwrap();
+        assert_eq!((spec.codec, spec.pt, spec.rtx_pt), (VP8, 120, Some(124)));
+    }
+
+    #[test]
+    fn codecs_the_router_does_not_forward_are_refused_with_the_reason() {
         let p = params(json!({
             "mid": "0",
             "codecs": [{"mimeType": "video/AV1", "payloadType": 45, "clockRate": 90000}],

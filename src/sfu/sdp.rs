@@ -108,7 +108,7 @@ impl Engine {
                 )));
             }
         };
-        self.map_offered_media(id, offer_text);
+        self.map_offered_media(now, id, offer_text);
         if let Some(t) = self.transports.get_mut(&id) {
             t.offered_producers.clear();
         }
@@ -356,7 +356,7 @@ impl Engine {
 
     /// Maps the media sections of a just-negotiated offer (their mids, in SDP order) to
     /// producers (a publisher's sections) or consumers (a subscriber's own offer).
-    fn map_offered_media(&mut self, tid: u64, offer: &str) {
+    fn map_offered_media(&mut self, now: Instant, tid: u64, offer: &str) {
         let mids: Vec<Mid> = offer
             .lines()
             .filter_map(|l| l.trim().strip_prefix("a=mid:"))
@@ -367,11 +367,18 @@ impl Engine {
                 continue;
             };
             let (kind, direction) = (media.kind(), media.direction());
-            self.map_media(tid, mid, kind, direction);
+            self.map_media(now, tid, mid, kind, direction);
         }
     }
 
-    fn map_media(&mut self, tid: u64, mid: Mid, kind: MediaKind, direction: MediaDirection) {
+    fn map_media(
+        &mut self,
+        now: Instant,
+        tid: u64,
+        mid: Mid,
+        kind: MediaKind,
+        direction: MediaDirection,
+    ) {
         let Some(t) = self.transports.get_mut(&tid) else {
             return;
         };
@@ -399,11 +406,14 @@ impl Engine {
             };
             let codec = media.remote_pts().iter().find_map(|pt| {
                 let params = t.rtc.codec_config().find(|p| p.pt() == *pt)?;
-                RouterCodec::from_str0m(params.spec().codec)
+                let codec = RouterCodec::from_str0m(params.spec().codec)?;
+                Some((codec, params.pt(), params.resend()))
             });
-            if let Some(codec) = codec.filter(|c| c.kind == kind) {
+            if let Some((codec, pt, rtx_pt)) = codec.filter(|c| c.0.kind == kind) {
                 let spec = ProducerSpec {
                     codec,
+                    pt: *pt,
+                    rtx_pt: rtx_pt.map(|p| *p),
                     mid: mid.to_string(),
                     cname: media.cname().to_string(),
                     rids: Vec::new(),
@@ -415,7 +425,7 @@ impl Engine {
                     last_packet: None,
                 }];
                 let peer = t.peer;
-                self.add_producer(peer, tid, kind, spec, mid, layers);
+                self.add_producer(now, peer, tid, kind, spec, mid, layers);
             }
         }
         let Some(t) = self.transports.get_mut(&tid) else {

@@ -5,9 +5,13 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use serde_json::{json, Value};
+use str0m::change::SdpOffer;
 use str0m::config::{DtlsCert, Fingerprint};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
+use super::send_offer::{
+    self, check_numbering, SendSection, REMOTE_ICE_PASSWORD, REMOTE_ICE_UFRAG_UNKNOWN,
+};
 use super::SfuError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +54,13 @@ pub struct Transport {
     )>,
     /// Producers a subscriber's own offer (WHEP) is matched with, in order.
     pub offered_producers: Vec<u64>,
+    /// A mediasoup-style send transport's producers, as their client numbers them: the
+    /// sections of the offer negotiated on `rtc` (see `send_offer`).
+    pub send_sections: Vec<SendSection>,
+    /// The client's ICE ufrag as `rtc` knows it (learnt from STUN, or put in an offer).
+    pub remote_ufrag: Option<String>,
+    /// The client's DTLS fingerprint from connect-transport, as `"sha-256 AB:CD:..."`.
+    pub remote_fingerprint: Option<String>,
 }
 
 impl Transport {
@@ -98,6 +109,9 @@ impl Transport {
             early_dtls: Vec::new(),
             pending_offer: None,
             offered_producers: Vec::new(),
+            send_sections: Vec::new(),
+            remote_ufrag: None,
+            remote_fingerprint: None,
         })
     }
 
@@ -140,24 +154,36 @@ impl Transport {
         if self.connected {
             return Err(SfuError::BadRequest("transport already connected".into()));
         }
-        let fp: Fingerprint = format!("{} {}", algorithm.to_ascii_lowercase(), value)
+        let text = format!("{} {}", algorithm.to_ascii_lowercase(), value);
+        let fp: Fingerprint = text
             .parse()
             .map_err(|e| SfuError::BadRequest(format!("bad DTLS fingerprint: {e}")))?;
+        self.remote_fingerprint = Some(fp.to_string());
         let mut api = self.rtc.direct_api();
         api.set_remote_fingerprint(fp);
         api.start_dtls(false)
             .map_err(|e| SfuError::Internal(format!("cannot start DTLS: {e}")))?;
         self.connected = true;
+        // Producers declared before connect-transport are negotiated now.
+        if !self.send_sections.is_empty() {
+            self.renegotiate()?;
+        }
         Ok(())
     }
 
     /// The remote ufrag comes from the client's first STUN request: mediasoup-client never
     /// sends its ICE parameters, and ice-lite never checks the remote password.
     pub fn learn_remote_ufrag(&mut self, ufrag: &str) {
+        if self.remote_ufrag.as_deref() == Some(ufrag) {
+            return;
+        }
+        self.remote_ufrag = Some(ufrag.to_string());
         let mut api = self.rtc.direct_api();
+        // The same password as every negotiated offer says (see `send_offer`), so that
+        // str0m never takes a later offer for an ICE restart.
         api.set_remote_ice_credentials(IceCreds {
             ufrag: ufrag.to_string(),
-            pass: String::new(),
+            pass: REMOTE_ICE_PASSWORD.to_string(),
         });
     }
 
@@ -169,6 +195,49 @@ impl Transport {
             .set_local_ice_credentials(creds.clone());
         self.ufrag = creds.ufrag.clone();
         creds.ufrag
+    }
+
+    /// Takes one more producer's section in its client's numbering (see `send_offer`):
+    /// str0m renegotiates with an offer of every section so far. Before connect-transport
+    /// (the client's DTLS fingerprint is part of the offer) the sections wait for it.
+    pub fn negotiate_section(&mut self, section: SendSection) -> Result<(), SfuError> {
+        check_numbering(&self.send_sections, &section).map_err(SfuError::BadRequest)?;
+        let before = self.send_sections.clone();
+        match self.send_sections.iter_mut().find(|s| s.mid == section.mid) {
+            // A mid whose producer was closed, used again: str0m's media keeps its kind and
+            // the payload types it was negotiated with.
+            Some(old) if old.kind != section.kind || old.pt != section.pt => {
+                return Err(SfuError::BadRequest(format!(
+                    "mid {} carried another kind or codec before; use a new mid",
+                    section.mid
+                )));
+            }
+            Some(old) => *old = section,
+            None => self.send_sections.push(section),
+        }
+        if self.remote_fingerprint.is_none() {
+            return Ok(());
+        }
+        self.renegotiate()
+            .inspect_err(|_| self.send_sections = before)
+    }
+
+    /// Accepts the offer of every send section on `rtc`.
+    fn renegotiate(&mut self) -> Result<(), SfuError> {
+        let Some(fingerprint) = self.remote_fingerprint.clone() else {
+            return Ok(());
+        };
+        let ufrag = self
+            .remote_ufrag
+            .get_or_insert_with(|| REMOTE_ICE_UFRAG_UNKNOWN.to_string())
+            .clone();
+        let text = send_offer::offer(&self.send_sections, &ufrag, &fingerprint);
+        let offer = SdpOffer::from_sdp_string(&text)
+            .map_err(|e| SfuError::Internal(format!("producer offer does not parse: {e}")))?;
+        self.rtc.sdp_api().accept_offer(offer).map_err(|e| {
+            SfuError::BadRequest(format!("cannot take the producer's parameters: {e}"))
+        })?;
+        Ok(())
     }
 
     pub fn next_mid(&mut self) -> String {

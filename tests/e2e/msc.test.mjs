@@ -260,8 +260,10 @@ after(async () => {
 let peerA; // producer
 let peerB; // consumer
 
-test('(a) B joins later and receives A\'s audio and video', { timeout: 40_000 }, async () => {
-  peerA = await openPeer('A', tokenFor('alice'), { produce: 'audio,video', consume: '0' });
+test('(a) B joins later and receives A\'s video and audio (camera produced first)', { timeout: 40_000 }, async () => {
+  // Camera first, then microphone: the browser numbers header extensions in that order
+  // (PROTOCOLS.md section 1, produce), which differs from microphone first.
+  peerA = await openPeer('A', tokenFor('alice'), { produce: 'video,audio', consume: '0' });
   const a = await waitFor(peerA, 'A joined and produced audio+video', (s) =>
     s.state === 'joined' && s.producers.audio && s.producers.video,
   );
@@ -367,4 +369,29 @@ test('(d) join-room naming another room than the token\'s is an error', { timeou
   assert.ok(res.error.code.length > 0);
   assert.equal(typeof res.error.message, 'string');
   await peer.page.close();
+});
+
+test('(e) a video-only producer (a screen share) reaches a consumer', { timeout: 30_000 }, async () => {
+  const sharer = await openPeer('S', tokenFor('sharer'), { produce: 'video', consume: '0' });
+  const s = await waitFor(sharer, 'S produced video only', (x) =>
+    x.state === 'joined' && x.producers.video && !x.producers.audio,
+  );
+  const viewer = await openPeer('V', tokenFor('viewer'), { produce: '', consume: '1' });
+  await waitFor(viewer, 'V consumes S\'s video', (x) =>
+    x.consumers.some((c) => c.kind === 'video' && c.producerId === s.producers.video),
+  { others: [sharer] });
+  const started = Date.now();
+  let stats;
+  for (;;) {
+    stats = await viewer.page.evaluate(() => window.__e2e.stats());
+    if (stats.videoFramesDecoded >= 30) break;
+    if (Date.now() > started + 15_000) {
+      assert.fail(`V decoded ${stats.videoFramesDecoded} video frames of a video-only producer in 15 s\n` +
+        `${describePeer(sharer, await snapshot(sharer))}\nserver log tail:\n${serverLogTail()}`);
+    }
+    await sleep(200);
+  }
+  assert.deepEqual((await snapshot(sharer)).errors, []);
+  await viewer.page.close();
+  await sharer.page.close();
 });

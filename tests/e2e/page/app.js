@@ -320,7 +320,12 @@ async function produceAll() {
     audio: config.produce.includes('audio'),
     video: config.produce.includes('video') ? { width: 640, height: 360 } : false,
   });
-  for (const track of stream.getTracks()) {
+  // Produce in the order the `produce` parameter lists: browsers number RTP header
+  // extensions in the order a peer connection first uses them, so camera-first and
+  // microphone-first give different numberings, and the server must take either.
+  const tracks = stream.getTracks()
+    .sort((x, y) => config.produce.indexOf(x.kind) - config.produce.indexOf(y.kind));
+  for (const track of tracks) {
     if (!device.canProduce(track.kind)) {
       reportError('produce', new Error(`device cannot produce ${track.kind} with the router's codecs`));
       continue;
