@@ -128,7 +128,7 @@ fn health_over_https_and_relay_over_wss() {
         ws.send(tungstenite::Message::text(connect.to_string()))
             .unwrap();
         let own: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
-        assert_eq!(own["Payload"], if i == 0 { "{true}" } else { "{false}" });
+        assert_eq!(own["Payload"], if i == 0 { "true" } else { "false" });
         for other in clients.iter_mut() {
             let got: Value = serde_json::from_str(
                 tungstenite::WebSocket::read(other)
