@@ -268,7 +268,7 @@ mod paths {
 
     #[utoipa::path(
         get, path = "/ws", tag = "mediasoup",
-        summary = "Request/response WebSocket for mediasoup-client (also at `/`)",
+        summary = "Request/response WebSocket for mediasoup-client (also at `/?token=`)",
         description = "WebSocket upgrade; the messages are described by the AsyncAPI \
             document at `/asyncapi`. The token (`?token=` or `Authorization: Bearer`) is \
             checked before the upgrade.",
@@ -294,8 +294,10 @@ mod paths {
     #[utoipa::path(
         get, path = "/", tag = "demo",
         summary = "The demo page",
-        description = "A request with a WebSocket upgrade here is the same as `/ws` (the \
-            request/response dialect; see there and the AsyncAPI document).",
+        description = "Without an upgrade: the demo page. With a WebSocket upgrade and a \
+            token (`?token=` or `Authorization: Bearer`): the request/response dialect, as \
+            `/ws`. With an upgrade and no token: the publish/subscribe dialect, as `/pubsub` \
+            (`auth` first). See the AsyncAPI document.",
         responses((status = 200, description = "HTML page", body = String, content_type = "text/html"))
     )]
     fn root() {}
@@ -323,7 +325,7 @@ mod paths {
 
     #[utoipa::path(
         get, path = "/pubsub", tag = "pubsub",
-        summary = "Publish/subscribe SDP dialect (WebSocket)",
+        summary = "Publish/subscribe SDP dialect (WebSocket; also at `/` without a token)",
         description = "WebSocket upgrade. The token comes as `?token=` (checked before the \
             upgrade) or in the first message `{\"type\": \"auth\", \"token\"}`.",
         params(

@@ -298,6 +298,12 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
                 _ => method_not_allowed("GET"),
             }
         }
+        // An upgrade on `/` without a token is the publish/subscribe dialect: Rheomesh's
+        // client opens `ws://host:port` (no path) and sends `auth` first. With a token,
+        // `/` is the mediasoup-client dialect, as `/ws`.
+        "/" if head.token().is_none_or(|t| t.trim().is_empty()) => {
+            return Routed::PubSub(None);
+        }
         "/" | "/ws" => {
             if !ws::is_upgrade(head) {
                 return Routed::Respond(upgrade_required(head));

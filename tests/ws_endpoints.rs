@@ -1,0 +1,66 @@
+//! What each WebSocket path serves, as a raw client sees it.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn root_without_a_token_speaks_publish_subscribe() {
+    let server = Server::start(2, &[]);
+    // Rheomesh's client: `ws://host:port`, no path and no token; `auth` first.
+    let mut ws = ws_connect(server.port, "/").expect("upgrade on / without a token");
+    send_text(
+        &mut ws,
+        &json!({"type": "auth", "token": token("rhea", None)}).to_string(),
+    );
+    let ok = recv_json(&mut ws);
+    assert_eq!(ok["type"], "auth-ok", "{ok}");
+    assert_eq!(ok["userId"], "rhea", "{ok}");
+    assert_eq!(ok["username"], "rhea", "{ok}");
+    // A room message joins (and may move the session to the room's shard).
+    send_text(
+        &mut ws,
+        &json!({"type": "subscribe-request", "roomName": "lobby", "publisherId": 7}).to_string(),
+    );
+    let e = recv_json(&mut ws);
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["requestType"], "subscribe-request", "{e}");
+
+    // A bad token in `auth`: the pubsub error, then close 1008.
+    let mut ws = ws_connect(server.port, "/").unwrap();
+    send_text(&mut ws, r#"{"type": "auth", "token": "nope"}"#);
+    let e = recv_json(&mut ws);
+    assert_eq!(e["type"], "error", "{e}");
+    match ws.read() {
+        Ok(tungstenite::Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1008),
+        other => panic!("expected close 1008, got {other:?}"),
+    }
+}
+
+#[test]
+fn root_with_a_token_stays_mediasoup_and_ws_is_unchanged() {
+    let server = Server::start(1, &[]);
+    for path in ["/", "/ws"] {
+        let t = token("msc", Some("room-1"));
+        let mut ws = ws_connect(server.port, &format!("{path}?token={t}")).unwrap();
+        send_text(
+            &mut ws,
+            r#"{"type": "join-room", "data": {}, "requestId": "r1"}"#,
+        );
+        let r = recv_json(&mut ws);
+        assert_eq!(r["type"], "response", "{path}: {r}");
+        assert_eq!(r["requestId"], "r1", "{path}: {r}");
+        assert_eq!(r["data"]["roomId"], "room-1", "{path}: {r}");
+    }
+    // `/ws` still needs its token before the upgrade; `/?token=` with a bad one too.
+    assert_eq!(ws_connect(server.port, "/ws").err(), Some(401));
+    assert_eq!(ws_connect(server.port, "/?token=bad").err(), Some(401));
+    // Without an upgrade, `/` is the demo page.
+    let (status, body) = http(server.port, "GET", "/", &[], b"").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<html") || body.contains("<!doctype"),
+        "{body}"
+    );
+}
