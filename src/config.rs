@@ -38,7 +38,9 @@ macro_rules! key {
 /// Every setting corelay reads. Order is the order of the README table.
 pub const KEYS: &[KeySpec] = &[
     key!("server.listen", Some("LISTEN"), "listen", Some("127.0.0.1:3001"),
-        "HTTP/WebSocket listen address (host:port); every shard accepts on it with SO_REUSEPORT"),
+        "HTTP/WebSocket listen address: host:port, or :port for every interface (Go style, e.g. LISTEN=:80); every shard accepts on it with SO_REUSEPORT"),
+    key!("server.host", Some("HOST"), "host", None,
+        "Overrides the host of server.listen (an IP address, or a name that resolves), e.g. --host 0.0.0.0"),
     key!("server.port", Some("PORT"), "port", None,
         "Overrides the port of server.listen"),
     key!("server.shards", Some("CORELAY_SHARDS"), "shards", Some("0"),
@@ -237,10 +239,18 @@ impl Layers {
 
     /// Types and validates every setting.
     pub fn build(&self) -> Result<Config, ConfigError> {
-        let mut listen: SocketAddr =
-            self.required("server.listen", "host:port, e.g. 0.0.0.0:3001", |s| {
-                s.parse().ok()
-            })?;
+        let mut listen: SocketAddr = self.required(
+            "server.listen",
+            "host:port (e.g. 0.0.0.0:3001), or :port for every interface (e.g. :80)",
+            parse_listen,
+        )?;
+        if let Some(host) = self.parse(
+            "server.host",
+            "an IP address (e.g. 0.0.0.0 or ::) or a host name that resolves",
+            parse_host,
+        )? {
+            listen.set_ip(host);
+        }
         if let Some(port) = self.parse("server.port", "a TCP port 0-65535", |s| {
             s.parse::<u16>().ok()
         })? {
@@ -376,6 +386,51 @@ impl Layers {
             log_file,
         })
     }
+}
+
+/// A listen address: `host:port`, where host is an IP address (IPv6 in brackets) or a
+/// name that resolves, or Go's `:port` meaning every interface (`0.0.0.0:port`).
+fn parse_listen(s: &str) -> Option<SocketAddr> {
+    if let Some(port) = s.strip_prefix(':') {
+        let port = port.parse::<u16>().ok()?;
+        return Some(SocketAddr::new(
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            port,
+        ));
+    }
+    if let Ok(addr) = s.parse() {
+        return Some(addr);
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    Some(SocketAddr::new(parse_host(host)?, port.parse().ok()?))
+}
+
+/// A listen host: an IP address (IPv6 optionally in brackets), or a host name resolved by
+/// the system resolver (an IPv4 address preferred), as `--host` of the original servers
+/// takes it.
+fn parse_host(s: &str) -> Option<IpAddr> {
+    use std::net::ToSocketAddrs;
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(s);
+    if let Ok(ip) = bare.parse() {
+        return Some(ip);
+    }
+    let name_like = !bare.is_empty()
+        && bare.len() <= 253
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !name_like {
+        return None;
+    }
+    let addrs: Vec<IpAddr> = (bare, 0).to_socket_addrs().ok()?.map(|a| a.ip()).collect();
+    addrs
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -705,6 +760,70 @@ mod tests {
             err.contains("PERMISSIONS_HOST") && err.contains("http://"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn go_style_listen_means_every_interface() {
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[("LISTEN", ":80")]));
+        assert_eq!(l.build().unwrap().listen, "0.0.0.0:80".parse().unwrap());
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("server.listen", "[::1]:4000".to_string())]);
+        assert_eq!(l.build().unwrap().listen, "[::1]:4000".parse().unwrap());
+        for bad in [":", ":http", ":70000", "3001", "::80", "host name:80"] {
+            let mut l = Layers::with_defaults();
+            l.apply_env(env(&[("LISTEN", bad)]));
+            let err = l.build().unwrap_err().to_string();
+            assert!(
+                err.contains("server.listen") && err.contains("LISTEN") && err.contains(":port"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_overrides_the_listen_host_and_keeps_its_port() {
+        // Rheomesh's run line: `--host 0.0.0.0`; the port stays server.listen's or PORT.
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("server.host", "0.0.0.0".to_string())]);
+        assert_eq!(l.build().unwrap().listen, "0.0.0.0:3001".parse().unwrap());
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[("HOST", "0.0.0.0"), ("PORT", "9000")]));
+        assert_eq!(l.build().unwrap().listen, "0.0.0.0:9000".parse().unwrap());
+        // The flag beats the variable; with LISTEN=:80 the host is replaced, the port kept.
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[("HOST", "0.0.0.0"), ("LISTEN", ":80")]));
+        l.apply_flags([("server.host", "::".to_string())]);
+        assert_eq!(l.build().unwrap().listen, "[::]:80".parse().unwrap());
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("server.host", "[::1]".to_string())]);
+        assert_eq!(l.build().unwrap().listen, "[::1]:3001".parse().unwrap());
+        // A name resolves (IPv4 preferred).
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[("HOST", "localhost")]));
+        assert!(l.build().unwrap().listen.ip().is_loopback());
+        let spec = KEYS.iter().find(|s| s.key == "server.host").unwrap();
+        assert_eq!(
+            (spec.env, spec.flag, spec.default),
+            (Some("HOST"), "host", None)
+        );
+    }
+
+    #[test]
+    fn a_bad_host_names_the_key_and_where_it_came_from() {
+        for bad in ["not a host", "0.0.0.0:80", "[::1"] {
+            let mut l = Layers::with_defaults();
+            l.apply_env(env(&[("HOST", bad)]));
+            let err = l.build().unwrap_err().to_string();
+            assert!(
+                err.contains("server.host") && err.contains("HOST") && err.contains(bad),
+                "{err}"
+            );
+        }
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("server.host", "".to_string())]);
+        let err = l.build().unwrap_err().to_string();
+        assert!(err.contains("--host"), "{err}");
     }
 
     #[test]
