@@ -63,6 +63,8 @@ pub const KEYS: &[KeySpec] = &[
         "HS256 secret for tokens; unset = dev mode (random secret, POST /login on, loud warning)"),
     key!("auth.login", Some("CORELAY_LOGIN"), "login", None,
         "Enable POST /login (true/false); default: on in dev mode only"),
+    key!("auth.require_exp", Some("CORELAY_AUTH_REQUIRE_EXP"), "auth-require-exp", Some("true"),
+        "Refuse tokens without an exp claim (true/false); off accepts them (they never expire), an exp that is there is checked either way"),
     key!("auth.token_ttl_s", Some("CORELAY_TOKEN_TTL_S"), "token-ttl-s", Some("3600"),
         "Lifetime of tokens minted by POST /login, in seconds"),
     key!("auth.trust_user_claim_header", Some("CORELAY_TRUST_USER_CLAIM_HEADER"), "trust-user-claim-header", Some("false"),
@@ -291,6 +293,7 @@ impl Layers {
             (s.len() >= 16).then(|| s.to_string())
         })?;
         let login = self.parse("auth.login", "true or false", parse_bool)?;
+        let require_exp = self.required("auth.require_exp", "true or false", parse_bool)?;
         let token_ttl = self
             .required("auth.token_ttl_s", "seconds between 60 and 2592000", |s| {
                 s.parse::<u64>()
@@ -373,6 +376,7 @@ impl Layers {
             udp_recv_buffer,
             udp_send_buffer,
             login_enabled: login.unwrap_or(dev_mode),
+            require_exp,
             jwt_secret: jwt_secret.unwrap_or_default(),
             dev_mode,
             token_ttl,
@@ -488,6 +492,8 @@ pub struct Config {
     pub jwt_secret: String,
     pub dev_mode: bool,
     pub login_enabled: bool,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
     pub token_ttl: Duration,
     pub p2p_allow_anonymous: bool,
     /// Take the identity of the one-shot dialect from the `X-User-Claim` header.
@@ -824,6 +830,34 @@ mod tests {
         l.apply_flags([("server.host", "".to_string())]);
         let err = l.build().unwrap_err().to_string();
         assert!(err.contains("--host"), "{err}");
+    }
+
+    #[test]
+    fn require_exp_is_on_by_default_and_set_by_each_layer() {
+        assert!(Config::defaults().require_exp);
+        let spec = KEYS.iter().find(|s| s.key == "auth.require_exp").unwrap();
+        assert_eq!(
+            (spec.env, spec.flag, spec.default),
+            (
+                Some("CORELAY_AUTH_REQUIRE_EXP"),
+                "auth-require-exp",
+                Some("true")
+            )
+        );
+        let mut l = Layers::with_defaults();
+        l.apply_toml("[auth]\nrequire_exp = false\n", Path::new("c.toml"))
+            .unwrap();
+        assert!(!l.build().unwrap().require_exp);
+        l.apply_env(env(&[("CORELAY_AUTH_REQUIRE_EXP", "true")]));
+        assert!(l.build().unwrap().require_exp);
+        l.apply_flags([("auth.require_exp", "off".to_string())]);
+        assert!(!l.build().unwrap().require_exp);
+        l.apply_flags([("auth.require_exp", "sometimes".to_string())]);
+        let err = l.build().unwrap_err().to_string();
+        assert!(
+            err.contains("auth.require_exp") && err.contains("--auth-require-exp"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -64,3 +64,56 @@ fn root_with_a_token_stays_mediasoup_and_ws_is_unchanged() {
         "{body}"
     );
 }
+
+/// A token without `exp`, signed with the test secret.
+fn token_without_exp(user: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"userId": user}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn tokens_without_exp_follow_auth_require_exp() {
+    let t = token_without_exp("no-exp");
+    // The default: refused before the upgrade, with a message that names the claim.
+    let strict = Server::start(1, &[]);
+    let (status, body) = http(
+        strict.port,
+        "GET",
+        &format!("/ws?token={t}"),
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 401, "{body}");
+    let message = serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        message, "token has no exp claim (auth.require_exp is on)",
+        "{body}"
+    );
+    // Off: the same token is accepted.
+    let lax = Server::start_with_env(
+        1,
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("CORELAY_AUTH_REQUIRE_EXP", "false"),
+        ],
+    );
+    let mut ws = ws_connect(lax.port, "/").unwrap();
+    send_text(&mut ws, &json!({"type": "auth", "token": t}).to_string());
+    let ok = recv_json(&mut ws);
+    assert_eq!(ok["type"], "auth-ok", "{ok}");
+    assert_eq!(ok["userId"], "no-exp", "{ok}");
+}
