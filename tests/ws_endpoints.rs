@@ -117,3 +117,45 @@ fn tokens_without_exp_follow_auth_require_exp() {
     assert_eq!(ok["type"], "auth-ok", "{ok}");
     assert_eq!(ok["userId"], "no-exp", "{ok}");
 }
+
+#[test]
+fn create_transport_takes_direction_type_or_producing_consuming() {
+    let server = Server::start(1, &[]);
+    let t = token("demo", Some("room-2"));
+    let mut ws = ws_connect(server.port, &format!("/ws?token={t}")).unwrap();
+    let mut request = |n: usize, kind: &str, data: serde_json::Value| {
+        let id = format!("r{n}");
+        send_text(
+            &mut ws,
+            &json!({"type": kind, "data": data, "requestId": id}).to_string(),
+        );
+        let r = recv_json(&mut ws);
+        assert_eq!(r["requestId"], id.as_str(), "{r}");
+        r
+    };
+    request(0, "join-room", json!({}));
+    let shapes = [
+        json!({"direction": "send"}),
+        json!({"type": "recv"}),
+        json!({"producing": true, "consuming": false}),
+        json!({"producing": false, "consuming": true, "sctpCapabilities": null}),
+    ];
+    for (i, data) in shapes.into_iter().enumerate() {
+        let r = request(i + 1, "create-transport", data.clone());
+        assert!(r["data"]["id"].is_string(), "{data}: {r}");
+        assert_eq!(r["data"]["iceParameters"]["iceLite"], true, "{data}: {r}");
+    }
+    let r = request(
+        9,
+        "create-transport",
+        json!({"producing": true, "consuming": true}),
+    );
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("both true"),
+        "{r}"
+    );
+}
