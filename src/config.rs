@@ -89,6 +89,33 @@ pub const KEYS: &[KeySpec] = &[
         "Also write logs to this file, rotated daily (FILE.YYYY-MM-DD); unset = stdout only"),
 ];
 
+/// Environment variables of the original systems' deploy files (PROTOCOLS.md section 6)
+/// that corelay does not act on yet, with what they would do there.
+pub const NOT_ACTED_ON: &[(&str, &str)] = &[
+    ("CLUSTER_MODE", "Rheomesh cluster mode"),
+    ("REDIS_URL", "Rheomesh cluster registry"),
+    ("NODE_ID", "Rheomesh cluster node id"),
+    ("NATS", "Beep audio bites"),
+];
+
+/// The one start-up warning line for those of [`NOT_ACTED_ON`] that are set (non-empty),
+/// or `None` when none is.
+pub fn not_acted_on_warning(lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set: Vec<String> = NOT_ACTED_ON
+        .iter()
+        .filter(|(var, _)| lookup(var).is_some_and(|v| !v.is_empty()))
+        .map(|(var, what)| format!("{var} ({what})"))
+        .collect();
+    (!set.is_empty()).then(|| {
+        format!(
+            "environment variables from the original deploy files are set but corelay does \
+             not act on them yet, so they are ignored: {}; corelay runs as one node (no \
+             cluster, no NATS publishing)",
+            set.join(", ")
+        )
+    })
+}
+
 /// Where a value came from; named in validation errors so an operator finds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -858,6 +885,35 @@ mod tests {
             err.contains("auth.require_exp") && err.contains("--auth-require-exp"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_not_acted_on_warning_names_exactly_the_variables_set() {
+        assert_eq!(not_acted_on_warning(env(&[])), None);
+        assert_eq!(
+            not_acted_on_warning(env(&[("NATS", "")])),
+            None,
+            "empty = unset"
+        );
+        let w = not_acted_on_warning(env(&[
+            ("NATS", "nats://localhost:4222"),
+            ("REDIS_URL", "redis://r:6379"),
+            ("PORT", "9000"),
+        ]))
+        .unwrap();
+        assert!(w.contains("NATS") && w.contains("REDIS_URL"), "{w}");
+        assert!(!w.contains("CLUSTER_MODE") && !w.contains("NODE_ID"), "{w}");
+        assert!(!w.contains('\n'), "one line: {w}");
+        assert!(w.contains("ignored"), "{w}");
+        let all: Vec<(&str, &str)> = NOT_ACTED_ON.iter().map(|(v, _)| (*v, "x")).collect();
+        let w = not_acted_on_warning(env(&all)).unwrap();
+        for var in ["CLUSTER_MODE", "REDIS_URL", "NODE_ID", "NATS"] {
+            assert!(w.contains(var), "{w}");
+        }
+        // None of them is a setting corelay reads.
+        for (var, _) in NOT_ACTED_ON {
+            assert!(KEYS.iter().all(|s| s.env != Some(var)), "{var}");
+        }
     }
 
     #[test]
