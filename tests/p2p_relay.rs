@@ -285,11 +285,20 @@ fn http_errors_are_json_and_precise() {
         405
     );
     assert_eq!(http(server.port, "GET", "/p2p", &[], b"").unwrap().0, 426);
-    // login is off outside dev mode
-    assert_eq!(
-        http(server.port, "POST", "/login", &[], b"{}").unwrap().0,
-        404
-    );
+    // login is off outside dev mode, and the answer says so
+    for method in ["POST", "GET"] {
+        let (s, body) = http(server.port, method, "/login", &[], b"{}").unwrap();
+        assert_eq!(s, 404, "{method} /login: {body}");
+        let e: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(e["error"]["code"], "not_found", "{body}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("login is disabled (auth.login)"),
+            "{body}"
+        );
+    }
     // over 64 headers
     let many: Vec<(String, String)> = (0..70).map(|i| (format!("X-H{i}"), "v".into())).collect();
     let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

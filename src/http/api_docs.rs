@@ -208,7 +208,7 @@ mod paths {
         responses(
             (status = 200, description = "A token for the new user", body = LoginResponse),
             (status = 400, description = "Malformed body, bad userName or roomId", body = ErrorBody),
-            (status = 404, description = "Login is disabled (the default when JWT_SECRET is set)", body = ErrorBody),
+            (status = 404, description = "Login is disabled (the default when JWT_SECRET is set); the message says `login is disabled (auth.login)`", body = ErrorBody),
             (status = 413, description = "Body over limits.max_message_bytes", body = ErrorBody),
         )
     )]

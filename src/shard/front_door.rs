@@ -270,6 +270,12 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
             "POST" => login(shard, body),
             _ => method_not_allowed("POST"),
         },
+        "/login" => Response::error(
+            404,
+            "not_found",
+            "login is disabled (auth.login): it is on in dev mode (no JWT secret) or with \
+             auth.login = true (CORELAY_LOGIN, --login)",
+        ),
         "/connect" => {
             if !ws::is_upgrade(head) {
                 return Routed::Respond(upgrade_required(head));
