@@ -159,3 +159,87 @@ fn create_transport_takes_direction_type_or_producing_consuming() {
         "{r}"
     );
 }
+
+/// Sends Close(1000, "bye") and checks the server's side of the handshake: a Close frame
+/// echoing 1000, then the end of the connection (no reset, no bare EOF before the echo).
+fn close_cleanly(mut ws: Ws, what: &str) {
+    use tungstenite::protocol::frame::coding::CloseCode;
+    use tungstenite::protocol::CloseFrame;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    loop {
+        match ws.read() {
+            // Texts the server had queued before it read our Close may come first.
+            Ok(tungstenite::Message::Text(_)) => continue,
+            Ok(tungstenite::Message::Close(Some(f))) => {
+                assert_eq!(u16::from(f.code), 1000, "{what}: echoed code");
+                break;
+            }
+            other => panic!("{what}: expected the server's Close(1000), got {other:?}"),
+        }
+    }
+    match ws.read() {
+        Err(tungstenite::Error::ConnectionClosed) => {}
+        other => panic!("{what}: expected a closed connection after the handshake, got {other:?}"),
+    }
+}
+
+fn p2p_connect(ws: &mut Ws, user: &str, room: &str) {
+    send_text(
+        ws,
+        &json!({"Header": {"Event": "connect", "UserId": user, "RoomId": room}, "Payload": ""})
+            .to_string(),
+    );
+    assert_eq!(recv_json(ws)["Header"]["Event"], "connect");
+}
+
+#[test]
+fn every_websocket_endpoint_answers_the_clients_close() {
+    let server = Server::start(2, &[]);
+    let port = server.port;
+    let t = token("closer", None);
+    let scoped = token("closer", Some("close-room"));
+
+    // Right after the upgrade, in every dialect.
+    for path in [
+        format!("/ws?token={scoped}"),
+        format!("/?token={scoped}"),
+        "/pubsub".to_string(),
+        "/".to_string(),
+        format!("/p2p?token={t}"),
+        format!("/p2p/team?token={t}"),
+        format!("/connect?token={t}&conversation=close-room"),
+    ] {
+        close_cleanly(ws_connect(port, &path).unwrap(), &path);
+    }
+
+    // In the middle of a session, after it moved to its room's shard.
+    for room in ["close-a", "close-b", "close-c"] {
+        let mut ws = ws_connect(port, &format!("/ws?token={t}")).unwrap();
+        send_text(
+            &mut ws,
+            &json!({"type": "join-room", "data": {"roomId": room}, "requestId": "j"}).to_string(),
+        );
+        assert_eq!(recv_json(&mut ws)["type"], "response");
+        close_cleanly(ws, &format!("/ws in {room}"));
+
+        let mut ws = ws_connect(port, "/").unwrap();
+        send_text(&mut ws, &json!({"type": "auth", "token": t}).to_string());
+        assert_eq!(recv_json(&mut ws)["type"], "auth-ok");
+        send_text(
+            &mut ws,
+            &json!({"type": "join", "roomName": room}).to_string(),
+        );
+        close_cleanly(ws, &format!("/ (pubsub) in {room}"));
+
+        for path in ["/p2p", "/p2p/team"] {
+            let mut ws = ws_connect(port, &format!("{path}?token={t}")).unwrap();
+            p2p_connect(&mut ws, "closer", room);
+            close_cleanly(ws, &format!("{path} in {room}"));
+        }
+    }
+    assert_eq!(server.health()["status"], "ok");
+}
