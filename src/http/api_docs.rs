@@ -365,7 +365,7 @@ mod paths {
             ("X-User-Claim" = Option<String>, Header, nullable = false,
                 description = "JSON `{\"userid\", \"clientid\"}` set by a trusted auth proxy; \
                     read only when `auth.trust_user_claim_header` is on and no token is sent \
-                    (`clientid` optional; both ids 1-128 characters of `A-Z a-z 0-9 _ . : -`)",
+                    (both required, else 400; both ids 1-128 characters of `A-Z a-z 0-9 _ . : -`)",
                 example = json!(r#"{"userid":"alice","clientid":"d1"}"#)),
         ),
         responses(
