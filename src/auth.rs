@@ -17,6 +17,8 @@ pub enum AuthError {
     Invalid(String),
     #[error("token expired")]
     Expired,
+    #[error("token has no exp claim (auth.require_exp is on)")]
+    MissingExp,
     #[error("token not yet valid")]
     NotYetValid,
     #[error("token is for room {token_room:?}, not {room:?}")]
@@ -44,7 +46,10 @@ struct Claims {
         skip_serializing_if = "Option::is_none"
     )]
     room_id: Option<String>,
-    exp: u64,
+    /// Required unless `auth.require_exp` is off (checked by the validation, which names
+    /// the claim, before these claims are read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
     #[serde(
@@ -101,13 +106,21 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Tokens must carry `exp` (the default of `auth.require_exp`).
     pub fn new(secret: &[u8]) -> Self {
+        Self::with_require_exp(secret, true)
+    }
+
+    /// `require_exp` off accepts tokens without `exp` (they never expire); an `exp` that is
+    /// there is checked either way.
+    pub fn with_require_exp(secret: &[u8], require_exp: bool) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        let required: &[&str] = if require_exp { &["exp"] } else { &[] };
+        validation.set_required_spec_claims(required);
         Authenticator {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
@@ -128,6 +141,7 @@ impl Authenticator {
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm must be HS256".into()),
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::MissingExp,
                 ErrorKind::MissingRequiredClaim(c) => {
                     AuthError::Invalid(format!("missing claim {c}"))
                 }
@@ -154,7 +168,7 @@ impl Authenticator {
             user_id: grant.user_id.to_string(),
             user_name: grant.user_name.map(str::to_string),
             room_id: grant.room.map(str::to_string),
-            exp,
+            exp: Some(exp),
             nbf: None,
             can_publish: None,
             can_subscribe: None,
@@ -328,6 +342,60 @@ mod tests {
         assert_eq!(a.verify(&nbf), Err(AuthError::NotYetValid));
         let no_exp = sign(Algorithm::HS256, &json!({"userId": "u"}), SECRET);
         assert!(a.verify(&no_exp).is_err());
+    }
+
+    #[test]
+    fn require_exp_on_refuses_a_token_without_exp_naming_the_claim() {
+        let a = Authenticator::with_require_exp(SECRET, true);
+        let no_exp = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u", "roomId": "r1", "userName": "Ann"}),
+            SECRET,
+        );
+        let err = a.verify(&no_exp).unwrap_err();
+        assert_eq!(err, AuthError::MissingExp);
+        let text = err.to_string();
+        assert_eq!(text, "token has no exp claim (auth.require_exp is on)");
+        assert!(!text.contains("missing field"), "{text}");
+        assert!(!text.contains("line 1"), "{text}");
+        // Authenticator::new is the same as require_exp on.
+        assert_eq!(
+            Authenticator::new(SECRET).verify(&no_exp),
+            Err(AuthError::MissingExp)
+        );
+    }
+
+    #[test]
+    fn require_exp_off_accepts_a_token_without_exp_but_still_checks_one_that_is_there() {
+        let a = Authenticator::with_require_exp(SECRET, false);
+        let no_exp = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u", "roomId": "r1"}),
+            SECRET,
+        );
+        let id = a.verify(&no_exp).unwrap();
+        assert_eq!((id.user_id.as_str(), id.room.as_deref()), ("u", Some("r1")));
+        let expired = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u", "exp": unix_now() - 120}),
+            SECRET,
+        );
+        assert_eq!(a.verify(&expired), Err(AuthError::Expired));
+        let future_nbf = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u", "nbf": unix_now() + 300}),
+            SECRET,
+        );
+        assert_eq!(a.verify(&future_nbf), Err(AuthError::NotYetValid));
+        // The signature and the algorithm are checked as always.
+        let forged = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u"}),
+            b"another-secret-xxxxxx",
+        );
+        assert!(a.verify(&forged).is_err());
+        let hs512 = sign(Algorithm::HS512, &json!({"userId": "u"}), SECRET);
+        assert!(a.verify(&hs512).is_err());
     }
 
     #[test]

@@ -38,7 +38,9 @@ macro_rules! key {
 /// Every setting corelay reads. Order is the order of the README table.
 pub const KEYS: &[KeySpec] = &[
     key!("server.listen", Some("LISTEN"), "listen", Some("127.0.0.1:3001"),
-        "HTTP/WebSocket listen address (host:port); every shard accepts on it with SO_REUSEPORT"),
+        "HTTP/WebSocket listen address: host:port, or :port for every interface (Go style, e.g. LISTEN=:80); every shard accepts on it with SO_REUSEPORT"),
+    key!("server.host", Some("HOST"), "host", None,
+        "Overrides the host of server.listen (an IP address, or a name that resolves), e.g. --host 0.0.0.0"),
     key!("server.port", Some("PORT"), "port", None,
         "Overrides the port of server.listen"),
     key!("server.shards", Some("CORELAY_SHARDS"), "shards", Some("0"),
@@ -61,6 +63,8 @@ pub const KEYS: &[KeySpec] = &[
         "HS256 secret for tokens; unset = dev mode (random secret, POST /login on, loud warning)"),
     key!("auth.login", Some("CORELAY_LOGIN"), "login", None,
         "Enable POST /login (true/false); default: on in dev mode only"),
+    key!("auth.require_exp", Some("CORELAY_AUTH_REQUIRE_EXP"), "auth-require-exp", Some("true"),
+        "Refuse tokens without an exp claim (true/false); off accepts them (they never expire), an exp that is there is checked either way"),
     key!("auth.token_ttl_s", Some("CORELAY_TOKEN_TTL_S"), "token-ttl-s", Some("3600"),
         "Lifetime of tokens minted by POST /login, in seconds"),
     key!("auth.trust_user_claim_header", Some("CORELAY_TRUST_USER_CLAIM_HEADER"), "trust-user-claim-header", Some("false"),
@@ -84,6 +88,33 @@ pub const KEYS: &[KeySpec] = &[
     key!("log.file", Some("CORELAY_LOG_FILE"), "log-file", None,
         "Also write logs to this file, rotated daily (FILE.YYYY-MM-DD); unset = stdout only"),
 ];
+
+/// Environment variables of the original systems' deploy files (PROTOCOLS.md section 6)
+/// that corelay does not act on yet, with what they would do there.
+pub const NOT_ACTED_ON: &[(&str, &str)] = &[
+    ("CLUSTER_MODE", "Rheomesh cluster mode"),
+    ("REDIS_URL", "Rheomesh cluster registry"),
+    ("NODE_ID", "Rheomesh cluster node id"),
+    ("NATS", "Beep audio bites"),
+];
+
+/// The one start-up warning line for those of [`NOT_ACTED_ON`] that are set (non-empty),
+/// or `None` when none is.
+pub fn not_acted_on_warning(lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set: Vec<String> = NOT_ACTED_ON
+        .iter()
+        .filter(|(var, _)| lookup(var).is_some_and(|v| !v.is_empty()))
+        .map(|(var, what)| format!("{var} ({what})"))
+        .collect();
+    (!set.is_empty()).then(|| {
+        format!(
+            "environment variables from the original deploy files are set but corelay does \
+             not act on them yet, so they are ignored: {}; corelay runs as one node (no \
+             cluster, no NATS publishing)",
+            set.join(", ")
+        )
+    })
+}
 
 /// Where a value came from; named in validation errors so an operator finds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,10 +268,18 @@ impl Layers {
 
     /// Types and validates every setting.
     pub fn build(&self) -> Result<Config, ConfigError> {
-        let mut listen: SocketAddr =
-            self.required("server.listen", "host:port, e.g. 0.0.0.0:3001", |s| {
-                s.parse().ok()
-            })?;
+        let mut listen: SocketAddr = self.required(
+            "server.listen",
+            "host:port (e.g. 0.0.0.0:3001), or :port for every interface (e.g. :80)",
+            parse_listen,
+        )?;
+        if let Some(host) = self.parse(
+            "server.host",
+            "an IP address (e.g. 0.0.0.0 or ::) or a host name that resolves",
+            parse_host,
+        )? {
+            listen.set_ip(host);
+        }
         if let Some(port) = self.parse("server.port", "a TCP port 0-65535", |s| {
             s.parse::<u16>().ok()
         })? {
@@ -281,6 +320,7 @@ impl Layers {
             (s.len() >= 16).then(|| s.to_string())
         })?;
         let login = self.parse("auth.login", "true or false", parse_bool)?;
+        let require_exp = self.required("auth.require_exp", "true or false", parse_bool)?;
         let token_ttl = self
             .required("auth.token_ttl_s", "seconds between 60 and 2592000", |s| {
                 s.parse::<u64>()
@@ -363,6 +403,7 @@ impl Layers {
             udp_recv_buffer,
             udp_send_buffer,
             login_enabled: login.unwrap_or(dev_mode),
+            require_exp,
             jwt_secret: jwt_secret.unwrap_or_default(),
             dev_mode,
             token_ttl,
@@ -376,6 +417,51 @@ impl Layers {
             log_file,
         })
     }
+}
+
+/// A listen address: `host:port`, where host is an IP address (IPv6 in brackets) or a
+/// name that resolves, or Go's `:port` meaning every interface (`0.0.0.0:port`).
+fn parse_listen(s: &str) -> Option<SocketAddr> {
+    if let Some(port) = s.strip_prefix(':') {
+        let port = port.parse::<u16>().ok()?;
+        return Some(SocketAddr::new(
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            port,
+        ));
+    }
+    if let Ok(addr) = s.parse() {
+        return Some(addr);
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    Some(SocketAddr::new(parse_host(host)?, port.parse().ok()?))
+}
+
+/// A listen host: an IP address (IPv6 optionally in brackets), or a host name resolved by
+/// the system resolver (an IPv4 address preferred), as `--host` of the original servers
+/// takes it.
+fn parse_host(s: &str) -> Option<IpAddr> {
+    use std::net::ToSocketAddrs;
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(s);
+    if let Ok(ip) = bare.parse() {
+        return Some(ip);
+    }
+    let name_like = !bare.is_empty()
+        && bare.len() <= 253
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !name_like {
+        return None;
+    }
+    let addrs: Vec<IpAddr> = (bare, 0).to_socket_addrs().ok()?.map(|a| a.ip()).collect();
+    addrs
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -433,6 +519,8 @@ pub struct Config {
     pub jwt_secret: String,
     pub dev_mode: bool,
     pub login_enabled: bool,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
     pub token_ttl: Duration,
     pub p2p_allow_anonymous: bool,
     /// Take the identity of the one-shot dialect from the `X-User-Claim` header.
@@ -705,6 +793,127 @@ mod tests {
             err.contains("PERMISSIONS_HOST") && err.contains("http://"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn go_style_listen_means_every_interface() {
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[("LISTEN", ":80")]));
+        assert_eq!(l.build().unwrap().listen, "0.0.0.0:80".parse().unwrap());
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("server.listen", "[::1]:4000".to_string())]);
+        assert_eq!(l.build().unwrap().listen, "[::1]:4000".parse().unwrap());
+        for bad in [":", ":http", ":70000", "3001", "::80", "host name:80"] {
+            let mut l = Layers::with_defaults();
+            l.apply_env(env(&[("LISTEN", bad)]));
+            let err = l.build().unwrap_err().to_string();
+            assert!(
+                err.contains("server.listen") && err.contains("LISTEN") && err.contains(":port"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_overrides_the_listen_host_and_keeps_its_port() {
+        // Rheomesh's run line: `--host 0.0.0.0`; the port stays server.listen's or PORT.
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("server.host", "0.0.0.0".to_string())]);
+        assert_eq!(l.build().unwrap().listen, "0.0.0.0:3001".parse().unwrap());
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[("HOST", "0.0.0.0"), ("PORT", "9000")]));
+        assert_eq!(l.build().unwrap().listen, "0.0.0.0:9000".parse().unwrap());
+        // The flag beats the variable; with LISTEN=:80 the host is replaced, the port kept.
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[("HOST", "0.0.0.0"), ("LISTEN", ":80")]));
+        l.apply_flags([("server.host", "::".to_string())]);
+        assert_eq!(l.build().unwrap().listen, "[::]:80".parse().unwrap());
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("server.host", "[::1]".to_string())]);
+        assert_eq!(l.build().unwrap().listen, "[::1]:3001".parse().unwrap());
+        // A name resolves (IPv4 preferred).
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[("HOST", "localhost")]));
+        assert!(l.build().unwrap().listen.ip().is_loopback());
+        let spec = KEYS.iter().find(|s| s.key == "server.host").unwrap();
+        assert_eq!(
+            (spec.env, spec.flag, spec.default),
+            (Some("HOST"), "host", None)
+        );
+    }
+
+    #[test]
+    fn a_bad_host_names_the_key_and_where_it_came_from() {
+        for bad in ["not a host", "0.0.0.0:80", "[::1"] {
+            let mut l = Layers::with_defaults();
+            l.apply_env(env(&[("HOST", bad)]));
+            let err = l.build().unwrap_err().to_string();
+            assert!(
+                err.contains("server.host") && err.contains("HOST") && err.contains(bad),
+                "{err}"
+            );
+        }
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("server.host", "".to_string())]);
+        let err = l.build().unwrap_err().to_string();
+        assert!(err.contains("--host"), "{err}");
+    }
+
+    #[test]
+    fn require_exp_is_on_by_default_and_set_by_each_layer() {
+        assert!(Config::defaults().require_exp);
+        let spec = KEYS.iter().find(|s| s.key == "auth.require_exp").unwrap();
+        assert_eq!(
+            (spec.env, spec.flag, spec.default),
+            (
+                Some("CORELAY_AUTH_REQUIRE_EXP"),
+                "auth-require-exp",
+                Some("true")
+            )
+        );
+        let mut l = Layers::with_defaults();
+        l.apply_toml("[auth]\nrequire_exp = false\n", Path::new("c.toml"))
+            .unwrap();
+        assert!(!l.build().unwrap().require_exp);
+        l.apply_env(env(&[("CORELAY_AUTH_REQUIRE_EXP", "true")]));
+        assert!(l.build().unwrap().require_exp);
+        l.apply_flags([("auth.require_exp", "off".to_string())]);
+        assert!(!l.build().unwrap().require_exp);
+        l.apply_flags([("auth.require_exp", "sometimes".to_string())]);
+        let err = l.build().unwrap_err().to_string();
+        assert!(
+            err.contains("auth.require_exp") && err.contains("--auth-require-exp"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_not_acted_on_warning_names_exactly_the_variables_set() {
+        assert_eq!(not_acted_on_warning(env(&[])), None);
+        assert_eq!(
+            not_acted_on_warning(env(&[("NATS", "")])),
+            None,
+            "empty = unset"
+        );
+        let w = not_acted_on_warning(env(&[
+            ("NATS", "nats://localhost:4222"),
+            ("REDIS_URL", "redis://r:6379"),
+            ("PORT", "9000"),
+        ]))
+        .unwrap();
+        assert!(w.contains("NATS") && w.contains("REDIS_URL"), "{w}");
+        assert!(!w.contains("CLUSTER_MODE") && !w.contains("NODE_ID"), "{w}");
+        assert!(!w.contains('\n'), "one line: {w}");
+        assert!(w.contains("ignored"), "{w}");
+        let all: Vec<(&str, &str)> = NOT_ACTED_ON.iter().map(|(v, _)| (*v, "x")).collect();
+        let w = not_acted_on_warning(env(&all)).unwrap();
+        for var in ["CLUSTER_MODE", "REDIS_URL", "NODE_ID", "NATS"] {
+            assert!(w.contains(var), "{w}");
+        }
+        // None of them is a setting corelay reads.
+        for (var, _) in NOT_ACTED_ON {
+            assert!(KEYS.iter().all(|s| s.env != Some(var)), "{var}");
+        }
     }
 
     #[test]

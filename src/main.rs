@@ -149,6 +149,9 @@ fn serve(m: &ArgMatches) -> ExitCode {
         Ok(g) => g,
         Err(e) => return fail(e),
     };
+    if let Some(warning) = config::not_acted_on_warning(|k| std::env::var(k).ok()) {
+        tracing::warn!("{warning}");
+    }
     match corelay::shard::serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

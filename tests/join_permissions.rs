@@ -252,6 +252,8 @@ fn the_user_claim_header_counts_only_when_trusted() {
         "carol",
         "{\"userid\": 7}",
         "{\"clientid\": \"d1\"}",
+        "{\"userid\": \"carol\"}",
+        "{\"userid\": \"carol\", \"clientid\": null}",
         "{\"userid\": \"a b\"}",
     ] {
         let (status, body, _) = join(trusted.port, "ok-2", &[("X-User-Claim", bad)]);

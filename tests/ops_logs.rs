@@ -111,3 +111,65 @@ fn an_unusable_log_file_stops_start_up_with_a_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot open log file"), "{err}");
 }
+
+/// Runs the server with `env` until healthy, stops it, and returns its stdout.
+fn run_and_collect_stdout(env: &[(&str, &str)]) -> String {
+    let port = common::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corelay"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "1"])
+        .args(["--udp-port-base", "0"])
+        .env("JWT_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for var in ["CLUSTER_MODE", "REDIS_URL", "NODE_ID", "NATS"] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    while !matches!(common::http(port, "GET", "/health", &[], b""), Ok((200, _))) {
+        assert!(start.elapsed() < Duration::from_secs(20), "not healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn deploy_file_variables_not_acted_on_get_one_warning_line() {
+    let stdout = run_and_collect_stdout(&[
+        ("NATS", "nats://localhost:4222"),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+    ]);
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("not act on them yet"))
+        .collect();
+    assert_eq!(lines.len(), 1, "exactly one warning line:\n{stdout}");
+    let line = lines[0];
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("NATS") && line.contains("REDIS_URL"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("CLUSTER_MODE") && !line.contains("NODE_ID"),
+        "only the variables that are set: {line}"
+    );
+    assert!(
+        stdout.contains("ready: http://"),
+        "it still starts:\n{stdout}"
+    );
+
+    let quiet = run_and_collect_stdout(&[]);
+    assert!(
+        !quiet.contains("not act on them yet"),
+        "no warning when none is set:\n{quiet}"
+    );
+}

@@ -75,14 +75,17 @@ fn relay_sessions_end_up_on_their_rooms_shard_and_relay_exactly() {
             assert_eq!(own["Header"]["Event"], "connect");
             assert_eq!(own["Header"]["UserId"], user.as_str());
             assert_eq!(own["Header"]["RoomId"], room.as_str());
-            let expect_initiator = if i == 0 { "{true}" } else { "{false}" };
+            let expect_initiator = if i == 0 { "true" } else { "false" };
             assert_eq!(own["Payload"], expect_initiator, "initiator flag of {user}");
+            // What the original client does with it: JSON.parse(packet.Payload).
+            let initiator: bool = serde_json::from_str(own["Payload"].as_str().unwrap()).unwrap();
+            assert_eq!(initiator, i == 0, "{user}");
             // Everyone already in the room hears about the newcomer.
             for (_, r, other) in clients.iter_mut().filter(|(_, r, _)| r == room) {
                 let seen = recv_json(other);
                 assert_eq!(seen["Header"]["Event"], "connect", "in {r}");
                 assert_eq!(seen["Header"]["UserId"], user.as_str());
-                assert_eq!(seen["Payload"], "{false}");
+                assert_eq!(seen["Payload"], "false");
             }
             let _ = &mut ws;
             clients.push((user, room.clone(), ws));
@@ -192,7 +195,7 @@ fn bad_packets_get_an_error_for_that_client_only() {
     );
     // ... and carol's session lives on
     send_text(&mut carol, &pkt("connect", "carol", room, ""));
-    assert_eq!(recv_json(&mut carol)["Payload"], "{false}");
+    assert_eq!(recv_json(&mut carol)["Payload"], "false");
     assert_eq!(recv_json(&mut bob)["Header"]["UserId"], "carol");
 
     // a 2 MiB frame: an error packet, then close 1009, for carol only
@@ -244,7 +247,7 @@ fn tokens_are_checked_before_the_upgrade() {
     send_text(&mut ws, &pkt("connect", "u", "r2", ""));
     assert_eq!(recv_json(&mut ws)["Header"]["Event"], "error");
     send_text(&mut ws, &pkt("connect", "u", "r1", ""));
-    assert_eq!(recv_json(&mut ws)["Payload"], "{true}");
+    assert_eq!(recv_json(&mut ws)["Payload"], "true");
 }
 
 #[test]
@@ -254,10 +257,10 @@ fn namespaces_separate_rooms() {
     let mut b = ws_connect(server.port, &format!("/p2p/two?token={}", token("b", None))).unwrap();
     send_text(&mut a, &pkt("connect", "a", "same", ""));
     send_text(&mut b, &pkt("connect", "b", "same", ""));
-    assert_eq!(recv_json(&mut a)["Payload"], "{true}");
+    assert_eq!(recv_json(&mut a)["Payload"], "true");
     assert_eq!(
         recv_json(&mut b)["Payload"],
-        "{true}",
+        "true",
         "a different namespace is a different room"
     );
 }
@@ -282,11 +285,20 @@ fn http_errors_are_json_and_precise() {
         405
     );
     assert_eq!(http(server.port, "GET", "/p2p", &[], b"").unwrap().0, 426);
-    // login is off outside dev mode
-    assert_eq!(
-        http(server.port, "POST", "/login", &[], b"{}").unwrap().0,
-        404
-    );
+    // login is off outside dev mode, and the answer says so
+    for method in ["POST", "GET"] {
+        let (s, body) = http(server.port, method, "/login", &[], b"{}").unwrap();
+        assert_eq!(s, 404, "{method} /login: {body}");
+        let e: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(e["error"]["code"], "not_found", "{body}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("login is disabled (auth.login)"),
+            "{body}"
+        );
+    }
     // over 64 headers
     let many: Vec<(String, String)> = (0..70).map(|i| (format!("X-H{i}"), "v".into())).collect();
     let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -322,7 +334,7 @@ fn dev_mode_login_issues_working_tokens() {
     let user = v["userId"].as_str().unwrap().to_string();
     let mut ws = ws_connect(server.port, &format!("/p2p?token={t}")).unwrap();
     send_text(&mut ws, &pkt("connect", &user, "r1", ""));
-    assert_eq!(recv_json(&mut ws)["Payload"], "{true}");
+    assert_eq!(recv_json(&mut ws)["Payload"], "true");
     assert_eq!(
         http(server.port, "POST", "/login", &[], b"not json")
             .unwrap()

@@ -128,7 +128,7 @@ fn health_over_https_and_relay_over_wss() {
         ws.send(tungstenite::Message::text(connect.to_string()))
             .unwrap();
         let own: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
-        assert_eq!(own["Payload"], if i == 0 { "{true}" } else { "{false}" });
+        assert_eq!(own["Payload"], if i == 0 { "true" } else { "false" });
         for other in clients.iter_mut() {
             let got: Value = serde_json::from_str(
                 tungstenite::WebSocket::read(other)
@@ -156,6 +156,29 @@ fn health_over_https_and_relay_over_wss() {
     for ws in clients.iter_mut().take(last) {
         let got: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
         assert_eq!(got["Payload"], "hi");
+    }
+    // The close handshake over TLS, on sessions that moved and sessions that did not: the
+    // client's Close is echoed, then the server ends TLS (close_notify) and TCP.
+    for (i, mut ws) in clients.into_iter().enumerate() {
+        ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .unwrap();
+        loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Text(_)) => continue, // others' disconnects
+                Ok(tungstenite::Message::Close(Some(f))) => {
+                    assert_eq!(u16::from(f.code), 1000, "client {i}");
+                    break;
+                }
+                other => panic!("client {i}: expected Close(1000), got {other:?}"),
+            }
+        }
+        match ws.read() {
+            Err(tungstenite::Error::ConnectionClosed) => {}
+            other => panic!("client {i}: expected a clean end after the echo, got {other:?}"),
+        }
     }
 }
 

@@ -208,7 +208,7 @@ mod paths {
         responses(
             (status = 200, description = "A token for the new user", body = LoginResponse),
             (status = 400, description = "Malformed body, bad userName or roomId", body = ErrorBody),
-            (status = 404, description = "Login is disabled (the default when JWT_SECRET is set)", body = ErrorBody),
+            (status = 404, description = "Login is disabled (the default when JWT_SECRET is set); the message says `login is disabled (auth.login)`", body = ErrorBody),
             (status = 413, description = "Body over limits.max_message_bytes", body = ErrorBody),
         )
     )]
@@ -268,7 +268,7 @@ mod paths {
 
     #[utoipa::path(
         get, path = "/ws", tag = "mediasoup",
-        summary = "Request/response WebSocket for mediasoup-client (also at `/`)",
+        summary = "Request/response WebSocket for mediasoup-client (also at `/?token=`)",
         description = "WebSocket upgrade; the messages are described by the AsyncAPI \
             document at `/asyncapi`. The token (`?token=` or `Authorization: Bearer`) is \
             checked before the upgrade.",
@@ -294,8 +294,10 @@ mod paths {
     #[utoipa::path(
         get, path = "/", tag = "demo",
         summary = "The demo page",
-        description = "A request with a WebSocket upgrade here is the same as `/ws` (the \
-            request/response dialect; see there and the AsyncAPI document).",
+        description = "Without an upgrade: the demo page. With a WebSocket upgrade and a \
+            token (`?token=` or `Authorization: Bearer`): the request/response dialect, as \
+            `/ws`. With an upgrade and no token: the publish/subscribe dialect, as `/pubsub` \
+            (`auth` first). See the AsyncAPI document.",
         responses((status = 200, description = "HTML page", body = String, content_type = "text/html"))
     )]
     fn root() {}
@@ -323,7 +325,7 @@ mod paths {
 
     #[utoipa::path(
         get, path = "/pubsub", tag = "pubsub",
-        summary = "Publish/subscribe SDP dialect (WebSocket)",
+        summary = "Publish/subscribe SDP dialect (WebSocket; also at `/` without a token)",
         description = "WebSocket upgrade. The token comes as `?token=` (checked before the \
             upgrade) or in the first message `{\"type\": \"auth\", \"token\"}`.",
         params(
@@ -363,7 +365,7 @@ mod paths {
             ("X-User-Claim" = Option<String>, Header, nullable = false,
                 description = "JSON `{\"userid\", \"clientid\"}` set by a trusted auth proxy; \
                     read only when `auth.trust_user_claim_header` is on and no token is sent \
-                    (`clientid` optional; both ids 1-128 characters of `A-Z a-z 0-9 _ . : -`)",
+                    (both required, else 400; both ids 1-128 characters of `A-Z a-z 0-9 _ . : -`)",
                 example = json!(r#"{"userid":"alice","clientid":"d1"}"#)),
         ),
         responses(

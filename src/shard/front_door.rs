@@ -270,6 +270,12 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
             "POST" => login(shard, body),
             _ => method_not_allowed("POST"),
         },
+        "/login" => Response::error(
+            404,
+            "not_found",
+            "login is disabled (auth.login): it is on in dev mode (no JWT secret) or with \
+             auth.login = true (CORELAY_LOGIN, --login)",
+        ),
         "/connect" => {
             if !ws::is_upgrade(head) {
                 return Routed::Respond(upgrade_required(head));
@@ -297,6 +303,12 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
                 "GET" | "HEAD" => demo_asset(path),
                 _ => method_not_allowed("GET"),
             }
+        }
+        // An upgrade on `/` without a token is the publish/subscribe dialect: Rheomesh's
+        // client opens `ws://host:port` (no path) and sends `auth` first. With a token,
+        // `/` is the mediasoup-client dialect, as `/ws`.
+        "/" if head.token().is_none_or(|t| t.trim().is_empty()) => {
+            return Routed::PubSub(None);
         }
         "/" | "/ws" => {
             if !ws::is_upgrade(head) {

@@ -170,7 +170,10 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let config = Arc::new(config);
-    let auth = Arc::new(Authenticator::new(config.jwt_secret.as_bytes()));
+    let auth = Arc::new(Authenticator::with_require_exp(
+        config.jwt_secret.as_bytes(),
+        config.require_exp,
+    ));
     // The control plane (outbound calls: the permission service) runs on its own thread,
     // started before the shards; each shard gets a handle. It stops by itself once the
     // last handle is dropped, after the shards.

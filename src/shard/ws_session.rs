@@ -3,6 +3,7 @@
 //! Each dialect plugs in through [`Dialect`].
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
 use futures::{AsyncWriteExt, SinkExt, StreamExt};
@@ -11,6 +12,7 @@ use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Error as WsError, Message};
 
 use super::conn::Conn;
+use super::front_door::within;
 use super::mesh::{Handover, MeshMsg, Resumable};
 use super::state::{Outbound, Shard, OUTBOUND_QUEUE};
 use crate::http::ws::{self, FrameBoundedStream};
@@ -19,6 +21,10 @@ use crate::signal::p2p::ConnId;
 use crate::stats::ShardCounters;
 
 pub type Ws = WebSocketStream<FrameBoundedStream<Conn>>;
+
+/// How long the end of a session waits for the other side's part of the close handshake
+/// (the client's answering Close after ours), and for the last bytes to go out.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// What a dialect wants after one text message.
 pub enum Step {
@@ -136,7 +142,7 @@ async fn run<D: Dialect>(
                         for t in texts {
                             let _ = ws.send(Message::text(t)).await;
                         }
-                        let _ = close(&mut ws, code, "").await;
+                        close(&mut ws, code, "").await;
                         break End::Closed("closed by the dialect");
                     }
                     Step::Relocate(owner) => {
@@ -150,9 +156,14 @@ async fn run<D: Dialect>(
             Event::Incoming(Some(Ok(Message::Binary(_)))) => {
                 vec![dialect.error_text("binary messages are not supported; send JSON text")]
             }
-            Event::Incoming(Some(Ok(Message::Close(_)))) | Event::Incoming(None) => {
-                break End::Closed("client closed")
+            Event::Incoming(Some(Ok(Message::Close(_)))) => {
+                // RFC 6455 5.5.1: answer with a Close echoing the client's code.
+                // tungstenite queued that reply when it read the frame; a flush writes it
+                // (then the TCP connection is closed below).
+                let _ = within(CLOSE_WAIT, ws.flush()).await;
+                break End::Closed("client closed");
             }
+            Event::Incoming(None) => break End::Closed("connection closed without a Close frame"),
             Event::Incoming(Some(Ok(_))) => Vec::new(), // ping/pong: tungstenite answers
             Event::Incoming(Some(Err(WsError::Capacity(e)))) => {
                 // The parser cannot resynchronise after an oversized frame, so the client
@@ -162,23 +173,28 @@ async fn run<D: Dialect>(
                     shard.config.max_message_bytes
                 );
                 let _ = ws.send(Message::text(dialect.error_text(&reason))).await;
-                let _ = close(&mut ws, CloseCode::Size, "message too large").await;
+                // No wait for the client's Close: the rest of its frame cannot be parsed.
+                let _ = within(
+                    CLOSE_WAIT,
+                    send_close(&mut ws, CloseCode::Size, "message too large"),
+                )
+                .await;
                 break End::Closed("message too large");
             }
             Event::Incoming(Some(Err(_))) => break End::Closed("protocol error"),
             Event::Outgoing(Some(Outbound::Text(text))) => vec![text.to_string()],
             Event::Outgoing(Some(Outbound::Notice(n))) => dialect.notice(&n).into_iter().collect(),
             Event::Outgoing(Some(Outbound::Close(reason))) => {
-                let _ = close(&mut ws, CloseCode::Error, &reason).await;
+                close(&mut ws, CloseCode::Error, &reason).await;
                 break End::Closed("closed by server");
             }
             Event::Outgoing(None) => {
                 // Our queue was dropped: this client fell too far behind.
-                let _ = close(&mut ws, CloseCode::Again, "too slow").await;
+                close(&mut ws, CloseCode::Again, "too slow").await;
                 break End::Closed("too slow");
             }
             Event::Shutdown => {
-                let _ = close(&mut ws, CloseCode::Away, "server shutting down").await;
+                close(&mut ws, CloseCode::Away, "server shutting down").await;
                 break End::Closed("server shutdown");
             }
         };
@@ -199,6 +215,9 @@ async fn run<D: Dialect>(
     ShardCounters::sub(&shard.counters.connections, 1);
     match end {
         End::Closed(reason) => {
+            // Every byte out (TLS: close_notify too), then the TCP connection closes: the
+            // server closes first, as RFC 6455 7.1.1 asks.
+            let _ = within(CLOSE_WAIT, ws.get_mut().close()).await;
             tracing::info!(
                 shard = shard.id,
                 conn,
@@ -213,7 +232,19 @@ async fn run<D: Dialect>(
     }
 }
 
-async fn close(ws: &mut Ws, code: CloseCode, reason: &str) -> Result<(), WsError> {
+/// The server's side of a close it starts: send Close, then wait (up to [`CLOSE_WAIT`])
+/// for the client's answering Close, discarding what arrives before it, so the client
+/// sees a clean close rather than a reset.
+async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+    let handshake = async {
+        if send_close(ws, code, reason).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    };
+    let _ = within(CLOSE_WAIT, handshake).await;
+}
+
+async fn send_close(ws: &mut Ws, code: CloseCode, reason: &str) -> Result<(), WsError> {
     ws.close(Some(CloseFrame {
         code,
         reason: reason.into(),

@@ -13,13 +13,21 @@ use crate::auth::{validate_id, AuthError, Authenticator, Identity};
 /// The header an auth proxy sets (names are case-insensitive).
 pub const USER_CLAIM_HEADER: &str = "X-User-Claim";
 
-/// The identity an auth proxy vouches for.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// The identity an auth proxy vouches for: a user and one of its clients (devices).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserClaim {
-    #[serde(rename = "userid")]
     pub user_id: String,
+    pub client_id: String,
+}
+
+/// The header's JSON; both fields are required (checked after parsing, with a message
+/// that names them).
+#[derive(Deserialize)]
+struct RawClaim {
+    #[serde(rename = "userid")]
+    user_id: String,
     #[serde(rename = "clientid", default)]
-    pub client_id: Option<String>,
+    client_id: Option<String>,
 }
 
 /// Who a one-shot request speaks for.
@@ -43,7 +51,7 @@ impl Caller {
     pub fn client_id(&self) -> Option<&str> {
         match self {
             Caller::Token(_) => None,
-            Caller::Claim(c) => c.client_id.as_deref(),
+            Caller::Claim(c) => Some(&c.client_id),
         }
     }
 
@@ -63,7 +71,8 @@ pub enum IdentityError {
     /// Neither a token nor (when trusted) a claim header.
     #[error("{}", missing_message(*.trusted, *.claim_ignored))]
     Missing { trusted: bool, claim_ignored: bool },
-    /// The claim header is there and trusted but is not `{"userid", "clientid"}`.
+    /// The claim header is there and trusted but is not `{"userid", "clientid"}` with
+    /// both ids.
     #[error("malformed X-User-Claim: {0}")]
     BadClaim(String),
     /// A token that does not verify.
@@ -126,9 +135,9 @@ pub fn identify(
     }
 }
 
-/// Parses `{"userid": "...", "clientid": "..."}`; both ids follow the id rules
-/// (1-128 characters of `A-Z a-z 0-9 _ . : -`), `clientid` may be left out or null.
-/// Other fields are ignored.
+/// Parses `{"userid": "...", "clientid": "..."}`: both are required, as the original
+/// server (Beep backend-webrtc) requires them, and both follow the id rules (1-128
+/// characters of `A-Z a-z 0-9 _ . : -`). Other fields are ignored.
 pub fn parse_claim(value: &str) -> Result<UserClaim, IdentityError> {
     let bad = |m: String| IdentityError::BadClaim(m);
     let json: serde_json::Value = serde_json::from_str(value.trim())
@@ -138,13 +147,19 @@ pub fn parse_claim(value: &str) -> Result<UserClaim, IdentityError> {
             "expected a JSON object {\"userid\", \"clientid\"}".into()
         ));
     }
-    let claim: UserClaim = serde_json::from_value(json)
+    let raw: RawClaim = serde_json::from_value(json)
         .map_err(|e| bad(format!("expected {{\"userid\", \"clientid\"}}: {e}")))?;
-    validate_id("userid", &claim.user_id).map_err(bad)?;
-    if let Some(client) = &claim.client_id {
-        validate_id("clientid", client).map_err(bad)?;
-    }
-    Ok(claim)
+    let Some(client_id) = raw.client_id else {
+        return Err(bad(
+            "clientid is missing: the header must carry both userid and clientid".into(),
+        ));
+    };
+    validate_id("userid", &raw.user_id).map_err(bad)?;
+    validate_id("clientid", &client_id).map_err(bad)?;
+    Ok(UserClaim {
+        user_id: raw.user_id,
+        client_id,
+    })
 }
 
 #[cfg(test)]
@@ -216,10 +231,29 @@ mod tests {
             identify(Some(" "), Some(CLAIM), true, &auth()).unwrap(),
             caller
         );
-        // clientid may be left out; other fields are ignored.
-        let c = parse_claim(r#"{"userid": "u1", "extra": 1}"#).unwrap();
-        assert_eq!((c.user_id.as_str(), c.client_id), ("u1", None));
-        assert!(parse_claim(r#"{"userid": "u1", "clientid": null}"#).is_ok());
+        // Other fields are ignored.
+        let c = parse_claim(r#"{"userid": "u1", "clientid": "c1", "extra": 1}"#).unwrap();
+        assert_eq!((c.user_id.as_str(), c.client_id.as_str()), ("u1", "c1"));
+    }
+
+    #[test]
+    fn a_claim_needs_both_userid_and_clientid() {
+        for bad in [
+            r#"{"userid": "u1"}"#,
+            r#"{"userid": "u1", "clientid": null}"#,
+            r#"{"userid": "u1", "clientid": ""}"#,
+            r#"{"clientid": "c1"}"#,
+            r#"{"userid": "", "clientid": "c1"}"#,
+        ] {
+            let err = identify(None, Some(bad), true, &auth()).unwrap_err();
+            assert!(
+                matches!(err, IdentityError::BadClaim(_)),
+                "{bad:?}: {err:?}"
+            );
+            assert_eq!(err.status(), 400, "{bad:?}");
+        }
+        let err = parse_claim(r#"{"userid": "u1"}"#).unwrap_err().to_string();
+        assert!(err.contains("clientid") && err.contains("both"), "{err}");
     }
 
     #[test]

@@ -60,6 +60,50 @@ fn str_field<'a>(data: &'a Value, name: &str) -> Result<&'a str, SfuError> {
         .ok_or_else(|| SfuError::BadRequest(format!("data.{name} (string) is required")))
 }
 
+/// The direction a `create-transport` asks for, in any of the shapes clients send:
+/// `{direction: "send"|"recv"}` (PROTOCOLS.md), `{type: "send"|"recv"}`, or
+/// mediasoup-demo's `{producing: bool, consuming: bool}` (producing => send, consuming =>
+/// recv). The first of these fields present decides, in that order.
+fn transport_direction(data: &Value) -> Result<Direction, SfuError> {
+    let bad = |m: String| Err(SfuError::BadRequest(m));
+    for field in ["direction", "type"] {
+        match data.get(field) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(v)) if v == "send" => return Ok(Direction::Send),
+            Some(Value::String(v)) if v == "recv" => return Ok(Direction::Recv),
+            Some(other) => {
+                return bad(format!(
+                    "data.{field} must be \"send\" or \"recv\", not {other}"
+                ))
+            }
+        }
+    }
+    let flag = |field: &str| match data.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(SfuError::BadRequest(format!(
+            "data.{field} must be true or false, not {other}"
+        ))),
+    };
+    match (flag("producing")?, flag("consuming")?) {
+        (Some(true), Some(true)) => bad(
+            "data.producing and data.consuming are both true: a transport either sends or \
+             receives; create one of each"
+                .into(),
+        ),
+        (Some(true), _) => Ok(Direction::Send),
+        (_, Some(true)) => Ok(Direction::Recv),
+        (None, None) => bad(
+            "create-transport needs data.direction (\"send\" or \"recv\"), data.type, or \
+             data.producing / data.consuming"
+                .into(),
+        ),
+        _ => {
+            bad("neither data.producing nor data.consuming is true: set one of them to true".into())
+        }
+    }
+}
+
 /// The room a `join-room` asks for, checked against the token. `Err` is the text to send.
 pub fn room_of_join(identity: &Identity, text: &str) -> Option<Result<String, String>> {
     let req: Request = serde_json::from_str(text).ok()?;
@@ -169,25 +213,20 @@ fn dispatch(
             }))
         }
         "create-transport" => {
-            let direction = match str_field(d, "direction")? {
-                "send" if s.identity.can_publish => Direction::Send,
-                "send" => {
+            let direction = transport_direction(d)?;
+            match direction {
+                Direction::Send if !s.identity.can_publish => {
                     return Err(SfuError::BadRequest(
                         "token does not allow publishing".into(),
                     ))
                 }
-                "recv" if s.identity.can_subscribe => Direction::Recv,
-                "recv" => {
+                Direction::Recv if !s.identity.can_subscribe => {
                     return Err(SfuError::BadRequest(
                         "token does not allow subscribing".into(),
                     ))
                 }
-                other => {
-                    return Err(SfuError::BadRequest(format!(
-                        "direction must be send or recv, not {other:?}"
-                    )))
-                }
-            };
+                _ => {}
+            }
             let t = engine.create_transport(now, peer, direction)?;
             Ok(json!({
                 "id": t.id, "iceParameters": t.ice_parameters,
@@ -290,4 +329,64 @@ pub fn event_text(notice: &Notice) -> String {
         Notice::MediaFailed { reason } => ("media-failed", json!({"reason": reason})),
     };
     json!({"type": kind, "data": data}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn direction(data: Value) -> Result<Direction, String> {
+        transport_direction(&data).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn create_transport_accepts_every_direction_shape() {
+        for (data, want) in [
+            (json!({"direction": "send"}), Direction::Send),
+            (json!({"direction": "recv"}), Direction::Recv),
+            (json!({"type": "send"}), Direction::Send),
+            (json!({"type": "recv"}), Direction::Recv),
+            (
+                json!({"producing": true, "consuming": false}),
+                Direction::Send,
+            ),
+            (
+                json!({"producing": false, "consuming": true}),
+                Direction::Recv,
+            ),
+            (json!({"producing": true}), Direction::Send),
+            (
+                json!({"consuming": true, "sctpCapabilities": {}}),
+                Direction::Recv,
+            ),
+            // The first field present decides.
+            (
+                json!({"direction": "recv", "producing": true}),
+                Direction::Recv,
+            ),
+            (json!({"direction": null, "type": "send"}), Direction::Send),
+        ] {
+            assert_eq!(direction(data.clone()), Ok(want), "{data}");
+        }
+    }
+
+    #[test]
+    fn create_transport_refuses_unclear_directions_clearly() {
+        for (data, says) in [
+            (json!({"producing": true, "consuming": true}), "both true"),
+            (json!({"producing": false, "consuming": false}), "neither"),
+            (json!({"consuming": false}), "neither"),
+            (json!({}), "needs data.direction"),
+            (Value::Null, "needs data.direction"),
+            (json!({"direction": "both"}), "data.direction must be"),
+            (json!({"type": 1}), "data.type must be"),
+            (
+                json!({"producing": "yes"}),
+                "data.producing must be true or false",
+            ),
+        ] {
+            let err = direction(data.clone()).unwrap_err();
+            assert!(err.contains(says), "{data}: {err}");
+        }
+    }
 }

@@ -181,7 +181,8 @@ impl Rooms {
     }
 
     /// Adds a member; every member, the new one included, receives the connect packet,
-    /// whose payload says whether the new member is the initiator (the first member).
+    /// whose payload says whether the new member is the initiator (the first member):
+    /// `"true"` or `"false"`.
     pub fn connect(&mut self, key: &RoomKey, conn: ConnId, user_id: &str) -> Vec<Delivery> {
         let members = self.rooms.entry(key.clone()).or_default();
         let initiator = members.is_empty();
@@ -189,7 +190,9 @@ impl Rooms {
             conn,
             user_id: user_id.to_string(),
         });
-        let payload = if initiator { "{true}" } else { "{false}" };
+        // What the original server sends (`JSON.stringify(isInitiator)`) and its client
+        // reads with `JSON.parse`.
+        let payload = if initiator { "true" } else { "false" };
         let text: Rc<str> = packet("connect", user_id, &key.room, payload).into();
         members
             .iter()
@@ -277,10 +280,15 @@ mod tests {
         let mut rooms = Rooms::default();
         let d = rooms.connect(&key("r"), 1, "a");
         assert_eq!(d.len(), 1);
-        assert!(d[0].text.contains("\"Payload\":\"{true}\""));
+        let p: Packet = serde_json::from_str(&d[0].text).unwrap();
+        assert_eq!(p.payload, serde_json::json!("true"));
+        // The original client reads the payload with JSON.parse.
+        let flag: bool = serde_json::from_str(p.payload.as_str().unwrap()).unwrap();
+        assert!(flag);
         let d = rooms.connect(&key("r"), 2, "b");
         assert_eq!(d.iter().map(|d| d.to).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(d[0].text.contains("\"Payload\":\"{false}\""));
+        let p: Packet = serde_json::from_str(&d[0].text).unwrap();
+        assert_eq!(p.payload, serde_json::json!("false"));
         assert!(d[0].text.contains("\"UserId\":\"b\""));
     }
 
