@@ -10,22 +10,21 @@ use futures::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::conn::Conn;
-use super::connect;
-use super::mesh::{Handover, MeshMsg, Resumable};
-use super::msc_session::MscDialect;
+use super::join;
+use super::mesh::{Handover, MeshMsg};
 use super::observe;
-use super::p2p_session::P2pDialect;
-use super::pubsub_session::PubSubDialect;
 use super::state::Shard;
-use super::whip;
-use super::ws_session;
+use super::ws_session::{self, BoxedDialect};
 use crate::auth::{validate_id, AuthError, Grant, Identity};
 use crate::http::api_docs::{self, LoginRequest, LoginResponse};
 use crate::http::request::percent_decode;
 use crate::http::tls::{TlsConn, TLS_HANDSHAKE_BYTE};
 use crate::http::{read_body, read_head, ws, Head, HeadError, HeadLimits, Response};
+use crate::signal::connect::ConnectDialect;
+use crate::signal::mediasoup::MediasoupDialect;
 use crate::signal::p2p;
 use crate::signal::pubsub;
+use crate::signal::whip;
 use crate::stats::ShardCounters;
 
 pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
@@ -64,10 +63,8 @@ pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> Option<
 /// What a request turns into.
 enum Routed {
     Respond(Response),
-    P2p(p2p::Session),
-    Msc(Identity),
-    PubSub(Option<Identity>),
-    Connect(connect::Target),
+    /// A WebSocket dialect's session, to run once the upgrade is answered.
+    Session(BoxedDialect),
 }
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
@@ -158,7 +155,9 @@ pub(super) async fn serve_http(
         first = false;
         // Requests for a room (WHIP/WHEP, /connect) are served by the shard that owns it.
         let room = match head.path.as_str() {
-            "/connect" => connect::target(&shard, &head).ok().map(|t| t.conversation),
+            "/connect" => join::connect_target(&shard, &head)
+                .ok()
+                .map(|t| t.conversation),
             path => whip::room_of(path).map(str::to_string),
         };
         if let Some(room) = room {
@@ -185,27 +184,8 @@ pub(super) async fn serve_http(
                     return;
                 }
             }
-            Routed::P2p(session) => {
+            Routed::Session(dialect) => {
                 let leftover = std::mem::take(&mut buf);
-                let dialect = P2pDialect(session);
-                ws_session::start(shard, stream, &head, leftover, dialect, peer).await;
-                return;
-            }
-            Routed::Connect(target) => {
-                let leftover = std::mem::take(&mut buf);
-                let dialect = connect::ConnectDialect::new(target);
-                ws_session::start(shard, stream, &head, leftover, dialect, peer).await;
-                return;
-            }
-            Routed::PubSub(identity) => {
-                let leftover = std::mem::take(&mut buf);
-                let dialect = PubSubDialect::new(pubsub::Session::new(0, identity));
-                ws_session::start(shard, stream, &head, leftover, dialect, peer).await;
-                return;
-            }
-            Routed::Msc(identity) => {
-                let leftover = std::mem::take(&mut buf);
-                let dialect = MscDialect::new(identity);
                 ws_session::start(shard, stream, &head, leftover, dialect, peer).await;
                 return;
             }
@@ -280,8 +260,8 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
             if !ws::is_upgrade(head) {
                 return Routed::Respond(upgrade_required(head));
             }
-            return match connect::target(shard, head) {
-                Ok(t) => Routed::Connect(t),
+            return match join::connect_target(shard, head) {
+                Ok(t) => Routed::Session(Box::new(ConnectDialect::new(t))),
                 Err(resp) => Routed::Respond(resp),
             };
         }
@@ -291,9 +271,11 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
             }
             // The token may come with the upgrade or as the first message (auth).
             return match head.token() {
-                None => Routed::PubSub(None),
+                None => Routed::Session(Box::new(pubsub::Session::new(0, None))),
                 Some(t) => match shard.auth.verify(t) {
-                    Ok(identity) => Routed::PubSub(Some(identity)),
+                    Ok(identity) => {
+                        Routed::Session(Box::new(pubsub::Session::new(0, Some(identity))))
+                    }
                     Err(e) => Routed::Respond(unauthorized(e)),
                 },
             };
@@ -308,14 +290,14 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
         // client opens `ws://host:port` (no path) and sends `auth` first. With a token,
         // `/` is the mediasoup-client dialect, as `/ws`.
         "/" if head.token().is_none_or(|t| t.trim().is_empty()) => {
-            return Routed::PubSub(None);
+            return Routed::Session(Box::new(pubsub::Session::new(0, None)));
         }
         "/" | "/ws" => {
             if !ws::is_upgrade(head) {
                 return Routed::Respond(upgrade_required(head));
             }
             return match shard.auth.verify(head.token().unwrap_or("")) {
-                Ok(identity) => Routed::Msc(identity),
+                Ok(identity) => Routed::Session(Box::new(MediasoupDialect::new(identity))),
                 Err(e) => Routed::Respond(unauthorized(e)),
             };
         }
@@ -323,11 +305,13 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
             "GET" => api_docs::document(path),
             _ => method_not_allowed("GET"),
         },
-        _ if path.starts_with(super::join::PREFIX) => super::join::handle(shard, head).await,
-        _ if whip::room_of(path).is_some() => whip::handle(shard, head, body),
+        _ if path.starts_with(join::PREFIX) => join::handle(shard, head).await,
+        _ if whip::room_of(path).is_some() => {
+            shard.with_context(shard.next_id(), |cx| whip::handle(cx, head, body))
+        }
         _ if path == "/p2p" || path.starts_with("/p2p/") => {
             return match p2p_request(shard, head) {
-                Ok(session) => Routed::P2p(session),
+                Ok(session) => Routed::Session(Box::new(session)),
                 Err(resp) => Routed::Respond(resp),
             };
         }
@@ -380,13 +364,13 @@ async fn relocate_request(
         }
     };
     ShardCounters::add(&shard.counters.relocated_out, 1);
-    let handover = Handover {
+    let msg = MeshMsg::Adopt(Box::new(Handover {
         conn,
         leftover: request,
         pending: String::new(),
         peer,
-    };
-    let msg = MeshMsg::Adopt(Box::new((handover, Resumable::Http)));
+        session: None,
+    }));
     if shard.mesh.send_to(owner, msg).await.is_err() {
         tracing::warn!(
             shard = shard.id,

@@ -1,6 +1,7 @@
 //! `POST /join/{conversationId}` of the one-shot SDP dialect (PROTOCOLS.md section 4):
 //! who is asking, may they, and then record the user's current conversation, which a
-//! later `GET /connect` (on any shard) joins.
+//! later `GET /connect` (on any shard) joins; and whom a `/connect` request connects to
+//! which conversation.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use crate::auth::validate_id;
 use crate::control::PermissionDenied;
 use crate::http::request::percent_decode;
 use crate::http::{Head, Response};
+use crate::signal::connect::Target;
 use crate::signal::identity::{self, Caller, USER_CLAIM_HEADER};
 
 /// The path prefix this handler serves.
@@ -90,4 +92,38 @@ pub(super) async fn handle(shard: &Shard, head: &Head) -> Response {
         ),
     }
     Response::new(200)
+}
+
+/// Identity and conversation of a `/connect` request, or the response refusing it.
+pub(super) fn connect_target(shard: &Shard, head: &Head) -> Result<Target, Response> {
+    let caller = identify_request(shard, head)?;
+    let conversation = shard
+        .control
+        .current_conversation(caller.user_id())
+        .or_else(|| match &caller {
+            Caller::Token(id) => id.room.clone(),
+            Caller::Claim(_) => None,
+        })
+        .or_else(|| head.query("conversation").map(str::to_string))
+        .ok_or_else(|| {
+            Response::error(
+                400,
+                "bad_request",
+                "no conversation: POST /join/{conversationId} first, use a token with roomId, or add ?conversation=",
+            )
+        })?;
+    validate_id("conversation", &conversation)
+        .map_err(|m| Response::error(400, "bad_request", &m))?;
+    caller
+        .check_room(&conversation)
+        .map_err(|e| Response::error(403, "forbidden", &e.to_string()))?;
+    let user_name = match &caller {
+        Caller::Token(id) => id.user_name.clone(),
+        Caller::Claim(c) => c.user_id.clone(),
+    };
+    Ok(Target {
+        user_id: caller.user_id().to_string(),
+        user_name,
+        conversation,
+    })
 }

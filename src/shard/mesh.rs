@@ -9,17 +9,12 @@ use glommio::channels::channel_mesh::Receivers;
 
 use super::conn::{Conn, Detached};
 use super::front_door;
-use super::msc_session::MscDialect;
-use super::p2p_session::P2pDialect;
-use super::pubsub_session::PubSubDialect;
 use super::state::Shard;
-use super::ws_session;
-use crate::auth::Identity;
-use crate::signal::p2p;
+use super::ws_session::{self, BoxedDialect};
 use crate::stats::ShardCounters;
 use crate::stats::{LatencySnapshot, ShardSnapshot};
 
-/// A WebSocket session moving to the shard that owns its room.
+/// A connection moving to the shard that owns its room.
 pub struct Handover {
     pub conn: Detached,
     /// Bytes read from the socket but not yet parsed.
@@ -27,20 +22,14 @@ pub struct Handover {
     /// The message that named the room; the owner handles it first.
     pub pending: String,
     pub peer: Option<std::net::SocketAddr>,
-}
-
-/// A dialect's session state that survives relocation.
-pub enum Resumable {
-    P2p(p2p::Session),
-    Msc(Identity),
-    PubSub(Box<crate::signal::pubsub::Session>),
-    /// An HTTP request for a room of the owner shard (WHIP/WHEP): `leftover` holds the
-    /// request as received; the owner serves it from the start.
-    Http,
+    /// A WebSocket session's dialect state; `None` for an HTTP request for a room of the
+    /// owner shard (WHIP/WHEP, `/connect`): `leftover` then holds the request as received
+    /// and the owner serves it from the start.
+    pub session: Option<BoxedDialect>,
 }
 
 pub enum MeshMsg {
-    Adopt(Box<(Handover, Resumable)>),
+    Adopt(Box<Handover>),
     Query { from: usize, id: u64, query: Query },
     Answer { id: u64, answer: Answer },
 }
@@ -93,24 +82,14 @@ pub(super) fn spawn_receivers(shard: &Rc<Shard>, receivers: Receivers<MeshMsg>) 
 
 async fn handle(shard: &Rc<Shard>, msg: MeshMsg) {
     match msg {
-        MeshMsg::Adopt(moved) => {
-            let (handover, session) = *moved;
+        MeshMsg::Adopt(handover) => {
+            let mut handover = *handover;
             let shard = shard.clone();
-            match session {
-                Resumable::P2p(s) => {
-                    glommio::spawn_local(ws_session::adopt(shard, handover, P2pDialect(s))).detach()
+            match handover.session.take() {
+                Some(dialect) => {
+                    glommio::spawn_local(ws_session::adopt(shard, handover, dialect)).detach()
                 }
-                Resumable::Msc(identity) => glommio::spawn_local(ws_session::adopt(
-                    shard,
-                    handover,
-                    MscDialect::new(identity),
-                ))
-                .detach(),
-                Resumable::PubSub(s) => {
-                    glommio::spawn_local(ws_session::adopt(shard, handover, PubSubDialect::new(*s)))
-                        .detach()
-                }
-                Resumable::Http => {
+                None => {
                     ShardCounters::add(&shard.counters.relocated_in, 1);
                     let conn = Conn::attach(handover.conn);
                     glommio::spawn_local(front_door::serve_http(

@@ -2,18 +2,13 @@
 //! tasks, the mesh between shards, and the process lifecycle.
 
 mod conn;
-mod connect;
 mod front_door;
 mod join;
 mod mesh;
-mod msc_session;
 mod observe;
-mod p2p_session;
-mod pubsub_session;
 mod sockets;
 mod state;
 mod udp;
-mod whip;
 mod ws_session;
 
 use std::os::fd::OwnedFd;

@@ -19,7 +19,8 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::control::ControlHandle;
 use crate::sfu::Engine;
-use crate::signal::p2p::{ConnId, Rooms};
+use crate::signal::dialect::{ConnId, Context};
+use crate::signal::p2p::Rooms;
 use crate::stats::{Latencies, ShardCounters, ShardSnapshot};
 
 /// What a session's outbound queue carries.
@@ -126,6 +127,41 @@ impl Shard {
                 outbound.remove(&conn);
             }
         }
+    }
+
+    /// Lends the shard's state to a dialect for one call, then does what the call left to do:
+    /// relay deliveries, error counts, engine notices and UDP, the request latency.
+    pub fn with_context<R>(&self, conn: ConnId, f: impl FnOnce(&mut Context<'_>) -> R) -> R {
+        let shard = self;
+        let started = Instant::now();
+        let (result, deliveries, errors) = {
+            let mut engine = shard.engine.borrow_mut();
+            let mut relay = shard.p2p_rooms.borrow_mut();
+            let owns = |key: &str| shard.owner_of(key) == shard.id;
+            let mut cx = Context::new(
+                started,
+                conn,
+                shard.id,
+                &mut engine,
+                &mut relay,
+                &shard.auth,
+                &owns,
+            );
+            let result = f(&mut cx);
+            (result, cx.deliveries, cx.errors)
+        };
+        for d in deliveries {
+            shard.send_to_conn(d.to, Outbound::Text(d.text));
+        }
+        for code in errors {
+            shard.counters.count_error(code);
+        }
+        shard.after_engine_call();
+        shard
+            .latencies
+            .borrow_mut()
+            .record_request(started.elapsed().as_micros() as u64);
+        result
     }
 
     /// After any engine call: deliver its notices, record join times, and let the UDP

@@ -1,6 +1,6 @@
 //! The socket side of every WebSocket dialect: the upgrade, the read/write loop, the
 //! outbound queue, shutdown, and relocation to the shard that owns the session's room.
-//! Each dialect plugs in through [`Dialect`].
+//! Each dialect plugs in through `signal::dialect::Dialect`.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -13,11 +13,11 @@ use tungstenite::{Error as WsError, Message};
 
 use super::conn::Conn;
 use super::front_door::within;
-use super::mesh::{Handover, MeshMsg, Resumable};
+use super::mesh::{Handover, MeshMsg};
 use super::state::{Outbound, Shard, OUTBOUND_QUEUE};
 use crate::http::ws::{self, FrameBoundedStream};
 use crate::http::Head;
-use crate::signal::p2p::ConnId;
+use crate::signal::dialect::{CloseCode as DialectClose, Dialect, Step};
 use crate::stats::ShardCounters;
 
 pub type Ws = WebSocketStream<FrameBoundedStream<Conn>>;
@@ -26,38 +26,23 @@ pub type Ws = WebSocketStream<FrameBoundedStream<Conn>>;
 /// (the client's answering Close after ours), and for the last bytes to go out.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// What a dialect wants after one text message.
-pub enum Step {
-    /// Send these texts to the client (possibly none).
-    Reply(Vec<String>),
-    /// Move the session to this shard and replay the message there.
-    Relocate(usize),
-    /// Send these texts, then close with this code.
-    Close(Vec<String>, CloseCode),
-}
+/// The dialect of a session, boxed so that any dialect moves between shards the same way.
+pub type BoxedDialect = Box<dyn Dialect>;
 
-pub trait Dialect {
-    fn name(&self) -> &'static str;
-    fn on_text(&mut self, shard: &Shard, conn: ConnId, text: &str) -> Step;
-    /// An error text for the client (binary frames, oversized messages).
-    fn error_text(&self, reason: &str) -> String;
-    /// Releases whatever the session holds on this shard.
-    fn on_close(&mut self, shard: &Shard, conn: ConnId);
-    /// What travels with the connection when it relocates.
-    fn into_resumable(self) -> Resumable;
-    /// A media-core notice as this dialect's event, if it has one.
-    fn notice(&mut self, _notice: &crate::sfu::Notice) -> Option<String> {
-        None
+fn close_code(code: DialectClose) -> CloseCode {
+    match code {
+        DialectClose::Normal => CloseCode::Normal,
+        DialectClose::Policy => CloseCode::Policy,
     }
 }
 
 /// Completes the upgrade on the accepting shard and runs the session.
-pub(super) async fn start<D: Dialect>(
+pub(super) async fn start(
     shard: Rc<Shard>,
     mut stream: Conn,
     head: &Head,
     leftover: Vec<u8>,
-    dialect: D,
+    dialect: BoxedDialect,
     peer: Option<std::net::SocketAddr>,
 ) {
     match ws::accept(head) {
@@ -75,7 +60,7 @@ pub(super) async fn start<D: Dialect>(
 }
 
 /// Continues a session relocated from another shard.
-pub(super) async fn adopt<D: Dialect>(shard: Rc<Shard>, handover: Handover, dialect: D) {
+pub(super) async fn adopt(shard: Rc<Shard>, handover: Handover, dialect: BoxedDialect) {
     ShardCounters::add(&shard.counters.relocated_in, 1);
     let ws = websocket(&shard, Conn::attach(handover.conn), handover.leftover).await;
     run(shard, ws, dialect, Some(handover.pending), handover.peer).await;
@@ -102,10 +87,10 @@ enum End {
     Relocate { owner: usize, pending: String },
 }
 
-async fn run<D: Dialect>(
+async fn run(
     shard: Rc<Shard>,
     mut ws: Ws,
-    mut dialect: D,
+    mut dialect: BoxedDialect,
     mut pending: Option<String>,
     peer: Option<std::net::SocketAddr>,
 ) {
@@ -136,20 +121,21 @@ async fn run<D: Dialect>(
         };
         let replies = match event {
             Event::Incoming(Some(Ok(Message::Text(text)))) => {
-                match dialect.on_text(&shard, conn, text.as_str()) {
+                match shard.with_context(conn, |cx| dialect.on_text(cx, text.as_str())) {
                     Step::Reply(replies) => replies,
                     Step::Close(texts, code) => {
                         for t in texts {
                             let _ = ws.send(Message::text(t)).await;
                         }
-                        close(&mut ws, code, "").await;
+                        close(&mut ws, close_code(code), "").await;
                         break End::Closed("closed by the dialect");
                     }
-                    Step::Relocate(owner) => {
+                    Step::Relocate { key } => {
+                        let owner = shard.owner_of(&key);
                         break End::Relocate {
                             owner,
                             pending: text.as_str().to_string(),
-                        }
+                        };
                     }
                 }
             }
@@ -211,7 +197,7 @@ async fn run<D: Dialect>(
     };
 
     shard.outbound.borrow_mut().remove(&conn);
-    dialect.on_close(&shard, conn);
+    shard.with_context(conn, |cx| dialect.on_close(cx));
     ShardCounters::sub(&shard.counters.connections, 1);
     match end {
         End::Closed(reason) => {
@@ -227,7 +213,7 @@ async fn run<D: Dialect>(
             );
         }
         End::Relocate { owner, pending } => {
-            relocate(&shard, ws, dialect.into_resumable(), pending, owner, peer).await
+            relocate(&shard, ws, dialect, pending, owner, peer).await
         }
     }
 }
@@ -256,7 +242,7 @@ async fn send_close(ws: &mut Ws, code: CloseCode, reason: &str) -> Result<(), Ws
 async fn relocate(
     shard: &Shard,
     mut ws: Ws,
-    session: Resumable,
+    session: BoxedDialect,
     pending: String,
     owner: usize,
     peer: Option<std::net::SocketAddr>,
@@ -278,15 +264,13 @@ async fn relocate(
         to = owner,
         "relocating connection to the room's shard"
     );
-    let msg = MeshMsg::Adopt(Box::new((
-        Handover {
-            conn,
-            leftover,
-            pending,
-            peer,
-        },
-        session,
-    )));
+    let msg = MeshMsg::Adopt(Box::new(Handover {
+        conn,
+        leftover,
+        pending,
+        peer,
+        session: Some(session),
+    }));
     if shard.mesh.send_to(owner, msg).await.is_err() {
         tracing::warn!(
             shard = shard.id,

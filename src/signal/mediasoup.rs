@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::dialect::{Context, Dialect, Step};
 use crate::auth::{validate_id, Identity};
 use crate::sfu::engine::{Engine, PeerId};
 use crate::sfu::ortc::{self, Kind, RtpParameters};
@@ -329,6 +330,58 @@ pub fn event_text(notice: &Notice) -> String {
         Notice::MediaFailed { reason } => ("media-failed", json!({"reason": reason})),
     };
     json!({"type": kind, "data": data}).to_string()
+}
+
+/// A `/ws` (or `/?token=`) connection as a [`Dialect`].
+pub struct MediasoupDialect {
+    session: Session,
+}
+
+impl MediasoupDialect {
+    /// A connection authenticated before the upgrade.
+    pub fn new(identity: Identity) -> Self {
+        MediasoupDialect {
+            session: Session {
+                peer: 0,
+                identity,
+                room: None,
+            },
+        }
+    }
+}
+
+impl Dialect for MediasoupDialect {
+    fn name(&self) -> &'static str {
+        "mediasoup"
+    }
+
+    fn on_text(&mut self, cx: &mut Context<'_>, text: &str) -> Step {
+        // The peer is the connection on the shard that serves it (it changes when the
+        // session relocates before joining).
+        self.session.peer = cx.conn;
+        let owns = cx.owns_fn();
+        match handle_text(cx.engine, cx.now, &mut self.session, text, owns) {
+            Outcome::Reply { text, error } => {
+                cx.errors.extend(error);
+                Step::Reply(vec![text])
+            }
+            Outcome::Relocate { room } => Step::Relocate { key: room },
+        }
+    }
+
+    fn error_text(&self, reason: &str) -> String {
+        json!({"type": "error", "data": {"code": "bad_request", "message": reason}}).to_string()
+    }
+
+    fn on_close(&mut self, cx: &mut Context<'_>) {
+        if self.session.room.is_some() {
+            cx.engine.leave(cx.now, cx.conn);
+        }
+    }
+
+    fn notice(&mut self, notice: &Notice) -> Option<String> {
+        Some(event_text(notice))
+    }
 }
 
 #[cfg(test)]

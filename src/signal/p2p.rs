@@ -2,18 +2,18 @@
 //! only JSON packets relayed between the members of a room.
 //!
 //! This module is pure: [`Session::handle_text`] validates a packet against the session's
-//! identity and state, and [`Rooms`] computes who receives what. The shard glue owns the
-//! sockets and delivers the texts.
+//! identity and state, [`Rooms`] computes who receives what, and the [`Dialect`] impl
+//! ties them to the shard's relay rooms; the runtime delivers the texts.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
+use super::dialect::{Context, Dialect, Step};
 use crate::auth::validate_id;
 
-/// A connection's id, unique within its process.
-pub type ConnId = u64;
+pub use super::dialect::ConnId;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Header {
@@ -148,6 +148,56 @@ impl Session {
             other => Err(format!(
                 "unknown Event {other:?} (expected connect, broadcast, ping or disconnect)"
             )),
+        }
+    }
+}
+
+impl Dialect for Session {
+    fn name(&self) -> &'static str {
+        "p2p"
+    }
+
+    fn on_text(&mut self, cx: &mut Context<'_>, text: &str) -> Step {
+        let request = match self.handle_text(text) {
+            Ok(r) => r,
+            Err(reason) => return Step::Reply(vec![self.error_text(&reason)]),
+        };
+        match request {
+            Request::Connect { user_id, room } => {
+                if let Some(step) = cx.owner_elsewhere(&room.shard_key()) {
+                    return step;
+                }
+                let out = cx.relay.connect(&room, cx.conn, &user_id);
+                tracing::info!(shard = cx.shard, conn = cx.conn, room = %room.room, ns = %room.namespace, user = %user_id, "joined relay room");
+                self.joined = Some((user_id, room));
+                cx.deliveries.extend(out);
+            }
+            Request::Broadcast => {
+                let (_, room) = self.joined.as_ref().expect("validated: joined");
+                let out = cx.relay.broadcast(room, cx.conn, text);
+                cx.deliveries.extend(out);
+            }
+            Request::Ping => {
+                let (user, room) = self.joined.as_ref().expect("validated: joined");
+                return Step::Reply(vec![cx.relay.ping(room, user)]);
+            }
+            Request::Disconnect => self.on_close(cx),
+        }
+        Step::Reply(Vec::new())
+    }
+
+    fn error_text(&self, reason: &str) -> String {
+        let (user, room) = match &self.joined {
+            Some((u, r)) => (u.as_str(), r.room.as_str()),
+            None => (self.token_user.as_deref().unwrap_or(""), ""),
+        };
+        packet("error", user, room, reason)
+    }
+
+    fn on_close(&mut self, cx: &mut Context<'_>) {
+        if let Some((_, room)) = self.joined.take() {
+            let out = cx.relay.disconnect(&room, cx.conn);
+            cx.deliveries.extend(out);
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use super::dialect::{CloseCode, Context, Dialect, Step};
 use crate::auth::{validate_id, Authenticator, Identity};
 use crate::sfu::engine::{Engine, PeerId};
 use crate::sfu::{Notice, SfuError};
@@ -285,5 +286,36 @@ pub fn event_text(s: &mut Session, notice: &Notice) -> Option<String> {
             })
         }
         _ => None,
+    }
+}
+
+impl Dialect for Session {
+    fn name(&self) -> &'static str {
+        "pubsub"
+    }
+
+    fn on_text(&mut self, cx: &mut Context<'_>, text: &str) -> Step {
+        // The peer is the connection on the shard that serves it.
+        self.peer = cx.conn;
+        let owns = cx.owns_fn();
+        match handle_text(cx.engine, cx.auth, cx.now, self, text, owns) {
+            Outcome::Reply(texts) => Step::Reply(texts),
+            Outcome::Close(texts) => Step::Close(texts, CloseCode::Policy),
+            Outcome::Relocate { room } => Step::Relocate { key: room },
+        }
+    }
+
+    fn error_text(&self, reason: &str) -> String {
+        error(reason, None)
+    }
+
+    fn on_close(&mut self, cx: &mut Context<'_>) {
+        if self.room.is_some() {
+            cx.engine.leave(cx.now, cx.conn);
+        }
+    }
+
+    fn notice(&mut self, notice: &Notice) -> Option<String> {
+        event_text(self, notice)
     }
 }

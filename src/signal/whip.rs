@@ -1,5 +1,7 @@
 //! WHIP (RFC 9725) and WHEP: one HTTP request publishes or views, the resource URL ends it.
-//! Served on the shard that owns the room (the front door relocates the request).
+//! Served on the shard that owns the room (the front door relocates the request); a
+//! request is translated here with the shard's state lent in a [`Context`], whose `conn`
+//! is the peer id a new session gets.
 //!
 //! - `POST /whip/{room}`: SDP offer in, `201 Created`, `Location: /whip/{room}/{id}`, answer.
 //! - `POST /whep/{room}` (everything published in the room, up to the offer's media
@@ -7,10 +9,7 @@
 //! - `DELETE` the resource ends the session; `PATCH` with a trickle-ice-sdpfrag adds
 //!   candidates (204); `OPTIONS` answers CORS.
 
-use std::rc::Rc;
-use std::time::Instant;
-
-use super::state::Shard;
+use super::dialect::Context;
 use crate::auth::{validate_id, Identity};
 use crate::http::{Head, Response};
 use crate::sfu::SfuError;
@@ -53,7 +52,7 @@ fn content_type_is(head: &Head, want: &str) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
 }
 
-fn identity(shard: &Shard, head: &Head, room: &str) -> Result<Identity, Response> {
+fn identity(cx: &Context<'_>, head: &Head, room: &str) -> Result<Identity, Response> {
     let token = head.token().ok_or_else(|| {
         Response::error(
             401,
@@ -61,7 +60,7 @@ fn identity(shard: &Shard, head: &Head, room: &str) -> Result<Identity, Response
             "missing token: send Authorization: Bearer JWT",
         )
     })?;
-    let id = shard
+    let id = cx
         .auth
         .verify(token)
         .map_err(|e| Response::error(401, "unauthorized", &e.to_string()))?;
@@ -78,7 +77,8 @@ fn sfu_error(e: SfuError) -> Response {
     }
 }
 
-pub fn handle(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Response {
+/// Answers one WHIP/WHEP request.
+pub fn handle(cx: &mut Context<'_>, head: &Head, body: &[u8]) -> Response {
     let Some(t) = target(&head.path) else {
         return cors(Response::error(404, "not_found", "no such WHIP/WHEP path"));
     };
@@ -94,9 +94,9 @@ pub fn handle(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Response {
             )
             .header("Access-Control-Max-Age", "86400")
             .header("Accept-Post", SDP),
-        "POST" if t.whip && t.rest.is_none() => publish(shard, head, body, t.room),
-        "POST" if !t.whip => view(shard, head, body, t.room, t.rest),
-        "DELETE" | "PATCH" if t.rest.is_some() => resource(shard, head, body, &t),
+        "POST" if t.whip && t.rest.is_none() => publish(cx, head, body, t.room),
+        "POST" if !t.whip => view(cx, head, body, t.room, t.rest),
+        "DELETE" | "PATCH" if t.rest.is_some() => resource(cx, head, body, &t),
         _ => Response::error(405, "method_not_allowed", "see the Allow header").header(
             "Allow",
             if t.rest.is_some() {
@@ -106,7 +106,6 @@ pub fn handle(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Response {
             },
         ),
     };
-    shard.after_engine_call();
     cors(resp)
 }
 
@@ -131,8 +130,8 @@ fn created(kind: &str, room: &str, transport: &str, answer: String) -> Response 
         .body(answer.into_bytes())
 }
 
-fn publish(shard: &Shard, head: &Head, body: &[u8], room: &str) -> Response {
-    let id = match identity(shard, head, room) {
+fn publish(cx: &mut Context<'_>, head: &Head, body: &[u8], room: &str) -> Response {
+    let id = match identity(cx, head, room) {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -146,15 +145,14 @@ fn publish(shard: &Shard, head: &Head, body: &[u8], room: &str) -> Response {
     if let Err(m) = validate_id("roomId", room) {
         return Response::error(400, "bad_request", &m);
     }
-    let now = Instant::now();
-    let peer = shard.next_id();
-    let mut engine = shard.engine.borrow_mut();
+    let (now, peer, shard) = (cx.now, cx.conn, cx.shard);
+    let engine = &mut *cx.engine;
     if let Err(e) = engine.join(now, peer, room, &id.user_id, &id.user_name, None) {
         return sfu_error(e);
     }
     match engine.publish_offer(now, peer, offer) {
         Ok((transport, answer)) => {
-            tracing::info!(shard = shard.id, room, user = %id.user_id, "WHIP session created");
+            tracing::info!(shard, room, user = %id.user_id, "WHIP session created");
             created("whip", room, &transport, answer)
         }
         Err(e) => {
@@ -164,8 +162,14 @@ fn publish(shard: &Shard, head: &Head, body: &[u8], room: &str) -> Response {
     }
 }
 
-fn view(shard: &Shard, head: &Head, body: &[u8], room: &str, publisher: Option<&str>) -> Response {
-    let id = match identity(shard, head, room) {
+fn view(
+    cx: &mut Context<'_>,
+    head: &Head,
+    body: &[u8],
+    room: &str,
+    publisher: Option<&str>,
+) -> Response {
+    let id = match identity(cx, head, room) {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -176,12 +180,11 @@ fn view(shard: &Shard, head: &Head, body: &[u8], room: &str, publisher: Option<&
     if !id.can_subscribe {
         return Response::error(403, "forbidden", "token does not allow subscribing");
     }
-    let now = Instant::now();
-    let mut engine = shard.engine.borrow_mut();
+    let (now, peer, shard) = (cx.now, cx.conn, cx.shard);
+    let engine = &mut *cx.engine;
     if !engine.has_room(room) {
         return Response::error(404, "not_found", &format!("no room {room:?}"));
     }
-    let peer = shard.next_id();
     if let Err(e) = engine.join(now, peer, room, &id.user_id, &id.user_name, None) {
         return sfu_error(e);
     }
@@ -203,7 +206,7 @@ fn view(shard: &Shard, head: &Head, body: &[u8], room: &str, publisher: Option<&
     });
     match result {
         Ok((transport, answer)) => {
-            tracing::info!(shard = shard.id, room, user = %id.user_id, "WHEP session created");
+            tracing::info!(shard, room, user = %id.user_id, "WHEP session created");
             created("whep", room, &transport, answer)
         }
         Err(e) => {
@@ -213,14 +216,14 @@ fn view(shard: &Shard, head: &Head, body: &[u8], room: &str, publisher: Option<&
     }
 }
 
-fn resource(shard: &Shard, head: &Head, body: &[u8], t: &Target) -> Response {
-    let id = match identity(shard, head, t.room) {
+fn resource(cx: &mut Context<'_>, head: &Head, body: &[u8], t: &Target) -> Response {
+    let id = match identity(cx, head, t.room) {
         Ok(id) => id,
         Err(r) => return r,
     };
     let transport = t.rest.unwrap_or("");
-    let now = Instant::now();
-    let mut engine = shard.engine.borrow_mut();
+    let now = cx.now;
+    let engine = &mut *cx.engine;
     let Some((peer, user)) = engine.transport_owner(transport) else {
         return Response::error(404, "not_found", "no such session");
     };

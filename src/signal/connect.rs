@@ -3,20 +3,10 @@
 //! (`offer::<sdp>` in, `answer::<sdp>` out, `ice::<candidate>` trickled in, the socket
 //! open until the client closes it). Either way the peer connection outlives the socket.
 //! The conversation is the user's current one (`POST /join`), else the token's room, else
-//! `?conversation=`; the request is served on the conversation's shard.
+//! `?conversation=`; the request is served on the conversation's shard (the runtime
+//! decides that from the request, before this translator sees a message).
 
-use std::time::Instant;
-
-use tungstenite::protocol::frame::coding::CloseCode;
-
-use super::join::identify_request;
-use super::mesh::Resumable;
-use super::state::Shard;
-use super::ws_session::{Dialect, Step};
-use crate::auth::validate_id;
-use crate::http::{Head, Response};
-use crate::signal::identity::Caller;
-use crate::signal::p2p::ConnId;
+use super::dialect::{CloseCode, Context, Dialect, Step};
 
 /// Who connects to which conversation.
 #[derive(Debug, Clone)]
@@ -24,40 +14,6 @@ pub struct Target {
     pub user_id: String,
     pub user_name: String,
     pub conversation: String,
-}
-
-/// Identity and conversation of a `/connect` request, or the response refusing it.
-pub fn target(shard: &Shard, head: &Head) -> Result<Target, Response> {
-    let caller = identify_request(shard, head)?;
-    let conversation = shard
-        .control
-        .current_conversation(caller.user_id())
-        .or_else(|| match &caller {
-            Caller::Token(id) => id.room.clone(),
-            Caller::Claim(_) => None,
-        })
-        .or_else(|| head.query("conversation").map(str::to_string))
-        .ok_or_else(|| {
-            Response::error(
-                400,
-                "bad_request",
-                "no conversation: POST /join/{conversationId} first, use a token with roomId, or add ?conversation=",
-            )
-        })?;
-    validate_id("conversation", &conversation)
-        .map_err(|m| Response::error(400, "bad_request", &m))?;
-    caller
-        .check_room(&conversation)
-        .map_err(|e| Response::error(403, "forbidden", &e.to_string()))?;
-    let user_name = match &caller {
-        Caller::Token(id) => id.user_name.clone(),
-        Caller::Claim(c) => c.user_id.clone(),
-    };
-    Ok(Target {
-        user_id: caller.user_id().to_string(),
-        user_name,
-        conversation,
-    })
 }
 
 /// Which of the two message forms a `/connect` client speaks; fixed by its first message.
@@ -130,20 +86,17 @@ impl ConnectDialect {
         }
     }
 
-    fn offer(&mut self, shard: &Shard, conn: ConnId, sdp: &str, form: Form) -> Step {
-        let now = Instant::now();
+    fn offer(&mut self, cx: &mut Context<'_>, sdp: &str, form: Form) -> Step {
+        let (now, conn) = (cx.now, cx.conn);
         let t = &self.target;
-        let result = {
-            let mut engine = shard.engine.borrow_mut();
-            engine
-                .join(now, conn, &t.conversation, &t.user_id, &t.user_name, None)
-                .and_then(|_| engine.connect_offer(now, conn, sdp))
-                .inspect_err(|_| engine.leave(now, conn))
-        };
-        shard.after_engine_call();
+        let engine = &mut *cx.engine;
+        let result = engine
+            .join(now, conn, &t.conversation, &t.user_id, &t.user_name, None)
+            .and_then(|_| engine.connect_offer(now, conn, sdp))
+            .inspect_err(|_| engine.leave(now, conn));
         match result {
             Ok((transport, answer)) => {
-                tracing::info!(shard = shard.id, conversation = %t.conversation, user = %t.user_id, ?form, "one-shot peer connected");
+                tracing::info!(shard = cx.shard, conversation = %t.conversation, user = %t.user_id, ?form, "one-shot peer connected");
                 self.answered = Some((form, transport));
                 match form {
                     // The peer connection lives on after the socket closes.
@@ -157,18 +110,15 @@ impl ConnectDialect {
         }
     }
 
-    fn ice(&self, shard: &Shard, conn: ConnId, transport: &str, payload: &str) -> Step {
+    fn ice(&self, cx: &mut Context<'_>, transport: &str, payload: &str) -> Step {
         let line = match candidate_line(payload) {
             Ok(l) => l,
             Err(m) => return Step::Reply(vec![error_json(&m)]),
         };
-        let result =
-            shard
-                .engine
-                .borrow_mut()
-                .add_ice_candidate(Instant::now(), conn, transport, &line);
-        shard.after_engine_call();
-        match result {
+        match cx
+            .engine
+            .add_ice_candidate(cx.now, cx.conn, transport, &line)
+        {
             Ok(()) => Step::Reply(Vec::new()),
             Err(e) => Step::Reply(vec![error_json(&e.to_string())]),
         }
@@ -184,10 +134,10 @@ impl Dialect for ConnectDialect {
         "connect"
     }
 
-    fn on_text(&mut self, shard: &Shard, conn: ConnId, text: &str) -> Step {
+    fn on_text(&mut self, cx: &mut Context<'_>, text: &str) -> Step {
         let message = classify(text);
         match (&self.answered, message) {
-            (None, Message::Offer(sdp, form)) => self.offer(shard, conn, sdp, form),
+            (None, Message::Offer(sdp, form)) => self.offer(cx, sdp, form),
             (None, Message::Ice(_) | Message::Other(_)) => Step::Close(
                 vec![error_json(
                     "the first message must be the offer: offer::<sdp>, or the SDP itself (v=0...)",
@@ -196,7 +146,7 @@ impl Dialect for ConnectDialect {
             ),
             (Some((Form::Framed, transport)), Message::Ice(payload)) => {
                 let transport = transport.clone();
-                self.ice(shard, conn, &transport, payload)
+                self.ice(cx, &transport, payload)
             }
             (Some((Form::Framed, _)), Message::Offer(..)) => {
                 Step::Reply(vec![error_json("one offer per connection")])
@@ -219,12 +169,7 @@ impl Dialect for ConnectDialect {
     /// Nothing to release, in either form: the media session outlives the signaling
     /// socket (as on the original server, which never closes its peer connections) and
     /// ends with ICE consent.
-    fn on_close(&mut self, _shard: &Shard, _conn: ConnId) {}
-
-    fn into_resumable(self) -> Resumable {
-        // Never relocated mid-session: the request was served on the conversation's shard.
-        Resumable::Http
-    }
+    fn on_close(&mut self, _cx: &mut Context<'_>) {}
 }
 
 #[cfg(test)]
