@@ -7,13 +7,14 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use:
 #   pkg-config, build-essential  C parts of crypto crates
 #   chromium                     real-browser tests (driven by playwright-core)
+#   firefox-esr                  real-browser tests (puppeteer-core over WebDriver BiDi)
 #   systemd, strace              systemd-analyze verify/security; the syscall-filter check
 #   nodejs, npm                  the browser tests' runner and bundler, the AsyncAPI parser
 #                                (only if npm is absent)
 #   python3, python3-venv        schemathesis and prometheus_client for the API checks
 #                                (only if python3 cannot make a venv)
 need_pkgs=()
-for pkg in pkg-config build-essential chromium systemd strace; do
+for pkg in pkg-config build-essential chromium firefox-esr systemd strace; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 command -v npm >/dev/null || need_pkgs+=(nodejs npm)
@@ -42,6 +43,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== unit and integration tests"
 cargo test --workspace --all-targets --locked
 
-echo "== real-browser end-to-end tests (headless chromium, mediasoup-client)"
+echo "== real-browser end-to-end tests (headless chromium and firefox-esr, mediasoup-client)"
 cargo build --locked
 (cd tests/e2e && npm ci --no-audit --no-fund && npm test)

@@ -1,10 +1,12 @@
-// Shared helpers for the browser end-to-end tests that use it (sdp.test.mjs): start the real
-// corelay binary, mint HS256 tokens, launch Debian chromium with the flags WebRTC on
-// loopback needs. Same patterns as msc.test.mjs and demo.test.mjs (which keep their own
-// copies).
+// Shared helpers for the browser end-to-end tests that use it (sdp.test.mjs,
+// firefox.test.mjs): start the real corelay binary, mint HS256 tokens, launch Debian
+// chromium (playwright-core) or Debian firefox-esr (puppeteer-core over WebDriver BiDi) with
+// the settings WebRTC on loopback needs. Same patterns as msc.test.mjs and demo.test.mjs
+// (which keep their own copies).
 //
 //   CORELAY_BIN   server binary (default ../../target/debug/corelay from this folder)
 //   CHROMIUM_BIN  browser (default /usr/bin/chromium)
+//   FIREFOX_BIN   browser (default /usr/bin/firefox-esr)
 //   E2E_SERVER_LOG=1  stream the server's log to stderr
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
@@ -15,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
 
 export const here = dirname(fileURLToPath(import.meta.url));
 export const CORELAY_BIN = process.env.CORELAY_BIN
@@ -35,6 +38,27 @@ export const CHROMIUM_ARGS = [
   '--allow-loopback-in-peer-connection',
   '--disable-quic',
 ];
+export const FIREFOX_BIN = process.env.FIREFOX_BIN || '/usr/bin/firefox-esr';
+// Firefox preferences (user.js of the fresh profile) for fake media and WebRTC on loopback.
+export const FIREFOX_PREFS = {
+  // Fake camera and microphone, no permission prompt.
+  'media.navigator.streams.fake': true,
+  'media.navigator.permission.disabled': true,
+  // Camera and microphone allowed for every origin. Without such a permission Firefox gathers
+  // only its "default address" (the interface of the default route), never 127.0.0.1,
+  // whatever the ICE prefs below say; seen here even while a fake getUserMedia capture ran in
+  // the page (permission.disabled grants nothing). corelay's candidates are on 127.0.0.1.
+  'permissions.default.camera': 1,
+  'permissions.default.microphone': 1,
+  // Gather 127.0.0.1 host candidates (Firefox skips loopback by default), on every interface,
+  // written as addresses rather than mDNS .local names.
+  'media.peerconnection.ice.loopback': true,
+  'media.peerconnection.ice.default_address_only': false,
+  'media.peerconnection.ice.obfuscate_host_addresses': false,
+  // Let remote media play without a click (the pages fall back to muted anyway).
+  'media.autoplay.default': 0,
+  'media.autoplay.blocking_policy': 0,
+};
 // Settings from the caller's environment that would take the server off our --listen port
 // or change its mode.
 const ENV_DROP = ['JWT_SECRET', 'CORELAY_LOGIN', 'CORELAY_CONFIG', 'LISTEN', 'PORT', 'CORELAY_TLS_CERT', 'CORELAY_TLS_KEY'];
@@ -173,12 +197,55 @@ export async function launchBrowser(prefix = 'corelay-e2e-profile-') {
   };
 }
 
-// Opens a page, collecting its console errors/warnings and uncaught errors.
+// Headless Debian firefox-esr over WebDriver BiDi (puppeteer-core) on a fresh temporary
+// profile, with FIREFOX_PREFS. `browser` has newPage(), so openPage() takes it as its
+// `context`. Pages must come from http://127.0.0.1 (a secure context): Firefox has no
+// getUserMedia on about:blank or other insecure origins. close() removes the profile.
+export async function launchFirefox(prefix = 'corelay-e2e-firefox-') {
+  if (!existsSync(FIREFOX_BIN)) {
+    throw new Error(`firefox not found at ${FIREFOX_BIN}: apt-get install firefox-esr or set FIREFOX_BIN`);
+  }
+  const profileDir = await mkdtemp(join(tmpdir(), prefix));
+  let browser;
+  try {
+    browser = await puppeteer.launch({
+      browser: 'firefox',
+      executablePath: FIREFOX_BIN,
+      headless: true,
+      userDataDir: profileDir,
+      extraPrefsFirefox: FIREFOX_PREFS,
+      timeout: 20_000,
+      protocolTimeout: 20_000,
+    });
+  } catch (err) {
+    await rm(profileDir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    browser,
+    context: browser,
+    version: await browser.version(),
+    // For a watchdog: end the browser at once.
+    kill() {
+      browser.process()?.kill('SIGKILL');
+    },
+    async close() {
+      await Promise.race([browser.close(), sleep(5_000)]).catch(() => {});
+      browser.process()?.kill('SIGKILL');
+      await rm(profileDir, { recursive: true, force: true });
+    },
+  };
+}
+
+// Opens a page, collecting its console errors/warnings and uncaught errors. `context`: a
+// playwright BrowserContext or a puppeteer Browser (Firefox); both pages have the same
+// goto(), evaluate(fn, arg), on('console'), on('pageerror') and close().
 export async function openPage(context, name, url) {
   const page = await context.newPage();
   const consoleLines = [];
   page.on('console', (m) => {
-    if (m.type() === 'error' || m.type() === 'warning') consoleLines.push(`${m.type()}: ${m.text()}`);
+    // playwright says 'warning', puppeteer 'warn'.
+    if (['error', 'warning', 'warn'].includes(m.type())) consoleLines.push(`${m.type()}: ${m.text()}`);
   });
   page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
   const res = await page.goto(url);
