@@ -336,7 +336,7 @@ impl Layers {
             "permissions.url",
             "an http:// or https:// URL with a host and no user info, query or fragment \
              (e.g. http://perms:8080/api), or host:port",
-            crate::control::permissions_base,
+            permissions_base,
         )?;
         let permissions_timeout = millis("permissions.timeout_ms", 10, 60_000)?;
         let max_message_bytes = self.required(
@@ -564,6 +564,26 @@ pub fn markdown_table() -> String {
         ));
     }
     out
+}
+
+/// Validates and normalizes a `permissions.url` value: an `http://` or `https://` URL with
+/// a host (and maybe a port and a base path), or a bare `host:port`, which means
+/// `http://host:port`. No user info, query or fragment. The result has no trailing slash.
+pub fn permissions_base(value: &str) -> Option<String> {
+    let value = value.trim();
+    let full = if value.contains("://") {
+        value.to_string()
+    } else {
+        format!("http://{value}")
+    };
+    let url = url::Url::parse(&full).ok()?;
+    let ok = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some_and(|h| !h.is_empty())
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none();
+    ok.then(|| url.as_str().trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]
@@ -921,6 +941,32 @@ mod tests {
         let t = markdown_table();
         for s in KEYS {
             assert!(t.contains(s.key));
+        }
+    }
+
+    #[test]
+    fn permissions_urls_are_normalized() {
+        let n = |s: &str| permissions_base(s);
+        assert_eq!(n("perms:8080").as_deref(), Some("http://perms:8080"));
+        assert_eq!(
+            n("127.0.0.1:9000").as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(n("[::1]:9000").as_deref(), Some("http://[::1]:9000"));
+        assert_eq!(
+            n("https://auth.example/api/").as_deref(),
+            Some("https://auth.example/api")
+        );
+        assert_eq!(n("http://perms").as_deref(), Some("http://perms"));
+        for bad in [
+            "",
+            "ftp://perms",
+            "http://",
+            "http://u:p@perms",
+            "http://perms/?a=1",
+            "perms:x",
+        ] {
+            assert_eq!(n(bad), None, "{bad:?}");
         }
     }
 }

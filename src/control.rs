@@ -180,7 +180,7 @@ pub fn start_with(
 ) -> Result<(ControlHandle, std::thread::JoinHandle<()>), ControlError> {
     let base = permissions_url
         .map(|u| {
-            permissions_base(u)
+            crate::config::permissions_base(u)
                 .and_then(|n| url::Url::parse(&n).ok())
                 .ok_or_else(|| ControlError::Url(u.to_string()))
         })
@@ -264,26 +264,6 @@ async fn serve(state: Arc<ControlState>, requests: async_channel::Receiver<Reque
 
 /// A successful check keeps its response so that the body can be drained.
 type Verdict = Result<Option<reqwest::Response>, PermissionDenied>;
-
-/// Validates and normalizes a `permissions.url` value: an `http://` or `https://` URL with
-/// a host (and maybe a port and a base path), or a bare `host:port`, which means
-/// `http://host:port`. No user info, query or fragment. The result has no trailing slash.
-pub fn permissions_base(value: &str) -> Option<String> {
-    let value = value.trim();
-    let full = if value.contains("://") {
-        value.to_string()
-    } else {
-        format!("http://{value}")
-    };
-    let url = url::Url::parse(&full).ok()?;
-    let ok = matches!(url.scheme(), "http" | "https")
-        && url.host_str().is_some_and(|h| !h.is_empty())
-        && url.username().is_empty()
-        && url.password().is_none()
-        && url.query().is_none()
-        && url.fragment().is_none();
-    ok.then(|| url.as_str().trim_end_matches('/').to_string())
-}
 
 /// The URL of one check: `{base}/user/{user}/conversation/{conversation}`, each id one
 /// percent-encoded path segment.
@@ -518,32 +498,6 @@ mod tests {
             url("http://p/api", "a/b", "c d"),
             "http://p/api/user/a%2Fb/conversation/c%20d"
         );
-    }
-
-    #[test]
-    fn permissions_urls_are_normalized() {
-        let n = |s: &str| permissions_base(s);
-        assert_eq!(n("perms:8080").as_deref(), Some("http://perms:8080"));
-        assert_eq!(
-            n("127.0.0.1:9000").as_deref(),
-            Some("http://127.0.0.1:9000")
-        );
-        assert_eq!(n("[::1]:9000").as_deref(), Some("http://[::1]:9000"));
-        assert_eq!(
-            n("https://auth.example/api/").as_deref(),
-            Some("https://auth.example/api")
-        );
-        assert_eq!(n("http://perms").as_deref(), Some("http://perms"));
-        for bad in [
-            "",
-            "ftp://perms",
-            "http://",
-            "http://u:p@perms",
-            "http://perms/?a=1",
-            "perms:x",
-        ] {
-            assert_eq!(n(bad), None, "{bad:?}");
-        }
     }
 
     #[test]

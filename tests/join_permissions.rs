@@ -202,7 +202,8 @@ fn requests_are_checked_before_the_service_is_asked() {
         assert_eq!(status, 400, "{bad:?}: {body}");
         assert!(error_message(&body).contains("conversationId"), "{body}");
     }
-    // No identity: 400; a bad token: 401; a token scoped to another room: 401.
+    // No identity: 400; a bad token: 401; a token scoped to another room: 403 (as on every
+    // endpoint).
     let (status, body, _) = join(server.port, "ok-1", &[]);
     assert_eq!(status, 400, "{body}");
     let (status, body, _) = join(
@@ -213,7 +214,7 @@ fn requests_are_checked_before_the_service_is_asked() {
     assert_eq!(status, 401, "{body}");
     let scoped = format!("Bearer {}", token("alice", Some("ok-room")));
     let (status, body, _) = join(server.port, "ok-1", &[("Authorization", &scoped)]);
-    assert_eq!(status, 401, "{body}");
+    assert_eq!(status, 403, "{body}");
     let (status, _, _) = join(server.port, "ok-room", &[("Authorization", &scoped)]);
     assert_eq!(status, 200);
     // Only the last join reached the service.

@@ -372,9 +372,10 @@ mod paths {
             (status = 200, description = "Joined: the conversation is the user's current one (empty body)"),
             (status = 400, description = "Bad conversationId, no identity (no token, and no trusted \
                 X-User-Claim), or a malformed X-User-Claim", body = ErrorBody),
-            (status = 401, description = "Invalid or expired token, a token scoped to another room, or \
-                the permission service refused (non-2xx), was unreachable or did not answer in time \
-                (the message says which)", body = ErrorBody),
+            (status = 401, description = "Invalid or expired token, or the permission service \
+                refused (non-2xx), was unreachable or did not answer in time (the message says \
+                which)", body = ErrorBody),
+            (status = 403, description = "A token scoped to another room", body = ErrorBody),
             (status = 413, description = "Body over limits.max_message_bytes", body = ErrorBody),
         ),
         security(("bearer" = []), ("token" = []), ())

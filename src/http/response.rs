@@ -27,6 +27,18 @@ impl Response {
             .body(value.to_string().into_bytes())
     }
 
+    /// The answer to a token that does not admit the caller, the same on every endpoint:
+    /// 403 for a valid token scoped to another room, 400 for a malformed id in it, 401
+    /// for a missing, invalid or expired token.
+    pub fn auth_error(e: &crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::WrongRoom { .. } => Response::error(403, "forbidden", &e.to_string()),
+            AuthError::BadId(_) => Response::error(400, "bad_request", &e.to_string()),
+            _ => Response::error(401, "unauthorized", &e.to_string()),
+        }
+    }
+
     /// The JSON error body every endpoint uses: `{"error": {"code", "message"}}`.
     pub fn error(status: u16, code: &str, message: &str) -> Self {
         let body = super::api_docs::ErrorBody::new(code, message);

@@ -276,7 +276,7 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
                     Ok(identity) => {
                         Routed::Session(Box::new(pubsub::Session::new(0, Some(identity))))
                     }
-                    Err(e) => Routed::Respond(unauthorized(e)),
+                    Err(e) => Routed::Respond(Response::auth_error(&e)),
                 },
             };
         }
@@ -298,7 +298,7 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
             }
             return match shard.auth.verify(head.token().unwrap_or("")) {
                 Ok(identity) => Routed::Session(Box::new(MediasoupDialect::new(identity))),
-                Err(e) => Routed::Respond(unauthorized(e)),
+                Err(e) => Routed::Respond(Response::auth_error(&e)),
             };
         }
         "/openapi.json" | "/docs" | "/asyncapi" => match head.method.as_str() {
@@ -423,9 +423,9 @@ fn p2p_request(shard: &Shard, head: &Head) -> Result<p2p::Session, Response> {
             .map_err(|m| Response::error(400, "bad_request", &m))?;
     }
     let identity: Option<Identity> = match head.token() {
-        Some(t) => Some(shard.auth.verify(t).map_err(unauthorized)?),
+        Some(t) => Some(shard.auth.verify(t).map_err(|e| Response::auth_error(&e))?),
         None if shard.config.p2p_allow_anonymous => None,
-        None => return Err(unauthorized(AuthError::Missing)),
+        None => return Err(Response::auth_error(&AuthError::Missing)),
     };
     Ok(p2p::Session {
         namespace: namespace.to_string(),
@@ -433,8 +433,4 @@ fn p2p_request(shard: &Shard, head: &Head) -> Result<p2p::Session, Response> {
         token_room: identity.and_then(|i| i.room),
         joined: None,
     })
-}
-
-pub fn unauthorized(e: AuthError) -> Response {
-    Response::error(401, "unauthorized", &e.to_string())
 }

@@ -53,7 +53,7 @@ pub(super) async fn handle(shard: &Shard, head: &Head) -> Response {
         Err(resp) => return resp,
     };
     if let Err(e) = caller.check_room(&conversation) {
-        return super::front_door::unauthorized(e);
+        return Response::auth_error(&e);
     }
     let user = caller.user_id();
 
@@ -116,7 +116,7 @@ pub(super) fn connect_target(shard: &Shard, head: &Head) -> Result<Target, Respo
         .map_err(|m| Response::error(400, "bad_request", &m))?;
     caller
         .check_room(&conversation)
-        .map_err(|e| Response::error(403, "forbidden", &e.to_string()))?;
+        .map_err(|e| Response::auth_error(&e))?;
     let user_name = match &caller {
         Caller::Token(id) => id.user_name.clone(),
         Caller::Claim(c) => c.user_id.clone(),

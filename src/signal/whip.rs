@@ -63,9 +63,8 @@ fn identity(cx: &Context<'_>, head: &Head, room: &str) -> Result<Identity, Respo
     let id = cx
         .auth
         .verify(token)
-        .map_err(|e| Response::error(401, "unauthorized", &e.to_string()))?;
-    id.check_room(room)
-        .map_err(|e| Response::error(403, "forbidden", &e.to_string()))?;
+        .map_err(|e| Response::auth_error(&e))?;
+    id.check_room(room).map_err(|e| Response::auth_error(&e))?;
     Ok(id)
 }
 
