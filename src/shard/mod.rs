@@ -13,6 +13,7 @@ mod pubsub_session;
 mod sockets;
 mod state;
 mod udp;
+mod udp_io;
 mod whip;
 mod ws_session;
 
