@@ -19,12 +19,15 @@ use str0m::{Event as RtcEvent, IceConnectionState, Input, Output};
 use super::keyframe::is_keyframe;
 use super::ortc::{self, Kind, ProducerSpec, RtpParameters};
 use super::rewrite::Rewriter;
+use super::room::{note_first_media, Peer, Room};
 use super::send_offer::SendSection;
 use super::speakers::{Held, Level};
 use super::transport::{Direction, Transport};
 use super::SfuError;
 
 pub type PeerId = u64;
+
+pub use super::room::{JoinInfo, ProducerInfo};
 
 /// How often a room's loudest-speaker slots are reviewed.
 const SLOT_REVIEW: Duration = Duration::from_millis(250);
@@ -66,20 +69,6 @@ pub enum Notice {
     },
 }
 
-/// A producer as `join-room` lists it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProducerInfo {
-    pub producer_id: String,
-    pub user_id: String,
-    pub user_name: String,
-    pub kind: Kind,
-}
-
-pub struct JoinInfo {
-    pub producers: Vec<ProducerInfo>,
-    pub peers: Vec<(String, String)>,
-}
-
 pub struct TransportInfo {
     pub id: String,
     pub ice_parameters: Value,
@@ -103,28 +92,6 @@ pub struct EngineCounters {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub datagrams_dropped: u64,
-}
-
-pub(super) struct Peer {
-    /// When the peer joined; cleared once its first media packet flowed.
-    pub(super) joined_at: Option<Instant>,
-    pub(super) user_id: String,
-    pub(super) user_name: String,
-    pub(super) room: String,
-    pub(super) rtp_capabilities: Option<Value>,
-    pub(super) transports: Vec<u64>,
-    pub(super) producers: Vec<u64>,
-    pub(super) consumers: Vec<u64>,
-}
-
-#[derive(Default)]
-pub(super) struct Room {
-    pub(super) peers: Vec<PeerId>,
-    pub(super) producers: Vec<u64>,
-    /// When the room's speaker slots were last reviewed.
-    pub(super) last_review: Option<Instant>,
-    /// Some peer of the room receives loudest-speaker slots.
-    pub(super) has_slots: bool,
 }
 
 pub(super) struct Layer {
@@ -283,19 +250,6 @@ impl Engine {
         std::mem::take(&mut self.join_times)
     }
 
-    fn note_first_media(
-        peers: &mut HashMap<PeerId, Peer>,
-        out: &mut Vec<Duration>,
-        peer: PeerId,
-        now: Instant,
-    ) {
-        if let Some(p) = peers.get_mut(&peer) {
-            if let Some(at) = p.joined_at.take() {
-                out.push(now.saturating_duration_since(at));
-            }
-        }
-    }
-
     pub fn poll_notice(&mut self) -> Option<(PeerId, Notice)> {
         self.notices.pop_front()
     }
@@ -306,76 +260,6 @@ impl Engine {
     }
 
     // ------------------------------------------------------------------ commands
-
-    pub(super) fn peer(&self, peer: PeerId) -> Result<&Peer, SfuError> {
-        self.peers.get(&peer).ok_or(SfuError::NotJoined)
-    }
-
-    /// Adds a peer to a room (created on first use).
-    pub fn join(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        room: &str,
-        user_id: &str,
-        user_name: &str,
-        rtp_capabilities: Option<Value>,
-    ) -> Result<JoinInfo, SfuError> {
-        if self.peers.contains_key(&peer) {
-            return Err(SfuError::BadRequest("already joined".into()));
-        }
-        let r = self.rooms.entry(room.to_string()).or_default();
-        let others: Vec<PeerId> = r.peers.clone();
-        r.peers.push(peer);
-        let producers = r
-            .producers
-            .iter()
-            .filter_map(|pid| self.producers.get(pid))
-            .filter_map(|p| {
-                let owner = self.peers.get(&p.peer)?;
-                Some(ProducerInfo {
-                    producer_id: wire_id("p", p.id),
-                    user_id: owner.user_id.clone(),
-                    user_name: owner.user_name.clone(),
-                    kind: p.kind,
-                })
-            })
-            .collect();
-        let peers = others
-            .iter()
-            .filter_map(|o| self.peers.get(o))
-            .map(|p| (p.user_id.clone(), p.user_name.clone()))
-            .collect();
-        self.peers.insert(
-            peer,
-            Peer {
-                joined_at: Some(now),
-                user_id: user_id.to_string(),
-                user_name: user_name.to_string(),
-                room: room.to_string(),
-                rtp_capabilities,
-                transports: Vec::new(),
-                producers: Vec::new(),
-                consumers: Vec::new(),
-            },
-        );
-        for o in others {
-            self.notices.push_back((
-                o,
-                Notice::PeerJoined {
-                    user_id: user_id.to_string(),
-                    user_name: user_name.to_string(),
-                },
-            ));
-        }
-        Ok(JoinInfo { producers, peers })
-    }
-
-    pub fn set_rtp_capabilities(&mut self, peer: PeerId, caps: Value) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.rtp_capabilities = Some(caps);
-        }
-    }
 
     pub fn create_transport(
         &mut self,
@@ -749,43 +633,6 @@ impl Engine {
         let id = self.own_producer(peer, producer)?;
         self.remove_producer(now, id);
         Ok(())
-    }
-
-    /// Releases everything of a peer and tells the room.
-    pub fn leave(&mut self, now: Instant, peer: PeerId) {
-        let Some(p) = self.peers.get(&peer) else {
-            return;
-        };
-        let (producers, consumers, transports) = (
-            p.producers.clone(),
-            p.consumers.clone(),
-            p.transports.clone(),
-        );
-        for id in producers {
-            self.remove_producer(now, id);
-        }
-        for id in consumers {
-            self.remove_consumer(now, id, false);
-        }
-        for id in transports {
-            self.remove_transport(id);
-        }
-        let p = self.peers.remove(&peer).expect("checked");
-        if let Some(room) = self.rooms.get_mut(&p.room) {
-            room.peers.retain(|&o| o != peer);
-            for &o in &room.peers {
-                self.notices.push_back((
-                    o,
-                    Notice::PeerLeft {
-                        user_id: p.user_id.clone(),
-                        peer,
-                    },
-                ));
-            }
-            if room.peers.is_empty() {
-                self.rooms.remove(&p.room);
-            }
-        }
     }
 
     pub(super) fn remove_producer(&mut self, now: Instant, id: u64) {
@@ -1173,7 +1020,7 @@ impl Engine {
             join_times,
             ..
         } = self;
-        Self::note_first_media(peers, join_times, producers[&pid].peer, now);
+        note_first_media(peers, join_times, producers[&pid].peer, now);
         for cid in &producers[&pid].consumers {
             let Some(c) = consumers.get_mut(cid) else {
                 continue;
@@ -1209,7 +1056,7 @@ impl Engine {
                 .nackable(video);
             tx.write_rtp(write);
             counters.rtp_out += 1;
-            Self::note_first_media(peers, join_times, c.peer, now);
+            note_first_media(peers, join_times, c.peer, now);
             if !t.dirty {
                 t.dirty = true;
                 dirty.push(t.id);

@@ -5,6 +5,7 @@ pub mod engine;
 pub mod keyframe;
 pub mod ortc;
 pub mod rewrite;
+pub mod room;
 pub mod sdp;
 pub mod send_offer;
 pub mod speakers;

@@ -318,42 +318,6 @@ impl Engine {
         Some((t.peer, p.user_id.clone()))
     }
 
-    /// Producers of one publishing peer in the caller's room, with the publisher's name.
-    pub fn publisher_producers(
-        &self,
-        peer: PeerId,
-        publisher: PeerId,
-    ) -> Result<Vec<String>, SfuError> {
-        let room = &self.peer(peer)?.room;
-        let p = self.peers.get(&publisher).filter(|p| &p.room == room);
-        let p = p.ok_or_else(|| SfuError::UnknownId(publisher.to_string()))?;
-        Ok(p.producers.iter().map(|id| wire_id("p", *id)).collect())
-    }
-
-    /// Peers of the caller's room that publish: (peer, user name).
-    pub fn room_publishers(&self, peer: PeerId) -> Result<Vec<(PeerId, String)>, SfuError> {
-        let room = &self.peer(peer)?.room;
-        let r = &self.rooms[room];
-        Ok(r.peers
-            .iter()
-            .filter_map(|id| self.peers.get(id).map(|p| (*id, p)))
-            .filter(|(_, p)| !p.producers.is_empty())
-            .map(|(id, p)| (id, p.user_name.clone()))
-            .collect())
-    }
-
-    /// Every producer of the caller's room but its own, oldest first.
-    pub fn room_producers(&self, peer: PeerId) -> Result<Vec<(String, Kind)>, SfuError> {
-        let room = &self.peer(peer)?.room;
-        Ok(self.rooms[room]
-            .producers
-            .iter()
-            .filter_map(|id| self.producers.get(id))
-            .filter(|p| p.peer != peer)
-            .map(|p| (wire_id("p", p.id), p.kind))
-            .collect())
-    }
-
     /// Maps the media sections of a just-negotiated offer (their mids, in SDP order) to
     /// producers (a publisher's sections) or consumers (a subscriber's own offer).
     fn map_offered_media(&mut self, now: Instant, tid: u64, offer: &str) {
