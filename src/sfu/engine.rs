@@ -11,17 +11,17 @@ use rustc_hash::FxHashMap as HashMap;
 use serde_json::Value;
 use str0m::config::DtlsCert;
 use str0m::ice::StunMessage;
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::media::{MediaKind, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::rtp::{ExtensionValues, RtpHeader, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Event as RtcEvent, IceConnectionState, Input, Output};
 
 use super::keyframe::is_keyframe;
-use super::ortc::{self, Kind, ProducerSpec, RtpParameters};
+use super::ortc::{self, Kind};
+use super::producer::Producer;
 use super::rewrite::Rewriter;
 use super::room::{note_first_media, Peer, Room};
-use super::send_offer::SendSection;
-use super::speakers::{Held, Level};
+use super::speakers::Held;
 use super::transport::{Direction, Transport};
 use super::SfuError;
 
@@ -33,10 +33,6 @@ pub use super::room::{JoinInfo, ProducerInfo};
 const SLOT_REVIEW: Duration = Duration::from_millis(250);
 /// DTLS datagrams kept per transport until connect-transport arrives.
 const EARLY_DTLS_MAX: usize = 16;
-/// How often a producer may be asked for a keyframe.
-const KEYFRAME_DEBOUNCE: Duration = Duration::from_millis(500);
-/// A simulcast layer without packets for this long counts as inactive.
-const LAYER_IDLE: Duration = Duration::from_millis(1500);
 
 /// What the engine tells a signaling session.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,30 +88,6 @@ pub struct EngineCounters {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub datagrams_dropped: u64,
-}
-
-pub(super) struct Layer {
-    pub(super) rid: Option<Rid>,
-    pub(super) ssrc: Option<Ssrc>,
-    pub(super) last_packet: Option<Instant>,
-}
-
-pub(super) struct Producer {
-    pub(super) id: u64,
-    pub(super) peer: PeerId,
-    pub(super) transport: u64,
-    pub(super) kind: Kind,
-    pub(super) spec: ProducerSpec,
-    pub(super) mid: Mid,
-    pub(super) paused: bool,
-    pub(super) consumers: Vec<u64>,
-    /// One entry per encoding, lowest first.
-    pub(super) layers: Vec<Layer>,
-    /// The layer forwarded now.
-    pub(super) selected: usize,
-    pub(super) last_keyframe_request: Option<Instant>,
-    /// Smoothed audio level, for loudest-speaker slots.
-    pub(super) level: Level,
 }
 
 pub(super) struct Consumer {
@@ -350,53 +322,6 @@ impl Engine {
         Ok(params)
     }
 
-    pub fn produce(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        transport: &str,
-        kind: Kind,
-        params: &RtpParameters,
-    ) -> Result<String, SfuError> {
-        let tid = self.own_transport(peer, transport)?;
-        self.peer(peer)?;
-        let t = self.transports.get_mut(&tid).expect("checked");
-        if t.direction != Direction::Send {
-            return Err(SfuError::BadRequest(
-                "produce needs a send transport".into(),
-            ));
-        }
-        let spec = ortc::check_producer(kind, params).map_err(SfuError::BadRequest)?;
-        let mid: Mid = spec.mid.as_str().into();
-        if self.producer_by_mid.contains_key(&(tid, mid)) {
-            return Err(SfuError::BadRequest(format!(
-                "mid {} already produces on this transport",
-                spec.mid
-            )));
-        }
-        let section = SendSection::new(kind, &spec, params).map_err(SfuError::BadRequest)?;
-        t.negotiate_section(section)?;
-        let layers = if let Some((ssrc, _)) = spec.ssrc {
-            vec![Layer {
-                rid: None,
-                ssrc: Some(ssrc.into()),
-                last_packet: None,
-            }]
-        } else {
-            spec.rids
-                .iter()
-                .map(|r| Layer {
-                    rid: Some(r.as_str().into()),
-                    ssrc: None,
-                    last_packet: None,
-                })
-                .collect()
-        };
-        let id = self.add_producer(now, peer, tid, kind, spec, mid, layers);
-        self.drain(now, tid);
-        Ok(wire_id("p", id))
-    }
-
     /// Registers a consumer (its stream already declared on the transport) with its
     /// transport, producer (0: none yet) and peer. Shared by every dialect.
     pub(super) fn add_consumer(&mut self, c: Consumer) -> u64 {
@@ -410,71 +335,6 @@ impl Engine {
         }
         self.consumers.insert(id, c);
         id
-    }
-
-    /// Registers a producer (its media already declared on the transport) and tells the
-    /// room. Shared by the mediasoup dialect and the SDP bridge.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn add_producer(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        tid: u64,
-        kind: Kind,
-        spec: ProducerSpec,
-        mid: Mid,
-        layers: Vec<Layer>,
-    ) -> u64 {
-        let id = self.fresh_id();
-        let selected = layers.len().saturating_sub(1);
-        self.producers.insert(
-            id,
-            Producer {
-                id,
-                peer,
-                transport: tid,
-                kind,
-                spec,
-                mid,
-                paused: false,
-                consumers: Vec::new(),
-                layers,
-                selected,
-                last_keyframe_request: None,
-                level: Level::new(now),
-            },
-        );
-        self.producer_by_mid.insert((tid, mid), id);
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return id;
-        };
-        p.producers.push(id);
-        let (user_id, user_name, room) = (p.user_id.clone(), p.user_name.clone(), p.room.clone());
-        let r = self.rooms.get_mut(&room).expect("a peer's room exists");
-        r.producers.push(id);
-        let producer_id = wire_id("p", id);
-        for &o in r.peers.iter().filter(|&&o| o != peer) {
-            self.notices.push_back((
-                o,
-                Notice::NewProducer {
-                    producer_id: producer_id.clone(),
-                    publisher: peer,
-                    user_id: user_id.clone(),
-                    user_name: user_name.clone(),
-                    kind,
-                },
-            ));
-        }
-        id
-    }
-
-    pub(super) fn producer_in_room(&self, peer: PeerId, producer: &str) -> Result<u64, SfuError> {
-        let id = parse_id("p", producer).ok_or_else(|| SfuError::UnknownId(producer.into()))?;
-        let room = &self.peer(peer)?.room;
-        match self.producers.get(&id) {
-            Some(p) if self.peers.get(&p.peer).is_some_and(|o| &o.room == room) => Ok(id),
-            _ => Err(SfuError::UnknownId(producer.into())),
-        }
     }
 
     pub fn consume(
@@ -553,14 +413,6 @@ impl Engine {
         }
     }
 
-    fn own_producer(&self, peer: PeerId, producer: &str) -> Result<u64, SfuError> {
-        let id = parse_id("p", producer).ok_or_else(|| SfuError::UnknownId(producer.into()))?;
-        match self.producers.get(&id) {
-            Some(p) if p.peer == peer => Ok(id),
-            _ => Err(SfuError::UnknownId(producer.into())),
-        }
-    }
-
     pub fn set_consumer_paused(
         &mut self,
         now: Instant,
@@ -595,74 +447,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    pub fn set_producer_paused(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        producer: &str,
-        paused: bool,
-    ) -> Result<(), SfuError> {
-        let id = self.own_producer(peer, producer)?;
-        let p = self.producers.get_mut(&id).expect("checked");
-        if p.paused == paused {
-            return Ok(());
-        }
-        p.paused = paused;
-        let video = p.kind == Kind::Video;
-        for cid in p.consumers.clone() {
-            if let Some(c) = self.consumers.get_mut(&cid) {
-                c.rewriter.mark_discontinuity();
-                c.wait_keyframe = video;
-            }
-        }
-        if !paused && video {
-            self.request_keyframe(now, id);
-            self.drain_dirty(now);
-        }
-        Ok(())
-    }
-
-    pub fn close_producer(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        producer: &str,
-    ) -> Result<(), SfuError> {
-        let id = self.own_producer(peer, producer)?;
-        self.remove_producer(now, id);
-        Ok(())
-    }
-
-    pub(super) fn remove_producer(&mut self, now: Instant, id: u64) {
-        let Some(p) = self.producers.remove(&id) else {
-            return;
-        };
-        self.producer_by_mid.remove(&(p.transport, p.mid));
-        for cid in &p.consumers {
-            self.remove_consumer(now, *cid, true);
-        }
-        if let Some(t) = self.transports.get_mut(&p.transport) {
-            t.rtc.direct_api().remove_media(p.mid);
-            self.mark_dirty(p.transport);
-        }
-        if let Some(owner) = self.peers.get_mut(&p.peer) {
-            owner.producers.retain(|&x| x != id);
-            let room = owner.room.clone();
-            if let Some(r) = self.rooms.get_mut(&room) {
-                r.producers.retain(|&x| x != id);
-                for &o in &r.peers {
-                    self.notices.push_back((
-                        o,
-                        Notice::ProducerClosed {
-                            producer_id: wire_id("p", id),
-                        },
-                    ));
-                }
-            }
-        }
-        self.drain_dirty(now);
     }
 
     pub(super) fn remove_consumer(&mut self, now: Instant, id: u64, notify: bool) {
@@ -885,26 +669,16 @@ impl Engine {
             .push_back((peer, Notice::MediaFailed { reason }));
     }
 
-    /// Asks a producer's publisher for a keyframe, at most once per debounce interval.
-    pub(super) fn request_keyframe(&mut self, now: Instant, producer: u64) {
-        let Some(p) = self.producers.get_mut(&producer) else {
-            return;
-        };
-        if p.last_keyframe_request
-            .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_DEBOUNCE)
-        {
-            return;
-        }
-        let Some(ssrc) = p.layers.get(p.selected).and_then(|l| l.ssrc) else {
-            return;
-        };
-        p.last_keyframe_request = Some(now);
-        let tid = p.transport;
-        if let Some(t) = self.transports.get_mut(&tid) {
-            if let Some(rx) = t.rtc.direct_api().stream_rx(&ssrc) {
-                rx.request_keyframe(KeyframeRequestKind::Pli);
-                self.mark_dirty(tid);
-            }
+    /// The producer a received packet belongs to: by its mid, or, for a packet without
+    /// one, by its SSRC.
+    fn producer_of(&self, tid: u64, header: &RtpHeader) -> Option<u64> {
+        match header.ext_vals.mid {
+            Some(mid) => self.producer_by_mid.get(&(tid, mid)).copied(),
+            None => self
+                .producers
+                .values()
+                .find(|p| p.transport == tid && p.has_ssrc(header.ssrc))
+                .map(|p| p.id),
         }
     }
 
@@ -912,54 +686,22 @@ impl Engine {
     fn forward(&mut self, now: Instant, tid: u64, pkt: RtpPacket) {
         self.counters.rtp_in += 1;
         self.counters.bytes_in += pkt.payload.len() as u64;
-        let pid = match pkt.header.ext_vals.mid {
-            Some(mid) => self.producer_by_mid.get(&(tid, mid)).copied(),
-            None => self
-                .producers
-                .values()
-                .find(|p| {
-                    p.transport == tid && p.layers.iter().any(|l| l.ssrc == Some(pkt.header.ssrc))
-                })
-                .map(|p| p.id),
+        let Some(pid) = self.producer_of(tid, &pkt.header) else {
+            return;
         };
-        let Some(pid) = pid else { return };
         let Some(p) = self.producers.get_mut(&pid) else {
             return;
         };
-
-        // Which layer is this? Learn SSRCs of rid layers as they show up.
-        let layer = match p
-            .layers
-            .iter()
-            .position(|l| l.ssrc == Some(pkt.header.ssrc))
-        {
-            Some(i) => i,
-            None => {
-                let rid = pkt.header.ext_vals.rid;
-                // A rid layer, or the one layer of a producer whose SSRC was not declared
-                // (SDP publishers): learn the SSRC from the first packet.
-                let fresh = p
-                    .layers
-                    .iter()
-                    .position(|l| l.rid.is_some() && l.rid == rid);
-                let fresh = fresh.or_else(|| {
-                    let only = p.layers.len() == 1;
-                    (only && p.layers[0].rid.is_none() && p.layers[0].ssrc.is_none()).then_some(0)
-                });
-                match fresh {
-                    Some(i) => {
-                        p.layers[i].ssrc = Some(pkt.header.ssrc);
-                        i
-                    }
-                    None => return,
-                }
-            }
+        let Some(layer) = p.receive(now, pkt.header.ssrc, &pkt.header.ext_vals) else {
+            return;
         };
-        p.layers[layer].last_packet = Some(now);
+        // Forward the highest active layer; switching waits for a keyframe.
+        let switched = p.select_layer(now, layer);
+        let selected = layer == p.selected;
         if p.kind == Kind::Audio {
-            p.level.update(now, pkt.header.ext_vals.audio_level);
             // Speaker slots of the room are reviewed a few times a second, not per packet.
-            if let Some(room_name) = self.peers.get(&p.peer).map(|o| &o.room) {
+            let publisher = p.peer;
+            if let Some(room_name) = self.peers.get(&publisher).map(|o| &o.room) {
                 if let Some(room) = self.rooms.get_mut(room_name) {
                     let due = room
                         .last_review
@@ -971,28 +713,11 @@ impl Engine {
                 }
             }
         }
-        // Forward the highest active layer; switching waits for a keyframe.
-        let best = p
-            .layers
-            .iter()
-            .rposition(|l| {
-                l.last_packet
-                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE)
-            })
-            .unwrap_or(layer);
-        let mut switched = false;
-        if best != p.selected {
-            p.selected = best;
-            switched = true;
-        }
-        if layer != p.selected {
-            if switched {
-                self.layer_switched(now, pid);
-            }
-            return;
-        }
         if switched {
             self.layer_switched(now, pid);
+        }
+        if !selected {
+            return;
         }
         let p = &self.producers[&pid];
         if p.paused {
@@ -1065,20 +790,5 @@ impl Engine {
         if want_keyframe {
             self.request_keyframe(now, pid);
         }
-    }
-
-    fn layer_switched(&mut self, now: Instant, pid: u64) {
-        let consumers = self.producers[&pid].consumers.clone();
-        for cid in consumers {
-            if let Some(c) = self.consumers.get_mut(&cid) {
-                c.wait_keyframe = true;
-                c.rewriter.mark_discontinuity();
-            }
-        }
-        self.producers
-            .get_mut(&pid)
-            .expect("exists")
-            .last_keyframe_request = None;
-        self.request_keyframe(now, pid);
     }
 }

@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod keyframe;
 pub mod ortc;
+pub mod producer;
 pub mod rewrite;
 pub mod room;
 pub mod sdp;

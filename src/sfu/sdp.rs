@@ -9,8 +9,9 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction as MediaDirection, MediaKind, Mid};
 use str0m::Candidate;
 
-use super::engine::{parse_id, wire_id, Consumer, Engine, Layer, PeerId};
+use super::engine::{parse_id, wire_id, Consumer, Engine, PeerId};
 use super::ortc::{Kind, ProducerSpec, RouterCodec, OPUS};
+use super::producer::Layer;
 use super::rewrite::Rewriter;
 use super::speakers::{self, Held, Level};
 use super::transport::{Direction, Transport};
@@ -383,11 +384,7 @@ impl Engine {
                     rids: Vec::new(),
                     ssrc: None,
                 };
-                let layers = vec![Layer {
-                    rid: None,
-                    ssrc: None,
-                    last_packet: None,
-                }];
+                let layers = vec![Layer::unnamed()];
                 let peer = t.peer;
                 self.add_producer(now, peer, tid, kind, spec, mid, layers);
             }
