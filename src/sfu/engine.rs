@@ -11,22 +11,22 @@ use rustc_hash::FxHashMap as HashMap;
 use serde_json::Value;
 use str0m::config::DtlsCert;
 use str0m::ice::StunMessage;
-use str0m::media::{MediaKind, Mid};
+use str0m::media::Mid;
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::{ExtensionValues, RtpHeader, RtpPacket, RtpWrite, Ssrc};
+use str0m::rtp::{ExtensionValues, RtpHeader, RtpPacket, RtpWrite};
 use str0m::{Event as RtcEvent, IceConnectionState, Input, Output};
 
+use super::consumer::{Admit, Consumer, Incoming};
 use super::keyframe::is_keyframe;
-use super::ortc::{self, Kind};
+use super::ortc::Kind;
 use super::producer::Producer;
-use super::rewrite::Rewriter;
 use super::room::{note_first_media, Peer, Room};
-use super::speakers::Held;
 use super::transport::{Direction, Transport};
 use super::SfuError;
 
 pub type PeerId = u64;
 
+pub use super::consumer::ConsumerInfo;
 pub use super::room::{JoinInfo, ProducerInfo};
 
 /// How often a room's loudest-speaker slots are reviewed.
@@ -72,14 +72,6 @@ pub struct TransportInfo {
     pub dtls_parameters: Value,
 }
 
-pub struct ConsumerInfo {
-    pub id: String,
-    pub producer_id: String,
-    pub kind: Kind,
-    pub rtp_parameters: Value,
-    pub producer_paused: bool,
-}
-
 /// Counters the shard reports.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EngineCounters {
@@ -88,21 +80,6 @@ pub struct EngineCounters {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub datagrams_dropped: u64,
-}
-
-pub(super) struct Consumer {
-    pub(super) peer: PeerId,
-    pub(super) transport: u64,
-    pub(super) producer: u64,
-    pub(super) mid: Mid,
-    pub(super) ssrc: Ssrc,
-    /// The payload type this consumer's transport negotiated for the producer's codec.
-    pub(super) pt: u8,
-    pub(super) paused: bool,
-    pub(super) wait_keyframe: bool,
-    pub(super) rewriter: Rewriter,
-    /// A loudest-speaker slot (`/connect`): its producer changes; 0 when it carries none.
-    pub(super) slot: Option<Option<Held>>,
 }
 
 pub struct Engine {
@@ -320,160 +297,6 @@ impl Engine {
         self.by_ufrag.insert(new, id);
         self.drain(now, id);
         Ok(params)
-    }
-
-    /// Registers a consumer (its stream already declared on the transport) with its
-    /// transport, producer (0: none yet) and peer. Shared by every dialect.
-    pub(super) fn add_consumer(&mut self, c: Consumer) -> u64 {
-        let id = self.fresh_id();
-        self.consumer_by_mid.insert((c.transport, c.mid), id);
-        if let Some(p) = self.producers.get_mut(&c.producer) {
-            p.consumers.push(id);
-        }
-        if let Some(p) = self.peers.get_mut(&c.peer) {
-            p.consumers.push(id);
-        }
-        self.consumers.insert(id, c);
-        id
-    }
-
-    pub fn consume(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        transport: &str,
-        producer: &str,
-        rtp_capabilities: Option<&Value>,
-    ) -> Result<ConsumerInfo, SfuError> {
-        let tid = self.own_transport(peer, transport)?;
-        let pid = self.producer_in_room(peer, producer)?;
-        let p = self.peer(peer)?;
-        let caps = rtp_capabilities.or(p.rtp_capabilities.as_ref());
-        let prod = &self.producers[&pid];
-        let (codec, kind, cname, paused) = (
-            prod.spec.codec,
-            prod.kind,
-            prod.spec.cname.clone(),
-            prod.paused,
-        );
-        if !ortc::can_consume(caps, &codec) {
-            return Err(SfuError::BadRequest(format!(
-                "rtpCapabilities cannot receive {}",
-                codec.mime
-            )));
-        }
-        let t = self.transports.get_mut(&tid).expect("checked");
-        if t.direction != Direction::Recv {
-            return Err(SfuError::BadRequest(
-                "consume needs a recv transport".into(),
-            ));
-        }
-        let mid_text = t.next_mid();
-        let mid: Mid = mid_text.as_str().into();
-        let (ssrc, rtx) = {
-            let mut api = t.rtc.direct_api();
-            let ssrc = api.new_ssrc();
-            let rtx = api.new_ssrc();
-            let media_kind = match kind {
-                Kind::Audio => MediaKind::Audio,
-                Kind::Video => MediaKind::Video,
-            };
-            api.declare_media(mid, media_kind);
-            let rtx_ssrc = (kind == Kind::Video).then_some(rtx);
-            api.declare_stream_tx(ssrc, rtx_ssrc, mid, None);
-            (ssrc, rtx)
-        };
-        let id = self.add_consumer(Consumer {
-            peer,
-            transport: tid,
-            producer: pid,
-            mid,
-            ssrc,
-            pt: codec.pt,
-            paused: true,
-            wait_keyframe: kind == Kind::Video,
-            rewriter: Rewriter::default(),
-            slot: None,
-        });
-        self.drain(now, tid);
-        Ok(ConsumerInfo {
-            id: wire_id("c", id),
-            producer_id: producer.to_string(),
-            kind,
-            rtp_parameters: ortc::consumer_parameters(&codec, &mid_text, *ssrc, *rtx, &cname),
-            producer_paused: paused,
-        })
-    }
-
-    fn own_consumer(&self, peer: PeerId, consumer: &str) -> Result<u64, SfuError> {
-        let id = parse_id("c", consumer).ok_or_else(|| SfuError::UnknownId(consumer.into()))?;
-        match self.consumers.get(&id) {
-            Some(c) if c.peer == peer => Ok(id),
-            _ => Err(SfuError::UnknownId(consumer.into())),
-        }
-    }
-
-    pub fn set_consumer_paused(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        consumer: &str,
-        paused: bool,
-    ) -> Result<(), SfuError> {
-        let id = self.own_consumer(peer, consumer)?;
-        let c = self.consumers.get_mut(&id).expect("checked");
-        if c.paused == paused {
-            return Ok(());
-        }
-        c.paused = paused;
-        c.rewriter.mark_discontinuity();
-        let producer = c.producer;
-        let connected = self
-            .transports
-            .get(&c.transport)
-            .is_some_and(|t| t.rtc.is_connected());
-        if !paused
-            && self
-                .producers
-                .get(&producer)
-                .is_some_and(|p| p.kind == Kind::Video)
-        {
-            c.wait_keyframe = true;
-            // Before the subscriber's transport is up a keyframe would be wasted; the
-            // forward path asks for one once the consumer can take it.
-            if connected {
-                self.request_keyframe(now, producer);
-                self.drain_dirty(now);
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) fn remove_consumer(&mut self, now: Instant, id: u64, notify: bool) {
-        let Some(c) = self.consumers.remove(&id) else {
-            return;
-        };
-        self.consumer_by_mid.remove(&(c.transport, c.mid));
-        if let Some(p) = self.producers.get_mut(&c.producer) {
-            p.consumers.retain(|&x| x != id);
-        }
-        if let Some(t) = self.transports.get_mut(&c.transport) {
-            t.rtc.direct_api().remove_stream_tx(c.ssrc);
-            t.rtc.direct_api().remove_media(c.mid);
-            self.mark_dirty(c.transport);
-        }
-        if let Some(owner) = self.peers.get_mut(&c.peer) {
-            owner.consumers.retain(|&x| x != id);
-        }
-        if notify {
-            self.notices.push_back((
-                c.peer,
-                Notice::ConsumerClosed {
-                    consumer_id: wire_id("c", id),
-                },
-            ));
-        }
-        self.drain_dirty(now);
     }
 
     pub(super) fn remove_transport(&mut self, id: u64) {
@@ -724,8 +547,14 @@ impl Engine {
             return;
         }
         let codec = p.spec.codec;
-        let keyframe = p.kind == Kind::Video && is_keyframe(&codec, &pkt.payload);
         let video = p.kind == Kind::Video;
+        let incoming = Incoming {
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            clock_rate: codec.clock_rate,
+            video,
+            keyframe: video && is_keyframe(&codec, &pkt.payload),
+        };
         let ext = ExtensionValues {
             audio_level: pkt.header.ext_vals.audio_level,
             voice_activity: pkt.header.ext_vals.voice_activity,
@@ -745,8 +574,9 @@ impl Engine {
             join_times,
             ..
         } = self;
-        note_first_media(peers, join_times, producers[&pid].peer, now);
-        for cid in &producers[&pid].consumers {
+        let p = &producers[&pid];
+        note_first_media(peers, join_times, p.peer, now);
+        for cid in &p.consumers {
             let Some(c) = consumers.get_mut(cid) else {
                 continue;
             };
@@ -756,21 +586,14 @@ impl Engine {
             let Some(t) = transports.get_mut(&c.transport) else {
                 continue;
             };
-            if !t.rtc.is_connected() {
-                c.wait_keyframe = video;
-                continue;
-            }
-            if c.wait_keyframe {
-                if !keyframe {
+            let (seq, ts) = match c.admit(now, t.rtc.is_connected(), &incoming) {
+                Admit::Write { seq, ts } => (seq, ts),
+                Admit::WaitKeyframe => {
                     want_keyframe = true;
                     continue;
                 }
-                c.wait_keyframe = false;
-                c.rewriter.mark_discontinuity();
-            }
-            let (seq, ts) =
-                c.rewriter
-                    .rewrite(*pkt.seq_no, pkt.header.timestamp, codec.clock_rate, now);
+                Admit::Drop => continue,
+            };
             let mut api = t.rtc.direct_api();
             let Some(tx) = api.stream_tx(&c.ssrc) else {
                 continue;

@@ -1,6 +1,7 @@
 //! The media core, free of I/O: every call takes `now`, datagrams and commands go in,
 //! datagrams and notices come out. Only `shard/` drives it.
 
+pub mod consumer;
 pub mod engine;
 pub mod keyframe;
 pub mod ortc;

@@ -275,8 +275,7 @@ impl Engine {
         let video = p.kind == Kind::Video;
         for cid in &p.consumers {
             if let Some(c) = self.consumers.get_mut(cid) {
-                c.rewriter.mark_discontinuity();
-                c.wait_keyframe = video;
+                c.restart(video);
             }
         }
         if !paused && video {
@@ -350,8 +349,7 @@ impl Engine {
         };
         for cid in &p.consumers {
             if let Some(c) = self.consumers.get_mut(cid) {
-                c.wait_keyframe = true;
-                c.rewriter.mark_discontinuity();
+                c.restart(true);
             }
         }
         p.last_keyframe_request = None;

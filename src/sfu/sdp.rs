@@ -9,7 +9,8 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction as MediaDirection, MediaKind, Mid};
 use str0m::Candidate;
 
-use super::engine::{parse_id, wire_id, Consumer, Engine, PeerId};
+use super::consumer::Consumer;
+use super::engine::{parse_id, wire_id, Engine, PeerId};
 use super::ortc::{Kind, ProducerSpec, RouterCodec, OPUS};
 use super::producer::Layer;
 use super::rewrite::Rewriter;
