@@ -29,8 +29,6 @@ pub type PeerId = u64;
 pub use super::consumer::ConsumerInfo;
 pub use super::room::{JoinInfo, ProducerInfo};
 
-/// How often a room's loudest-speaker slots are reviewed.
-const SLOT_REVIEW: Duration = Duration::from_millis(250);
 /// DTLS datagrams kept per transport until connect-transport arrives.
 const EARLY_DTLS_MAX: usize = 16;
 
@@ -477,9 +475,7 @@ impl Engine {
             }
         }
         self.scratch_events = events;
-        while let Some(room) = self.review_rooms.pop() {
-            self.review_slots(now, &room);
-        }
+        self.review_due_slots(now);
     }
 
     fn fail_transport(&mut self, now: Instant, id: u64, reason: String) {
@@ -524,17 +520,7 @@ impl Engine {
         if p.kind == Kind::Audio {
             // Speaker slots of the room are reviewed a few times a second, not per packet.
             let publisher = p.peer;
-            if let Some(room_name) = self.peers.get(&publisher).map(|o| &o.room) {
-                if let Some(room) = self.rooms.get_mut(room_name) {
-                    let due = room
-                        .last_review
-                        .is_none_or(|t| now.saturating_duration_since(t) >= SLOT_REVIEW);
-                    if due && room.has_slots {
-                        room.last_review = Some(now);
-                        self.review_rooms.push(room_name.clone());
-                    }
-                }
-            }
+            self.schedule_slot_review(now, publisher);
         }
         if switched {
             self.layer_switched(now, pid);

@@ -10,6 +10,7 @@ pub mod rewrite;
 pub mod room;
 pub mod sdp;
 pub mod send_offer;
+pub mod slots;
 pub mod speakers;
 pub mod transport;
 

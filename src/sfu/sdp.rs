@@ -14,7 +14,6 @@ use super::engine::{parse_id, wire_id, Engine, PeerId};
 use super::ortc::{Kind, ProducerSpec, RouterCodec, OPUS};
 use super::producer::Layer;
 use super::rewrite::Rewriter;
-use super::speakers::{self, Held, Level};
 use super::transport::{Direction, Transport};
 use super::SfuError;
 
@@ -423,74 +422,9 @@ impl Engine {
                 "the offer has no opus audio section".into(),
             ));
         }
-        if let Some(room) = self.peers.get(&peer).map(|p| p.room.clone()) {
-            if let Some(r) = self.rooms.get_mut(&room) {
-                r.has_slots = true;
-            }
-            self.review_slots(now, &room);
-        }
+        self.enable_slots(now, peer);
         self.drain(now, id);
         Ok((wire_id("t", id), answer))
-    }
-
-    /// Moves each peer's speaker slots onto the loudest other speakers of the room.
-    pub(super) fn review_slots(&mut self, now: Instant, room: &str) {
-        let Some(r) = self.rooms.get(room) else {
-            return;
-        };
-        let speakers: Vec<(u64, PeerId, Level)> = r
-            .producers
-            .iter()
-            .filter_map(|id| self.producers.get(id))
-            .filter(|p| p.kind == Kind::Audio && !p.paused)
-            .map(|p| (p.id, p.peer, p.level))
-            .collect();
-        for peer in r.peers.clone() {
-            let mut slots: Vec<u64> = self
-                .consumers
-                .iter()
-                .filter(|(_, c)| c.peer == peer && c.slot.is_some())
-                .map(|(id, _)| *id)
-                .collect();
-            if slots.is_empty() {
-                continue;
-            }
-            slots.sort_unstable();
-            let others: Vec<(u64, Level)> = speakers
-                .iter()
-                .filter(|(_, owner, _)| *owner != peer)
-                .map(|(id, _, l)| (*id, *l))
-                .collect();
-            let current: Vec<Option<Held>> = slots
-                .iter()
-                .map(|c| self.consumers[c].slot.flatten())
-                .collect();
-            let chosen = speakers::choose(now, &current, &others);
-            for ((cid, old), new) in slots.iter().zip(current).zip(chosen) {
-                if old.map(|h| h.speaker) != new.map(|h| h.speaker) {
-                    self.move_slot(*cid, new);
-                } else if let (Some(c), Some(n)) = (self.consumers.get_mut(cid), new) {
-                    c.slot = Some(Some(n));
-                }
-            }
-        }
-    }
-
-    /// Puts a slot consumer on another speaker. Its SSRC stays; sequence numbers continue
-    /// and timestamps move on by the elapsed time, so the stream stays valid.
-    fn move_slot(&mut self, cid: u64, new: Option<Held>) {
-        let Some(c) = self.consumers.get_mut(&cid) else {
-            return;
-        };
-        if let Some(old) = self.producers.get_mut(&c.producer) {
-            old.consumers.retain(|x| *x != cid);
-        }
-        c.producer = new.map_or(0, |h| h.speaker);
-        c.slot = Some(new);
-        c.rewriter.mark_discontinuity();
-        if let Some(p) = self.producers.get_mut(&c.producer) {
-            p.consumers.push(cid);
-        }
     }
 
     /// A consumer on a negotiated media section: the payload type the subscriber accepted
