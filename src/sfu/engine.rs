@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
-use serde_json::Value;
 use str0m::config::DtlsCert;
 use str0m::ice::StunMessage;
 use str0m::media::Mid;
@@ -21,13 +20,14 @@ use super::keyframe::is_keyframe;
 use super::ortc::Kind;
 use super::producer::Producer;
 use super::room::{note_first_media, Peer, Room};
-use super::transport::{Direction, Transport};
+use super::transport::Transport;
 use super::SfuError;
 
 pub type PeerId = u64;
 
 pub use super::consumer::ConsumerInfo;
 pub use super::room::{JoinInfo, ProducerInfo};
+pub use super::transport::TransportInfo;
 
 /// DTLS datagrams kept per transport until connect-transport arrives.
 const EARLY_DTLS_MAX: usize = 16;
@@ -61,13 +61,6 @@ pub enum Notice {
     MediaFailed {
         reason: String,
     },
-}
-
-pub struct TransportInfo {
-    pub id: String,
-    pub ice_parameters: Value,
-    pub ice_candidates: Value,
-    pub dtls_parameters: Value,
 }
 
 /// Counters the shard reports.
@@ -206,97 +199,22 @@ impl Engine {
         self.earliest
     }
 
-    // ------------------------------------------------------------------ commands
+    // ------------------------------------------------------------------ transports
 
-    pub fn create_transport(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        direction: Direction,
-    ) -> Result<TransportInfo, SfuError> {
-        self.peer(peer)?;
-        let id = self.fresh_id();
-        let mut t = Transport::new(now, id, peer, direction, &self.cert, self.candidate)?;
-        let info = TransportInfo {
-            id: wire_id("t", id),
-            ice_parameters: t.ice_parameters(),
-            ice_candidates: t.ice_candidates(),
-            dtls_parameters: t.dtls_parameters(),
-        };
+    /// Registers a new transport with its peer and the ufrag demux table. Shared by the
+    /// mediasoup dialect and the SDP bridge.
+    pub(super) fn add_transport(&mut self, t: Transport) -> u64 {
+        let (id, peer) = (t.id, t.peer);
         self.by_ufrag.insert(t.ufrag.clone(), id);
         self.transports.insert(id, t);
-        self.peers
-            .get_mut(&peer)
-            .expect("checked")
-            .transports
-            .push(id);
-        self.drain(now, id);
-        Ok(info)
-    }
-
-    pub(super) fn own_transport(&self, peer: PeerId, transport: &str) -> Result<u64, SfuError> {
-        let id = parse_id("t", transport).ok_or_else(|| SfuError::UnknownId(transport.into()))?;
-        match self.transports.get(&id) {
-            Some(t) if t.peer == peer => Ok(id),
-            _ => Err(SfuError::UnknownId(transport.into())),
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.transports.push(id);
         }
+        id
     }
 
-    pub fn connect_transport(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        transport: &str,
-        dtls: &Value,
-    ) -> Result<(), SfuError> {
-        let id = self.own_transport(peer, transport)?;
-        let fps = dtls
-            .get("fingerprints")
-            .and_then(Value::as_array)
-            .ok_or_else(|| SfuError::BadRequest("dtlsParameters.fingerprints missing".into()))?;
-        // str0m verifies sha-256 and sha-1 only; prefer sha-256.
-        let pick = |alg: &str| {
-            fps.iter().find(|f| {
-                f.get("algorithm")
-                    .and_then(Value::as_str)
-                    .is_some_and(|a| a.eq_ignore_ascii_case(alg))
-            })
-        };
-        let fp = pick("sha-256").ok_or_else(|| {
-            SfuError::BadRequest("dtlsParameters.fingerprints has no sha-256 entry".into())
-        })?;
-        let value = fp
-            .get("value")
-            .and_then(Value::as_str)
-            .ok_or_else(|| SfuError::BadRequest("fingerprint value missing".into()))?;
-        let t = self.transports.get_mut(&id).expect("checked");
-        t.connect("sha-256", value)?;
-        for (source, data) in std::mem::take(&mut t.early_dtls) {
-            if let Ok(r) = Receive::new(Protocol::Udp, source, self.candidate, &data) {
-                let _ = t.rtc.handle_input(Input::Receive(now, r));
-            }
-        }
-        self.drain(now, id);
-        Ok(())
-    }
-
-    pub fn restart_ice(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        transport: &str,
-    ) -> Result<Value, SfuError> {
-        let id = self.own_transport(peer, transport)?;
-        let t = self.transports.get_mut(&id).expect("checked");
-        let old = t.ufrag.clone();
-        let new = t.restart_ice();
-        let params = t.ice_parameters();
-        self.by_ufrag.remove(&old);
-        self.by_ufrag.insert(new, id);
-        self.drain(now, id);
-        Ok(params)
-    }
-
+    /// Closes a transport and forgets its demux entries (its producers and consumers are
+    /// removed by the caller).
     pub(super) fn remove_transport(&mut self, id: u64) {
         let Some(mut t) = self.transports.remove(&id) else {
             return;
@@ -310,6 +228,17 @@ impl Engine {
         if let Some(p) = self.peers.get_mut(&t.peer) {
             p.transports.retain(|&x| x != id);
         }
+    }
+
+    /// A transport failed: its peer leaves and is told why.
+    fn fail_transport(&mut self, now: Instant, id: u64, reason: String) {
+        let Some(peer) = self.transports.get(&id).map(|t| t.peer) else {
+            return;
+        };
+        tracing::info!(transport = id, "{reason}");
+        self.leave(now, peer);
+        self.notices
+            .push_back((peer, Notice::MediaFailed { reason }));
     }
 
     // ------------------------------------------------------------------ network
@@ -476,16 +405,6 @@ impl Engine {
         }
         self.scratch_events = events;
         self.review_due_slots(now);
-    }
-
-    fn fail_transport(&mut self, now: Instant, id: u64, reason: String) {
-        let Some(peer) = self.transports.get(&id).map(|t| t.peer) else {
-            return;
-        };
-        tracing::info!(transport = id, "{reason}");
-        self.leave(now, peer);
-        self.notices
-            .push_back((peer, Notice::MediaFailed { reason }));
     }
 
     /// The producer a received packet belongs to: by its mid, or, for a packet without

@@ -60,14 +60,7 @@ impl Engine {
         let mut t = Transport::new(now, id, peer, direction, &self.cert, self.candidate)?;
         t.sdp = true;
         t.connected = true;
-        self.by_ufrag.insert(t.ufrag.clone(), id);
-        self.transports.insert(id, t);
-        self.peers
-            .get_mut(&peer)
-            .expect("checked")
-            .transports
-            .push(id);
-        Ok(id)
+        Ok(self.add_transport(t))
     }
 
     fn transport_producers(&self, tid: u64) -> usize {
