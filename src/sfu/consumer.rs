@@ -31,16 +31,23 @@ pub struct ConsumerInfo {
 
 /// A producer's track on one subscriber's transport.
 pub(super) struct Consumer {
+    /// The subscribing peer.
     pub(super) peer: PeerId,
+    /// The subscriber's transport it is sent on.
     pub(super) transport: u64,
     /// The producer it carries; 0 for a speaker slot that carries nobody now.
     pub(super) producer: u64,
+    /// Its media section on the transport.
     pub(super) mid: Mid,
+    /// The SSRC it is sent with.
     pub(super) ssrc: Ssrc,
     /// The payload type this consumer's transport negotiated for the producer's codec.
     pub(super) pt: u8,
+    /// Paused by its subscriber (mediasoup consumers start paused).
     pub(super) paused: bool,
+    /// Video is held until a keyframe arrives.
     pub(super) wait_keyframe: bool,
+    /// Its own sequence numbers and timestamps.
     pub(super) rewriter: Rewriter,
     /// A loudest-speaker slot (`/connect`): its producer changes; 0 when it carries none.
     pub(super) slot: Option<Option<Held>>,
@@ -50,8 +57,11 @@ pub(super) struct Consumer {
 pub(super) struct Incoming {
     /// The extended input sequence number.
     pub(super) seq: u64,
+    /// The input timestamp.
     pub(super) ts: u32,
+    /// The codec's clock rate.
     pub(super) clock_rate: u32,
+    /// The producer is video.
     pub(super) video: bool,
     /// The packet starts a keyframe (always false for audio).
     pub(super) keyframe: bool,

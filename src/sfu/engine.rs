@@ -1,7 +1,16 @@
-//! One shard's media core: rooms, peers, transports, producers and consumers.
+//! One shard's media core: the [`Engine`], owner of rooms, peers, transports, producers
+//! and consumers.
 //!
 //! Sans-IO: datagrams and commands go in with the current time, datagrams to send and
-//! events for signaling sessions come out. Nothing here reads a clock or touches a socket.
+//! notices for signaling sessions come out. Nothing here reads a clock or touches a socket.
+//!
+//! Commands live with the object they act on ([`room`](super::room),
+//! [`transport`](super::transport), [`producer`](super::producer),
+//! [`consumer`](super::consumer), [`slots`](super::slots), and the SDP bridge in
+//! [`sdp`](super::sdp)). This module keeps the engine itself: id allocation, the demux
+//! tables (by ICE ufrag, by source address, by mid), datagrams and timeouts in, draining
+//! each str0m `Rtc`, the fan-out of a received packet to its consumers, and the outbox and
+//! notices.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -23,11 +32,12 @@ use super::room::{note_first_media, Peer, Room};
 use super::transport::Transport;
 use super::SfuError;
 
-pub type PeerId = u64;
-
 pub use super::consumer::ConsumerInfo;
 pub use super::room::{JoinInfo, ProducerInfo};
 pub use super::transport::TransportInfo;
+
+/// A participant, as the shard numbers its signaling sessions.
+pub type PeerId = u64;
 
 /// DTLS datagrams kept per transport until connect-transport arrives.
 const EARLY_DTLS_MAX: usize = 16;
@@ -35,30 +45,46 @@ const EARLY_DTLS_MAX: usize = 16;
 /// What the engine tells a signaling session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
+    /// Another peer joined the room.
     PeerJoined {
+        /// Its user id.
         user_id: String,
+        /// Its display name.
         user_name: String,
     },
+    /// Another peer left the room (or its media failed).
     PeerLeft {
+        /// Its user id.
         user_id: String,
+        /// Its peer id.
         peer: PeerId,
     },
+    /// Another peer of the room produces a new track.
     NewProducer {
+        /// The producer's wire id.
         producer_id: String,
         /// The publishing peer (SDP dialects group tracks by publisher).
         publisher: PeerId,
+        /// The publisher's user id.
         user_id: String,
+        /// The publisher's display name.
         user_name: String,
+        /// Audio or video.
         kind: Kind,
     },
+    /// A producer of the room was closed.
     ProducerClosed {
+        /// The producer's wire id.
         producer_id: String,
     },
+    /// One of the peer's consumers was closed (its producer went away).
     ConsumerClosed {
+        /// The consumer's wire id.
         consumer_id: String,
     },
     /// ICE or DTLS failed, or consent expired: everything of the peer was released.
     MediaFailed {
+        /// What happened, for logs and the client.
         reason: String,
     },
 }
@@ -66,27 +92,45 @@ pub enum Notice {
 /// Counters the shard reports.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EngineCounters {
+    /// RTP packets received from producers.
     pub rtp_in: u64,
+    /// RTP packets written to consumers.
     pub rtp_out: u64,
+    /// RTP payload bytes received from producers.
     pub bytes_in: u64,
+    /// Bytes of every datagram sent (media, RTCP, ICE, DTLS).
     pub bytes_out: u64,
+    /// Datagrams that belong to no transport or that no transport accepts.
     pub datagrams_dropped: u64,
 }
 
+/// One shard's media core: see the [module documentation](self).
 pub struct Engine {
+    /// The shard's bits of every id (`shard << 40`).
     pub(super) id_base: u64,
+    /// The last id handed out, below `id_base`.
     pub(super) next_id: u64,
+    /// One DTLS certificate for every transport of the shard.
     pub(super) cert: DtlsCert,
     /// The address clients send to: announced IP and this shard's UDP port.
     pub(super) candidate: SocketAddr,
+    /// Joined peers.
     pub(super) peers: HashMap<PeerId, Peer>,
+    /// Rooms by name, while they have peers.
     pub(super) rooms: HashMap<String, Room>,
+    /// Transports by id.
     pub(super) transports: HashMap<u64, Transport>,
+    /// Producers by id.
     pub(super) producers: HashMap<u64, Producer>,
+    /// Consumers by id.
     pub(super) consumers: HashMap<u64, Consumer>,
+    /// Demux before ICE: the transport of each local ICE ufrag.
     pub(super) by_ufrag: HashMap<String, u64>,
+    /// Demux after a STUN request: the transport of each client address.
     pub(super) by_source: HashMap<SocketAddr, u64>,
+    /// The producer of each (transport, mid).
     pub(super) producer_by_mid: HashMap<(u64, Mid), u64>,
+    /// The consumer of each (transport, mid).
     pub(super) consumer_by_mid: HashMap<(u64, Mid), u64>,
     /// No transport's deadline is earlier than this (it may be earlier than needed: an
     /// early wake-up finds nothing due and recomputes it).
@@ -99,15 +143,20 @@ pub struct Engine {
     pub(super) join_times: Vec<Duration>,
     /// Reused between drains so the packet path does not allocate.
     pub(super) scratch_events: Vec<(u64, RtcEvent)>,
+    /// Datagrams to send, oldest first.
     pub(super) outbox: Vec<Transmit>,
+    /// Notices for signaling sessions, oldest first.
     pub(super) notices: VecDeque<(PeerId, Notice)>,
+    /// What the shard reports.
     pub(super) counters: EngineCounters,
 }
 
+/// An id as the wire shows it: a one-letter prefix and hex digits.
 pub(super) fn wire_id(prefix: &str, id: u64) -> String {
     format!("{prefix}{id:x}")
 }
 
+/// The id behind a wire id with this prefix.
 pub(super) fn parse_id(prefix: &str, s: &str) -> Option<u64> {
     u64::from_str_radix(s.strip_prefix(prefix)?, 16).ok()
 }
@@ -144,6 +193,7 @@ impl Engine {
         })
     }
 
+    /// A new id for a transport, producer or consumer, unique across shards.
     pub(super) fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
         self.id_base | self.next_id
@@ -151,21 +201,27 @@ impl Engine {
 
     // ------------------------------------------------------------------ figures
 
+    /// Rooms with at least one peer.
     pub fn rooms(&self) -> usize {
         self.rooms.len()
     }
+    /// Open transports.
     pub fn transports(&self) -> usize {
         self.transports.len()
     }
+    /// Open producers.
     pub fn producers(&self) -> usize {
         self.producers.len()
     }
+    /// Open consumers.
     pub fn consumers(&self) -> usize {
         self.consumers.len()
     }
+    /// The counters so far.
     pub fn counters(&self) -> EngineCounters {
         self.counters
     }
+    /// Whether a room of this name has peers on this engine.
     pub fn has_room(&self, room: &str) -> bool {
         self.rooms.contains_key(room)
     }
@@ -177,10 +233,12 @@ impl Engine {
         std::mem::take(&mut self.outbox)
     }
 
+    /// How many datagrams wait to be sent.
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
     }
 
+    /// Whether no datagram waits to be sent.
     pub fn outbox_is_empty(&self) -> bool {
         self.outbox.is_empty()
     }
@@ -190,6 +248,7 @@ impl Engine {
         std::mem::take(&mut self.join_times)
     }
 
+    /// The next notice for a signaling session: (the peer it is for, the notice).
     pub fn poll_notice(&mut self) -> Option<(PeerId, Notice)> {
         self.notices.pop_front()
     }
@@ -324,6 +383,7 @@ impl Engine {
         self.earliest = self.transports.values().map(|t| t.deadline).min();
     }
 
+    /// Queues a transport for draining (once).
     pub(super) fn mark_dirty(&mut self, id: u64) {
         if let Some(t) = self.transports.get_mut(&id) {
             if !t.dirty {
@@ -340,6 +400,9 @@ impl Engine {
         self.drain_dirty(now);
     }
 
+    /// Drains every queued transport: datagrams go to the outbox, received packets are
+    /// forwarded (queuing their consumers' transports in turn), keyframe requests go to
+    /// the producers; then the speaker slots due for review are reviewed.
     pub(super) fn drain_dirty(&mut self, now: Instant) {
         let mut events = std::mem::take(&mut self.scratch_events);
         while let Some(id) = self.dirty.pop() {

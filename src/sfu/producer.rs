@@ -21,8 +21,11 @@ const LAYER_IDLE: Duration = Duration::from_millis(1500);
 
 /// One encoding of a producer: a simulcast layer, or the only one.
 pub(super) struct Layer {
+    /// The simulcast rid, if it has one.
     pub(super) rid: Option<Rid>,
+    /// The SSRC, declared or learnt from the first packet.
     pub(super) ssrc: Option<Ssrc>,
+    /// When its last packet arrived.
     pub(super) last_packet: Option<Instant>,
 }
 
@@ -58,18 +61,27 @@ impl Layer {
 
 /// A published track.
 pub(super) struct Producer {
+    /// Its id (the wire id is `p` and this in hex).
     pub(super) id: u64,
+    /// The publishing peer.
     pub(super) peer: PeerId,
+    /// The publisher's transport it arrives on.
     pub(super) transport: u64,
+    /// Audio or video.
     pub(super) kind: Kind,
+    /// Codec and numbering, as checked against the router.
     pub(super) spec: ProducerSpec,
+    /// Its media section on the transport.
     pub(super) mid: Mid,
+    /// Paused by its publisher: nothing is forwarded.
     pub(super) paused: bool,
+    /// Consumers it is forwarded to, oldest first.
     pub(super) consumers: Vec<u64>,
     /// One entry per encoding, lowest first.
     pub(super) layers: Vec<Layer>,
     /// The layer forwarded now.
     pub(super) selected: usize,
+    /// When the publisher was last asked for a keyframe (the debounce).
     pub(super) last_keyframe_request: Option<Instant>,
     /// Smoothed audio level, for loudest-speaker slots.
     pub(super) level: Level,

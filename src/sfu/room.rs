@@ -36,12 +36,19 @@ pub struct JoinInfo {
 pub(super) struct Peer {
     /// When the peer joined; cleared once its first media packet flowed.
     pub(super) joined_at: Option<Instant>,
+    /// The user id (authenticated by the dialect).
     pub(super) user_id: String,
+    /// The display name.
     pub(super) user_name: String,
+    /// The room it joined.
     pub(super) room: String,
+    /// What its consumers are checked against when `consume` names none.
     pub(super) rtp_capabilities: Option<Value>,
+    /// Its transports.
     pub(super) transports: Vec<u64>,
+    /// Its producers.
     pub(super) producers: Vec<u64>,
+    /// Its consumers.
     pub(super) consumers: Vec<u64>,
 }
 
@@ -69,7 +76,9 @@ pub(super) fn note_first_media(
 /// A room: its peers and its producers, both in the order they came.
 #[derive(Default)]
 pub(super) struct Room {
+    /// Its peers, in the order they joined.
     pub(super) peers: Vec<PeerId>,
+    /// Its producers, oldest first.
     pub(super) producers: Vec<u64>,
     /// When the room's speaker slots were last reviewed.
     pub(super) last_review: Option<Instant>,

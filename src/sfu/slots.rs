@@ -1,7 +1,7 @@
 //! Loudest-speaker slots (`/connect`): a peer's receiving audio sections are consumers
 //! whose producer changes over time, so that it hears the loudest other speakers of its
 //! room. Reviewed a few times a second, driven by audio packets; the level and hysteresis
-//! math is in [`speakers`](super::speakers).
+//! math is in [`speakers`].
 
 use std::time::{Duration, Instant};
 

@@ -17,6 +17,7 @@ use super::send_offer::{
 };
 use super::SfuError;
 
+/// Which way media flows on a transport, seen from the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// The client sends media (producers live here).
@@ -28,12 +29,20 @@ pub enum Direction {
     Both,
 }
 
+/// One client connection: a str0m `Rtc` with its ICE and DTLS state and what the engine
+/// keeps about it.
 pub struct Transport {
+    /// The transport's id (its wire id is `t` and this in hex).
     pub id: u64,
+    /// The peer that owns it.
     pub peer: u64,
+    /// Which way media flows.
     pub direction: Direction,
+    /// The WebRTC engine of this connection, in RTP mode.
     pub rtc: Rtc,
+    /// The local ICE ufrag, the key of the engine's ufrag demux table.
     pub ufrag: String,
+    /// The one host candidate: announced IP and the shard's UDP port.
     pub candidate: SocketAddr,
     /// DTLS started (connect-transport received, or SDP negotiated).
     pub connected: bool,
@@ -67,6 +76,8 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// An ICE-lite, DTLS-server `Rtc` with one host candidate, reusing the shard's DTLS
+    /// certificate; send transports give TWCC feedback.
     pub fn new(
         now: Instant,
         id: u64,
@@ -128,6 +139,7 @@ impl Transport {
         json!({"usernameFragment": c.ufrag, "password": c.pass, "iceLite": true})
     }
 
+    /// `iceCandidates` as mediasoup-client expects them: the one host candidate.
     pub fn ice_candidates(&self) -> Value {
         json!([{
             "foundation": "udpcandidate",
@@ -140,6 +152,8 @@ impl Transport {
         }])
     }
 
+    /// `dtlsParameters` as mediasoup-client expects them: role auto, the local
+    /// fingerprint.
     pub fn dtls_parameters(&mut self) -> Value {
         let fp = self.rtc.direct_api().local_dtls_fingerprint().clone();
         let value = fp.to_string();
@@ -243,6 +257,7 @@ impl Transport {
         Ok(())
     }
 
+    /// The mid for the next consumer on this transport ("0", "1", ...).
     pub fn next_mid(&mut self) -> String {
         let m = self.next_mid;
         self.next_mid += 1;
