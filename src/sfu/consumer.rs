@@ -86,6 +86,7 @@ pub(super) enum Admit {
 impl Consumer {
     /// The keyframe gate and the rewrite for one packet. `connected`: the subscriber's
     /// transport is up (before that nothing is sent, and video starts at a keyframe).
+    #[inline]
     pub(super) fn admit(&mut self, now: Instant, connected: bool, pkt: &Incoming) -> Admit {
         if self.paused {
             return Admit::Drop;

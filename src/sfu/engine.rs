@@ -92,15 +92,16 @@ pub enum Notice {
 /// Counters the shard reports.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EngineCounters {
-    /// RTP packets received from producers.
+    /// RTP packets received (decrypted by a transport).
     pub rtp_in: u64,
     /// RTP packets written to consumers.
     pub rtp_out: u64,
-    /// RTP payload bytes received from producers.
+    /// Payload bytes of those packets.
     pub bytes_in: u64,
     /// Bytes of every datagram sent (media, RTCP, ICE, DTLS).
     pub bytes_out: u64,
-    /// Datagrams that belong to no transport or that no transport accepts.
+    /// Datagrams that belong to no transport, do not parse, or that their transport
+    /// refuses.
     pub datagrams_dropped: u64,
 }
 

@@ -62,6 +62,7 @@ impl Peer {
 
 /// Records a peer's first media packet (sent or received) in `out`. A free function over
 /// the peer table so that the forward path can call it while it borrows other fields.
+#[inline]
 pub(super) fn note_first_media(
     peers: &mut HashMap<PeerId, Peer>,
     out: &mut Vec<Duration>,
