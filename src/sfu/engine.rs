@@ -1,185 +1,137 @@
-//! One shard's media core: rooms, peers, transports, producers and consumers.
+//! One shard's media core: the [`Engine`], owner of rooms, peers, transports, producers
+//! and consumers.
 //!
 //! Sans-IO: datagrams and commands go in with the current time, datagrams to send and
-//! events for signaling sessions come out. Nothing here reads a clock or touches a socket.
+//! notices for signaling sessions come out. Nothing here reads a clock or touches a socket.
+//!
+//! Commands live with the object they act on ([`room`](super::room),
+//! [`transport`](super::transport), [`producer`](super::producer),
+//! [`consumer`](super::consumer), [`slots`](super::slots), and the SDP bridge in
+//! [`sdp`](super::sdp)). This module keeps the engine itself: id allocation, the demux
+//! tables (by ICE ufrag, by source address, by mid), datagrams and timeouts in, draining
+//! each str0m `Rtc`, the fan-out of a received packet to its consumers, and the outbox and
+//! notices.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
-use serde_json::Value;
 use str0m::config::DtlsCert;
 use str0m::ice::StunMessage;
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::media::Mid;
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::rtp::{ExtensionValues, RtpHeader, RtpPacket, RtpWrite};
 use str0m::{Event as RtcEvent, IceConnectionState, Input, Output};
 
+use super::consumer::{Admit, Consumer, Incoming};
 use super::keyframe::is_keyframe;
-use super::ortc::{self, Kind, ProducerSpec, RtpParameters};
-use super::rewrite::Rewriter;
-use super::send_offer::SendSection;
-use super::speakers::{Held, Level};
-use super::transport::{Direction, Transport};
+use super::ortc::Kind;
+use super::producer::Producer;
+use super::room::{note_first_media, Peer, Room};
+use super::transport::Transport;
 use super::SfuError;
 
+pub use super::consumer::ConsumerInfo;
+pub use super::room::{JoinInfo, ProducerInfo};
+pub use super::transport::TransportInfo;
+
+/// A participant, as the shard numbers its signaling sessions.
 pub type PeerId = u64;
 
-/// How often a room's loudest-speaker slots are reviewed.
-const SLOT_REVIEW: Duration = Duration::from_millis(250);
 /// DTLS datagrams kept per transport until connect-transport arrives.
 const EARLY_DTLS_MAX: usize = 16;
-/// How often a producer may be asked for a keyframe.
-const KEYFRAME_DEBOUNCE: Duration = Duration::from_millis(500);
-/// A simulcast layer without packets for this long counts as inactive.
-const LAYER_IDLE: Duration = Duration::from_millis(1500);
 
 /// What the engine tells a signaling session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
+    /// Another peer joined the room.
     PeerJoined {
+        /// Its user id.
         user_id: String,
+        /// Its display name.
         user_name: String,
     },
+    /// Another peer left the room (or its media failed).
     PeerLeft {
+        /// Its user id.
         user_id: String,
+        /// Its peer id.
         peer: PeerId,
     },
+    /// Another peer of the room produces a new track.
     NewProducer {
+        /// The producer's wire id.
         producer_id: String,
         /// The publishing peer (SDP dialects group tracks by publisher).
         publisher: PeerId,
+        /// The publisher's user id.
         user_id: String,
+        /// The publisher's display name.
         user_name: String,
+        /// Audio or video.
         kind: Kind,
     },
+    /// A producer of the room was closed.
     ProducerClosed {
+        /// The producer's wire id.
         producer_id: String,
     },
+    /// One of the peer's consumers was closed (its producer went away).
     ConsumerClosed {
+        /// The consumer's wire id.
         consumer_id: String,
     },
     /// ICE or DTLS failed, or consent expired: everything of the peer was released.
     MediaFailed {
+        /// What happened, for logs and the client.
         reason: String,
     },
-}
-
-/// A producer as `join-room` lists it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProducerInfo {
-    pub producer_id: String,
-    pub user_id: String,
-    pub user_name: String,
-    pub kind: Kind,
-}
-
-pub struct JoinInfo {
-    pub producers: Vec<ProducerInfo>,
-    pub peers: Vec<(String, String)>,
-}
-
-pub struct TransportInfo {
-    pub id: String,
-    pub ice_parameters: Value,
-    pub ice_candidates: Value,
-    pub dtls_parameters: Value,
-}
-
-pub struct ConsumerInfo {
-    pub id: String,
-    pub producer_id: String,
-    pub kind: Kind,
-    pub rtp_parameters: Value,
-    pub producer_paused: bool,
 }
 
 /// Counters the shard reports.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EngineCounters {
+    /// RTP packets received (decrypted by a transport).
     pub rtp_in: u64,
+    /// RTP packets written to consumers.
     pub rtp_out: u64,
+    /// Payload bytes of those packets.
     pub bytes_in: u64,
+    /// Bytes of every datagram sent (media, RTCP, ICE, DTLS).
     pub bytes_out: u64,
+    /// Datagrams that belong to no transport, do not parse, or that their transport
+    /// refuses.
     pub datagrams_dropped: u64,
 }
 
-pub(super) struct Peer {
-    /// When the peer joined; cleared once its first media packet flowed.
-    pub(super) joined_at: Option<Instant>,
-    pub(super) user_id: String,
-    pub(super) user_name: String,
-    pub(super) room: String,
-    pub(super) rtp_capabilities: Option<Value>,
-    pub(super) transports: Vec<u64>,
-    pub(super) producers: Vec<u64>,
-    pub(super) consumers: Vec<u64>,
-}
-
-#[derive(Default)]
-pub(super) struct Room {
-    pub(super) peers: Vec<PeerId>,
-    pub(super) producers: Vec<u64>,
-    /// When the room's speaker slots were last reviewed.
-    pub(super) last_review: Option<Instant>,
-    /// Some peer of the room receives loudest-speaker slots.
-    pub(super) has_slots: bool,
-}
-
-pub(super) struct Layer {
-    pub(super) rid: Option<Rid>,
-    pub(super) ssrc: Option<Ssrc>,
-    pub(super) last_packet: Option<Instant>,
-}
-
-pub(super) struct Producer {
-    pub(super) id: u64,
-    pub(super) peer: PeerId,
-    pub(super) transport: u64,
-    pub(super) kind: Kind,
-    pub(super) spec: ProducerSpec,
-    pub(super) mid: Mid,
-    pub(super) paused: bool,
-    pub(super) consumers: Vec<u64>,
-    /// One entry per encoding, lowest first.
-    pub(super) layers: Vec<Layer>,
-    /// The layer forwarded now.
-    pub(super) selected: usize,
-    pub(super) last_keyframe_request: Option<Instant>,
-    /// Smoothed audio level, for loudest-speaker slots.
-    pub(super) level: Level,
-}
-
-pub(super) struct Consumer {
-    pub(super) peer: PeerId,
-    pub(super) transport: u64,
-    pub(super) producer: u64,
-    pub(super) mid: Mid,
-    pub(super) ssrc: Ssrc,
-    /// The payload type this consumer's transport negotiated for the producer's codec.
-    pub(super) pt: u8,
-    pub(super) paused: bool,
-    pub(super) wait_keyframe: bool,
-    pub(super) rewriter: Rewriter,
-    /// A loudest-speaker slot (`/connect`): its producer changes; 0 when it carries none.
-    pub(super) slot: Option<Option<Held>>,
-}
-
+/// One shard's media core: see the [module documentation](self).
 pub struct Engine {
+    /// The shard's bits of every id (`shard << 40`).
     pub(super) id_base: u64,
+    /// The last id handed out, below `id_base`.
     pub(super) next_id: u64,
+    /// One DTLS certificate for every transport of the shard.
     pub(super) cert: DtlsCert,
     /// The address clients send to: announced IP and this shard's UDP port.
     pub(super) candidate: SocketAddr,
+    /// Joined peers.
     pub(super) peers: HashMap<PeerId, Peer>,
+    /// Rooms by name, while they have peers.
     pub(super) rooms: HashMap<String, Room>,
+    /// Transports by id.
     pub(super) transports: HashMap<u64, Transport>,
+    /// Producers by id.
     pub(super) producers: HashMap<u64, Producer>,
+    /// Consumers by id.
     pub(super) consumers: HashMap<u64, Consumer>,
+    /// Demux before ICE: the transport of each local ICE ufrag.
     pub(super) by_ufrag: HashMap<String, u64>,
+    /// Demux after a STUN request: the transport of each client address.
     pub(super) by_source: HashMap<SocketAddr, u64>,
+    /// The producer of each (transport, mid).
     pub(super) producer_by_mid: HashMap<(u64, Mid), u64>,
+    /// The consumer of each (transport, mid).
     pub(super) consumer_by_mid: HashMap<(u64, Mid), u64>,
     /// No transport's deadline is earlier than this (it may be earlier than needed: an
     /// early wake-up finds nothing due and recomputes it).
@@ -192,15 +144,20 @@ pub struct Engine {
     pub(super) join_times: Vec<Duration>,
     /// Reused between drains so the packet path does not allocate.
     pub(super) scratch_events: Vec<(u64, RtcEvent)>,
+    /// Datagrams to send, oldest first.
     pub(super) outbox: Vec<Transmit>,
+    /// Notices for signaling sessions, oldest first.
     pub(super) notices: VecDeque<(PeerId, Notice)>,
+    /// What the shard reports.
     pub(super) counters: EngineCounters,
 }
 
+/// An id as the wire shows it: a one-letter prefix and hex digits.
 pub(super) fn wire_id(prefix: &str, id: u64) -> String {
     format!("{prefix}{id:x}")
 }
 
+/// The id behind a wire id with this prefix.
 pub(super) fn parse_id(prefix: &str, s: &str) -> Option<u64> {
     u64::from_str_radix(s.strip_prefix(prefix)?, 16).ok()
 }
@@ -237,6 +194,7 @@ impl Engine {
         })
     }
 
+    /// A new id for a transport, producer or consumer, unique across shards.
     pub(super) fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
         self.id_base | self.next_id
@@ -244,21 +202,27 @@ impl Engine {
 
     // ------------------------------------------------------------------ figures
 
+    /// Rooms with at least one peer.
     pub fn rooms(&self) -> usize {
         self.rooms.len()
     }
+    /// Open transports.
     pub fn transports(&self) -> usize {
         self.transports.len()
     }
+    /// Open producers.
     pub fn producers(&self) -> usize {
         self.producers.len()
     }
+    /// Open consumers.
     pub fn consumers(&self) -> usize {
         self.consumers.len()
     }
+    /// The counters so far.
     pub fn counters(&self) -> EngineCounters {
         self.counters
     }
+    /// Whether a room of this name has peers on this engine.
     pub fn has_room(&self, room: &str) -> bool {
         self.rooms.contains_key(room)
     }
@@ -270,10 +234,12 @@ impl Engine {
         std::mem::take(&mut self.outbox)
     }
 
+    /// How many datagrams wait to be sent.
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
     }
 
+    /// Whether no datagram waits to be sent.
     pub fn outbox_is_empty(&self) -> bool {
         self.outbox.is_empty()
     }
@@ -283,19 +249,7 @@ impl Engine {
         std::mem::take(&mut self.join_times)
     }
 
-    fn note_first_media(
-        peers: &mut HashMap<PeerId, Peer>,
-        out: &mut Vec<Duration>,
-        peer: PeerId,
-        now: Instant,
-    ) {
-        if let Some(p) = peers.get_mut(&peer) {
-            if let Some(at) = p.joined_at.take() {
-                out.push(now.saturating_duration_since(at));
-            }
-        }
-    }
-
+    /// The next notice for a signaling session: (the peer it is for, the notice).
     pub fn poll_notice(&mut self) -> Option<(PeerId, Notice)> {
         self.notices.pop_front()
     }
@@ -305,546 +259,22 @@ impl Engine {
         self.earliest
     }
 
-    // ------------------------------------------------------------------ commands
+    // ------------------------------------------------------------------ transports
 
-    pub(super) fn peer(&self, peer: PeerId) -> Result<&Peer, SfuError> {
-        self.peers.get(&peer).ok_or(SfuError::NotJoined)
-    }
-
-    /// Adds a peer to a room (created on first use).
-    pub fn join(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        room: &str,
-        user_id: &str,
-        user_name: &str,
-        rtp_capabilities: Option<Value>,
-    ) -> Result<JoinInfo, SfuError> {
-        if self.peers.contains_key(&peer) {
-            return Err(SfuError::BadRequest("already joined".into()));
-        }
-        let r = self.rooms.entry(room.to_string()).or_default();
-        let others: Vec<PeerId> = r.peers.clone();
-        r.peers.push(peer);
-        let producers = r
-            .producers
-            .iter()
-            .filter_map(|pid| self.producers.get(pid))
-            .filter_map(|p| {
-                let owner = self.peers.get(&p.peer)?;
-                Some(ProducerInfo {
-                    producer_id: wire_id("p", p.id),
-                    user_id: owner.user_id.clone(),
-                    user_name: owner.user_name.clone(),
-                    kind: p.kind,
-                })
-            })
-            .collect();
-        let peers = others
-            .iter()
-            .filter_map(|o| self.peers.get(o))
-            .map(|p| (p.user_id.clone(), p.user_name.clone()))
-            .collect();
-        self.peers.insert(
-            peer,
-            Peer {
-                joined_at: Some(now),
-                user_id: user_id.to_string(),
-                user_name: user_name.to_string(),
-                room: room.to_string(),
-                rtp_capabilities,
-                transports: Vec::new(),
-                producers: Vec::new(),
-                consumers: Vec::new(),
-            },
-        );
-        for o in others {
-            self.notices.push_back((
-                o,
-                Notice::PeerJoined {
-                    user_id: user_id.to_string(),
-                    user_name: user_name.to_string(),
-                },
-            ));
-        }
-        Ok(JoinInfo { producers, peers })
-    }
-
-    pub fn set_rtp_capabilities(&mut self, peer: PeerId, caps: Value) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.rtp_capabilities = Some(caps);
-        }
-    }
-
-    pub fn create_transport(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        direction: Direction,
-    ) -> Result<TransportInfo, SfuError> {
-        self.peer(peer)?;
-        let id = self.fresh_id();
-        let mut t = Transport::new(now, id, peer, direction, &self.cert, self.candidate)?;
-        let info = TransportInfo {
-            id: wire_id("t", id),
-            ice_parameters: t.ice_parameters(),
-            ice_candidates: t.ice_candidates(),
-            dtls_parameters: t.dtls_parameters(),
-        };
+    /// Registers a new transport with its peer and the ufrag demux table. Shared by the
+    /// mediasoup dialect and the SDP bridge.
+    pub(super) fn add_transport(&mut self, t: Transport) -> u64 {
+        let (id, peer) = (t.id, t.peer);
         self.by_ufrag.insert(t.ufrag.clone(), id);
         self.transports.insert(id, t);
-        self.peers
-            .get_mut(&peer)
-            .expect("checked")
-            .transports
-            .push(id);
-        self.drain(now, id);
-        Ok(info)
-    }
-
-    pub(super) fn own_transport(&self, peer: PeerId, transport: &str) -> Result<u64, SfuError> {
-        let id = parse_id("t", transport).ok_or_else(|| SfuError::UnknownId(transport.into()))?;
-        match self.transports.get(&id) {
-            Some(t) if t.peer == peer => Ok(id),
-            _ => Err(SfuError::UnknownId(transport.into())),
-        }
-    }
-
-    pub fn connect_transport(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        transport: &str,
-        dtls: &Value,
-    ) -> Result<(), SfuError> {
-        let id = self.own_transport(peer, transport)?;
-        let fps = dtls
-            .get("fingerprints")
-            .and_then(Value::as_array)
-            .ok_or_else(|| SfuError::BadRequest("dtlsParameters.fingerprints missing".into()))?;
-        // str0m verifies sha-256 and sha-1 only; prefer sha-256.
-        let pick = |alg: &str| {
-            fps.iter().find(|f| {
-                f.get("algorithm")
-                    .and_then(Value::as_str)
-                    .is_some_and(|a| a.eq_ignore_ascii_case(alg))
-            })
-        };
-        let fp = pick("sha-256").ok_or_else(|| {
-            SfuError::BadRequest("dtlsParameters.fingerprints has no sha-256 entry".into())
-        })?;
-        let value = fp
-            .get("value")
-            .and_then(Value::as_str)
-            .ok_or_else(|| SfuError::BadRequest("fingerprint value missing".into()))?;
-        let t = self.transports.get_mut(&id).expect("checked");
-        t.connect("sha-256", value)?;
-        for (source, data) in std::mem::take(&mut t.early_dtls) {
-            if let Ok(r) = Receive::new(Protocol::Udp, source, self.candidate, &data) {
-                let _ = t.rtc.handle_input(Input::Receive(now, r));
-            }
-        }
-        self.drain(now, id);
-        Ok(())
-    }
-
-    pub fn restart_ice(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        transport: &str,
-    ) -> Result<Value, SfuError> {
-        let id = self.own_transport(peer, transport)?;
-        let t = self.transports.get_mut(&id).expect("checked");
-        let old = t.ufrag.clone();
-        let new = t.restart_ice();
-        let params = t.ice_parameters();
-        self.by_ufrag.remove(&old);
-        self.by_ufrag.insert(new, id);
-        self.drain(now, id);
-        Ok(params)
-    }
-
-    pub fn produce(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        transport: &str,
-        kind: Kind,
-        params: &RtpParameters,
-    ) -> Result<String, SfuError> {
-        let tid = self.own_transport(peer, transport)?;
-        self.peer(peer)?;
-        let t = self.transports.get_mut(&tid).expect("checked");
-        if t.direction != Direction::Send {
-            return Err(SfuError::BadRequest(
-                "produce needs a send transport".into(),
-            ));
-        }
-        let spec = ortc::check_producer(kind, params).map_err(SfuError::BadRequest)?;
-        let mid: Mid = spec.mid.as_str().into();
-        if self.producer_by_mid.contains_key(&(tid, mid)) {
-            return Err(SfuError::BadRequest(format!(
-                "mid {} already produces on this transport",
-                spec.mid
-            )));
-        }
-        let section = SendSection::new(kind, &spec, params).map_err(SfuError::BadRequest)?;
-        t.negotiate_section(section)?;
-        let layers = if let Some((ssrc, _)) = spec.ssrc {
-            vec![Layer {
-                rid: None,
-                ssrc: Some(ssrc.into()),
-                last_packet: None,
-            }]
-        } else {
-            spec.rids
-                .iter()
-                .map(|r| Layer {
-                    rid: Some(r.as_str().into()),
-                    ssrc: None,
-                    last_packet: None,
-                })
-                .collect()
-        };
-        let id = self.add_producer(now, peer, tid, kind, spec, mid, layers);
-        self.drain(now, tid);
-        Ok(wire_id("p", id))
-    }
-
-    /// Registers a consumer (its stream already declared on the transport) with its
-    /// transport, producer (0: none yet) and peer. Shared by every dialect.
-    pub(super) fn add_consumer(&mut self, c: Consumer) -> u64 {
-        let id = self.fresh_id();
-        self.consumer_by_mid.insert((c.transport, c.mid), id);
-        if let Some(p) = self.producers.get_mut(&c.producer) {
-            p.consumers.push(id);
-        }
-        if let Some(p) = self.peers.get_mut(&c.peer) {
-            p.consumers.push(id);
-        }
-        self.consumers.insert(id, c);
-        id
-    }
-
-    /// Registers a producer (its media already declared on the transport) and tells the
-    /// room. Shared by the mediasoup dialect and the SDP bridge.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn add_producer(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        tid: u64,
-        kind: Kind,
-        spec: ProducerSpec,
-        mid: Mid,
-        layers: Vec<Layer>,
-    ) -> u64 {
-        let id = self.fresh_id();
-        let selected = layers.len().saturating_sub(1);
-        self.producers.insert(
-            id,
-            Producer {
-                id,
-                peer,
-                transport: tid,
-                kind,
-                spec,
-                mid,
-                paused: false,
-                consumers: Vec::new(),
-                layers,
-                selected,
-                last_keyframe_request: None,
-                level: Level::new(now),
-            },
-        );
-        self.producer_by_mid.insert((tid, mid), id);
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return id;
-        };
-        p.producers.push(id);
-        let (user_id, user_name, room) = (p.user_id.clone(), p.user_name.clone(), p.room.clone());
-        let r = self.rooms.get_mut(&room).expect("a peer's room exists");
-        r.producers.push(id);
-        let producer_id = wire_id("p", id);
-        for &o in r.peers.iter().filter(|&&o| o != peer) {
-            self.notices.push_back((
-                o,
-                Notice::NewProducer {
-                    producer_id: producer_id.clone(),
-                    publisher: peer,
-                    user_id: user_id.clone(),
-                    user_name: user_name.clone(),
-                    kind,
-                },
-            ));
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.transports.push(id);
         }
         id
     }
 
-    pub(super) fn producer_in_room(&self, peer: PeerId, producer: &str) -> Result<u64, SfuError> {
-        let id = parse_id("p", producer).ok_or_else(|| SfuError::UnknownId(producer.into()))?;
-        let room = &self.peer(peer)?.room;
-        match self.producers.get(&id) {
-            Some(p) if self.peers.get(&p.peer).is_some_and(|o| &o.room == room) => Ok(id),
-            _ => Err(SfuError::UnknownId(producer.into())),
-        }
-    }
-
-    pub fn consume(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        transport: &str,
-        producer: &str,
-        rtp_capabilities: Option<&Value>,
-    ) -> Result<ConsumerInfo, SfuError> {
-        let tid = self.own_transport(peer, transport)?;
-        let pid = self.producer_in_room(peer, producer)?;
-        let p = self.peer(peer)?;
-        let caps = rtp_capabilities.or(p.rtp_capabilities.as_ref());
-        let prod = &self.producers[&pid];
-        let (codec, kind, cname, paused) = (
-            prod.spec.codec,
-            prod.kind,
-            prod.spec.cname.clone(),
-            prod.paused,
-        );
-        if !ortc::can_consume(caps, &codec) {
-            return Err(SfuError::BadRequest(format!(
-                "rtpCapabilities cannot receive {}",
-                codec.mime
-            )));
-        }
-        let t = self.transports.get_mut(&tid).expect("checked");
-        if t.direction != Direction::Recv {
-            return Err(SfuError::BadRequest(
-                "consume needs a recv transport".into(),
-            ));
-        }
-        let mid_text = t.next_mid();
-        let mid: Mid = mid_text.as_str().into();
-        let (ssrc, rtx) = {
-            let mut api = t.rtc.direct_api();
-            let ssrc = api.new_ssrc();
-            let rtx = api.new_ssrc();
-            let media_kind = match kind {
-                Kind::Audio => MediaKind::Audio,
-                Kind::Video => MediaKind::Video,
-            };
-            api.declare_media(mid, media_kind);
-            let rtx_ssrc = (kind == Kind::Video).then_some(rtx);
-            api.declare_stream_tx(ssrc, rtx_ssrc, mid, None);
-            (ssrc, rtx)
-        };
-        let id = self.add_consumer(Consumer {
-            peer,
-            transport: tid,
-            producer: pid,
-            mid,
-            ssrc,
-            pt: codec.pt,
-            paused: true,
-            wait_keyframe: kind == Kind::Video,
-            rewriter: Rewriter::default(),
-            slot: None,
-        });
-        self.drain(now, tid);
-        Ok(ConsumerInfo {
-            id: wire_id("c", id),
-            producer_id: producer.to_string(),
-            kind,
-            rtp_parameters: ortc::consumer_parameters(&codec, &mid_text, *ssrc, *rtx, &cname),
-            producer_paused: paused,
-        })
-    }
-
-    fn own_consumer(&self, peer: PeerId, consumer: &str) -> Result<u64, SfuError> {
-        let id = parse_id("c", consumer).ok_or_else(|| SfuError::UnknownId(consumer.into()))?;
-        match self.consumers.get(&id) {
-            Some(c) if c.peer == peer => Ok(id),
-            _ => Err(SfuError::UnknownId(consumer.into())),
-        }
-    }
-
-    fn own_producer(&self, peer: PeerId, producer: &str) -> Result<u64, SfuError> {
-        let id = parse_id("p", producer).ok_or_else(|| SfuError::UnknownId(producer.into()))?;
-        match self.producers.get(&id) {
-            Some(p) if p.peer == peer => Ok(id),
-            _ => Err(SfuError::UnknownId(producer.into())),
-        }
-    }
-
-    pub fn set_consumer_paused(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        consumer: &str,
-        paused: bool,
-    ) -> Result<(), SfuError> {
-        let id = self.own_consumer(peer, consumer)?;
-        let c = self.consumers.get_mut(&id).expect("checked");
-        if c.paused == paused {
-            return Ok(());
-        }
-        c.paused = paused;
-        c.rewriter.mark_discontinuity();
-        let producer = c.producer;
-        let connected = self
-            .transports
-            .get(&c.transport)
-            .is_some_and(|t| t.rtc.is_connected());
-        if !paused
-            && self
-                .producers
-                .get(&producer)
-                .is_some_and(|p| p.kind == Kind::Video)
-        {
-            c.wait_keyframe = true;
-            // Before the subscriber's transport is up a keyframe would be wasted; the
-            // forward path asks for one once the consumer can take it.
-            if connected {
-                self.request_keyframe(now, producer);
-                self.drain_dirty(now);
-            }
-        }
-        Ok(())
-    }
-
-    pub fn set_producer_paused(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        producer: &str,
-        paused: bool,
-    ) -> Result<(), SfuError> {
-        let id = self.own_producer(peer, producer)?;
-        let p = self.producers.get_mut(&id).expect("checked");
-        if p.paused == paused {
-            return Ok(());
-        }
-        p.paused = paused;
-        let video = p.kind == Kind::Video;
-        for cid in p.consumers.clone() {
-            if let Some(c) = self.consumers.get_mut(&cid) {
-                c.rewriter.mark_discontinuity();
-                c.wait_keyframe = video;
-            }
-        }
-        if !paused && video {
-            self.request_keyframe(now, id);
-            self.drain_dirty(now);
-        }
-        Ok(())
-    }
-
-    pub fn close_producer(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        producer: &str,
-    ) -> Result<(), SfuError> {
-        let id = self.own_producer(peer, producer)?;
-        self.remove_producer(now, id);
-        Ok(())
-    }
-
-    /// Releases everything of a peer and tells the room.
-    pub fn leave(&mut self, now: Instant, peer: PeerId) {
-        let Some(p) = self.peers.get(&peer) else {
-            return;
-        };
-        let (producers, consumers, transports) = (
-            p.producers.clone(),
-            p.consumers.clone(),
-            p.transports.clone(),
-        );
-        for id in producers {
-            self.remove_producer(now, id);
-        }
-        for id in consumers {
-            self.remove_consumer(now, id, false);
-        }
-        for id in transports {
-            self.remove_transport(id);
-        }
-        let p = self.peers.remove(&peer).expect("checked");
-        if let Some(room) = self.rooms.get_mut(&p.room) {
-            room.peers.retain(|&o| o != peer);
-            for &o in &room.peers {
-                self.notices.push_back((
-                    o,
-                    Notice::PeerLeft {
-                        user_id: p.user_id.clone(),
-                        peer,
-                    },
-                ));
-            }
-            if room.peers.is_empty() {
-                self.rooms.remove(&p.room);
-            }
-        }
-    }
-
-    pub(super) fn remove_producer(&mut self, now: Instant, id: u64) {
-        let Some(p) = self.producers.remove(&id) else {
-            return;
-        };
-        self.producer_by_mid.remove(&(p.transport, p.mid));
-        for cid in &p.consumers {
-            self.remove_consumer(now, *cid, true);
-        }
-        if let Some(t) = self.transports.get_mut(&p.transport) {
-            t.rtc.direct_api().remove_media(p.mid);
-            self.mark_dirty(p.transport);
-        }
-        if let Some(owner) = self.peers.get_mut(&p.peer) {
-            owner.producers.retain(|&x| x != id);
-            let room = owner.room.clone();
-            if let Some(r) = self.rooms.get_mut(&room) {
-                r.producers.retain(|&x| x != id);
-                for &o in &r.peers {
-                    self.notices.push_back((
-                        o,
-                        Notice::ProducerClosed {
-                            producer_id: wire_id("p", id),
-                        },
-                    ));
-                }
-            }
-        }
-        self.drain_dirty(now);
-    }
-
-    pub(super) fn remove_consumer(&mut self, now: Instant, id: u64, notify: bool) {
-        let Some(c) = self.consumers.remove(&id) else {
-            return;
-        };
-        self.consumer_by_mid.remove(&(c.transport, c.mid));
-        if let Some(p) = self.producers.get_mut(&c.producer) {
-            p.consumers.retain(|&x| x != id);
-        }
-        if let Some(t) = self.transports.get_mut(&c.transport) {
-            t.rtc.direct_api().remove_stream_tx(c.ssrc);
-            t.rtc.direct_api().remove_media(c.mid);
-            self.mark_dirty(c.transport);
-        }
-        if let Some(owner) = self.peers.get_mut(&c.peer) {
-            owner.consumers.retain(|&x| x != id);
-        }
-        if notify {
-            self.notices.push_back((
-                c.peer,
-                Notice::ConsumerClosed {
-                    consumer_id: wire_id("c", id),
-                },
-            ));
-        }
-        self.drain_dirty(now);
-    }
-
+    /// Closes a transport and forgets its demux entries (its producers and consumers are
+    /// removed by the caller).
     pub(super) fn remove_transport(&mut self, id: u64) {
         let Some(mut t) = self.transports.remove(&id) else {
             return;
@@ -858,6 +288,17 @@ impl Engine {
         if let Some(p) = self.peers.get_mut(&t.peer) {
             p.transports.retain(|&x| x != id);
         }
+    }
+
+    /// A transport failed: its peer leaves and is told why.
+    fn fail_transport(&mut self, now: Instant, id: u64, reason: String) {
+        let Some(peer) = self.transports.get(&id).map(|t| t.peer) else {
+            return;
+        };
+        tracing::info!(transport = id, "{reason}");
+        self.leave(now, peer);
+        self.notices
+            .push_back((peer, Notice::MediaFailed { reason }));
     }
 
     // ------------------------------------------------------------------ network
@@ -943,6 +384,7 @@ impl Engine {
         self.earliest = self.transports.values().map(|t| t.deadline).min();
     }
 
+    /// Queues a transport for draining (once).
     pub(super) fn mark_dirty(&mut self, id: u64) {
         if let Some(t) = self.transports.get_mut(&id) {
             if !t.dirty {
@@ -959,6 +401,9 @@ impl Engine {
         self.drain_dirty(now);
     }
 
+    /// Drains every queued transport: datagrams go to the outbox, received packets are
+    /// forwarded (queuing their consumers' transports in turn), keyframe requests go to
+    /// the producers; then the speaker slots due for review are reviewed.
     pub(super) fn drain_dirty(&mut self, now: Instant) {
         let mut events = std::mem::take(&mut self.scratch_events);
         while let Some(id) = self.dirty.pop() {
@@ -1023,41 +468,19 @@ impl Engine {
             }
         }
         self.scratch_events = events;
-        while let Some(room) = self.review_rooms.pop() {
-            self.review_slots(now, &room);
-        }
+        self.review_due_slots(now);
     }
 
-    fn fail_transport(&mut self, now: Instant, id: u64, reason: String) {
-        let Some(peer) = self.transports.get(&id).map(|t| t.peer) else {
-            return;
-        };
-        tracing::info!(transport = id, "{reason}");
-        self.leave(now, peer);
-        self.notices
-            .push_back((peer, Notice::MediaFailed { reason }));
-    }
-
-    /// Asks a producer's publisher for a keyframe, at most once per debounce interval.
-    pub(super) fn request_keyframe(&mut self, now: Instant, producer: u64) {
-        let Some(p) = self.producers.get_mut(&producer) else {
-            return;
-        };
-        if p.last_keyframe_request
-            .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_DEBOUNCE)
-        {
-            return;
-        }
-        let Some(ssrc) = p.layers.get(p.selected).and_then(|l| l.ssrc) else {
-            return;
-        };
-        p.last_keyframe_request = Some(now);
-        let tid = p.transport;
-        if let Some(t) = self.transports.get_mut(&tid) {
-            if let Some(rx) = t.rtc.direct_api().stream_rx(&ssrc) {
-                rx.request_keyframe(KeyframeRequestKind::Pli);
-                self.mark_dirty(tid);
-            }
+    /// The producer a received packet belongs to: by its mid, or, for a packet without
+    /// one, by its SSRC.
+    fn producer_of(&self, tid: u64, header: &RtpHeader) -> Option<u64> {
+        match header.ext_vals.mid {
+            Some(mid) => self.producer_by_mid.get(&(tid, mid)).copied(),
+            None => self
+                .producers
+                .values()
+                .find(|p| p.transport == tid && p.has_ssrc(header.ssrc))
+                .map(|p| p.id),
         }
     }
 
@@ -1065,95 +488,42 @@ impl Engine {
     fn forward(&mut self, now: Instant, tid: u64, pkt: RtpPacket) {
         self.counters.rtp_in += 1;
         self.counters.bytes_in += pkt.payload.len() as u64;
-        let pid = match pkt.header.ext_vals.mid {
-            Some(mid) => self.producer_by_mid.get(&(tid, mid)).copied(),
-            None => self
-                .producers
-                .values()
-                .find(|p| {
-                    p.transport == tid && p.layers.iter().any(|l| l.ssrc == Some(pkt.header.ssrc))
-                })
-                .map(|p| p.id),
+        let Some(pid) = self.producer_of(tid, &pkt.header) else {
+            return;
         };
-        let Some(pid) = pid else { return };
         let Some(p) = self.producers.get_mut(&pid) else {
             return;
         };
-
-        // Which layer is this? Learn SSRCs of rid layers as they show up.
-        let layer = match p
-            .layers
-            .iter()
-            .position(|l| l.ssrc == Some(pkt.header.ssrc))
-        {
-            Some(i) => i,
-            None => {
-                let rid = pkt.header.ext_vals.rid;
-                // A rid layer, or the one layer of a producer whose SSRC was not declared
-                // (SDP publishers): learn the SSRC from the first packet.
-                let fresh = p
-                    .layers
-                    .iter()
-                    .position(|l| l.rid.is_some() && l.rid == rid);
-                let fresh = fresh.or_else(|| {
-                    let only = p.layers.len() == 1;
-                    (only && p.layers[0].rid.is_none() && p.layers[0].ssrc.is_none()).then_some(0)
-                });
-                match fresh {
-                    Some(i) => {
-                        p.layers[i].ssrc = Some(pkt.header.ssrc);
-                        i
-                    }
-                    None => return,
-                }
-            }
-        };
-        p.layers[layer].last_packet = Some(now);
-        if p.kind == Kind::Audio {
-            p.level.update(now, pkt.header.ext_vals.audio_level);
-            // Speaker slots of the room are reviewed a few times a second, not per packet.
-            if let Some(room_name) = self.peers.get(&p.peer).map(|o| &o.room) {
-                if let Some(room) = self.rooms.get_mut(room_name) {
-                    let due = room
-                        .last_review
-                        .is_none_or(|t| now.saturating_duration_since(t) >= SLOT_REVIEW);
-                    if due && room.has_slots {
-                        room.last_review = Some(now);
-                        self.review_rooms.push(room_name.clone());
-                    }
-                }
-            }
-        }
-        // Forward the highest active layer; switching waits for a keyframe.
-        let best = p
-            .layers
-            .iter()
-            .rposition(|l| {
-                l.last_packet
-                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE)
-            })
-            .unwrap_or(layer);
-        let mut switched = false;
-        if best != p.selected {
-            p.selected = best;
-            switched = true;
-        }
-        if layer != p.selected {
-            if switched {
-                self.layer_switched(now, pid);
-            }
+        let Some(layer) = p.receive(now, pkt.header.ssrc, &pkt.header.ext_vals) else {
             return;
+        };
+        // Forward the highest active layer; switching waits for a keyframe.
+        let switched = p.select_layer(now, layer);
+        let selected = layer == p.selected;
+        if p.kind == Kind::Audio {
+            // Speaker slots of the room are reviewed a few times a second, not per packet.
+            let publisher = p.peer;
+            self.schedule_slot_review(now, publisher);
         }
         if switched {
             self.layer_switched(now, pid);
+        }
+        if !selected {
+            return;
         }
         let p = &self.producers[&pid];
         if p.paused {
             return;
         }
         let codec = p.spec.codec;
-        let keyframe = p.kind == Kind::Video && is_keyframe(&codec, &pkt.payload);
         let video = p.kind == Kind::Video;
+        let incoming = Incoming {
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            clock_rate: codec.clock_rate,
+            video,
+            keyframe: video && is_keyframe(&codec, &pkt.payload),
+        };
         let ext = ExtensionValues {
             audio_level: pkt.header.ext_vals.audio_level,
             voice_activity: pkt.header.ext_vals.voice_activity,
@@ -1173,8 +543,9 @@ impl Engine {
             join_times,
             ..
         } = self;
-        Self::note_first_media(peers, join_times, producers[&pid].peer, now);
-        for cid in &producers[&pid].consumers {
+        let p = &producers[&pid];
+        note_first_media(peers, join_times, p.peer, now);
+        for cid in &p.consumers {
             let Some(c) = consumers.get_mut(cid) else {
                 continue;
             };
@@ -1184,21 +555,14 @@ impl Engine {
             let Some(t) = transports.get_mut(&c.transport) else {
                 continue;
             };
-            if !t.rtc.is_connected() {
-                c.wait_keyframe = video;
-                continue;
-            }
-            if c.wait_keyframe {
-                if !keyframe {
+            let (seq, ts) = match c.admit(now, t.rtc.is_connected(), &incoming) {
+                Admit::Write { seq, ts } => (seq, ts),
+                Admit::WaitKeyframe => {
                     want_keyframe = true;
                     continue;
                 }
-                c.wait_keyframe = false;
-                c.rewriter.mark_discontinuity();
-            }
-            let (seq, ts) =
-                c.rewriter
-                    .rewrite(*pkt.seq_no, pkt.header.timestamp, codec.clock_rate, now);
+                Admit::Drop => continue,
+            };
             let mut api = t.rtc.direct_api();
             let Some(tx) = api.stream_tx(&c.ssrc) else {
                 continue;
@@ -1209,7 +573,7 @@ impl Engine {
                 .nackable(video);
             tx.write_rtp(write);
             counters.rtp_out += 1;
-            Self::note_first_media(peers, join_times, c.peer, now);
+            note_first_media(peers, join_times, c.peer, now);
             if !t.dirty {
                 t.dirty = true;
                 dirty.push(t.id);
@@ -1218,20 +582,5 @@ impl Engine {
         if want_keyframe {
             self.request_keyframe(now, pid);
         }
-    }
-
-    fn layer_switched(&mut self, now: Instant, pid: u64) {
-        let consumers = self.producers[&pid].consumers.clone();
-        for cid in consumers {
-            if let Some(c) = self.consumers.get_mut(&cid) {
-                c.wait_keyframe = true;
-                c.rewriter.mark_discontinuity();
-            }
-        }
-        self.producers
-            .get_mut(&pid)
-            .expect("exists")
-            .last_keyframe_request = None;
-        self.request_keyframe(now, pid);
     }
 }

@@ -3,6 +3,8 @@
 
 use super::ortc::RouterCodec;
 
+/// Whether `payload` starts a keyframe of `codec` (VP8, VP9, H264); other codecs (audio)
+/// count every packet as one.
 pub fn is_keyframe(codec: &RouterCodec, payload: &[u8]) -> bool {
     match codec.mime {
         "video/VP8" => vp8(payload),

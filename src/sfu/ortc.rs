@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// Audio (Opus).
     Audio,
+    /// Video (VP8, VP9, H264).
     Video,
 }
 
@@ -37,6 +39,7 @@ impl RouterCodec {
 }
 
 impl Kind {
+    /// `"audio"` or `"video"`, as mediasoup and SDP spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Audio => "audio",
@@ -48,13 +51,19 @@ impl Kind {
 /// A codec the router forwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouterCodec {
+    /// Audio or video.
     pub kind: Kind,
+    /// The MIME type, as mediasoup spells it (`audio/opus`, `video/VP8` ...).
     pub mime: &'static str,
+    /// RTP clock rate in Hz.
     pub clock_rate: u32,
+    /// The payload type consumers receive it with (str0m's default numbering).
     pub pt: u8,
+    /// The RTX payload type consumers are repaired with (video only).
     pub rtx_pt: Option<u8>,
 }
 
+/// Opus, 48 kHz stereo.
 pub const OPUS: RouterCodec = RouterCodec {
     kind: Kind::Audio,
     mime: "audio/opus",
@@ -62,6 +71,7 @@ pub const OPUS: RouterCodec = RouterCodec {
     pt: 111,
     rtx_pt: None,
 };
+/// VP8.
 pub const VP8: RouterCodec = RouterCodec {
     kind: Kind::Video,
     mime: "video/VP8",
@@ -69,6 +79,7 @@ pub const VP8: RouterCodec = RouterCodec {
     pt: 96,
     rtx_pt: Some(97),
 };
+/// VP9.
 pub const VP9: RouterCodec = RouterCodec {
     kind: Kind::Video,
     mime: "video/VP9",
@@ -76,6 +87,7 @@ pub const VP9: RouterCodec = RouterCodec {
     pt: 98,
     rtx_pt: Some(99),
 };
+/// H264 (profile-level-id 42001f, packetization mode 1).
 pub const H264: RouterCodec = RouterCodec {
     kind: Kind::Video,
     mime: "video/H264",
@@ -87,14 +99,22 @@ pub const H264: RouterCodec = RouterCodec {
 /// In preference order: mediasoup-client sends with the first one the browser supports.
 pub const ROUTER_CODECS: [RouterCodec; 4] = [OPUS, VP8, VP9, H264];
 
-/// Header extensions the router speaks: (uri, id, kinds).
+// Header extensions the router speaks (their ids and kinds are in `ROUTER_EXTS`).
+
+/// RFC 6464 client-to-mixer audio level.
 pub const EXT_AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+/// abs-send-time, for receive-side bandwidth estimation.
 pub const EXT_ABS_SEND_TIME: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
+/// Transport-wide congestion control sequence numbers.
 pub const EXT_TWCC: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+/// The media section's mid (RFC 8843).
 pub const EXT_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+/// The simulcast stream's rid (RFC 8852).
 pub const EXT_RID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+/// The rid of the stream an RTX stream repairs (RFC 8852).
 pub const EXT_RRID: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+/// 3GPP coordination of video orientation.
 pub const EXT_VIDEO_ORIENTATION: &str = "urn:3gpp:video-orientation";
 
 struct RouterExt {
@@ -229,65 +249,92 @@ pub fn router_capabilities() -> Value {
 
 // ---- parameters a client sends (only the fields corelay uses; others are ignored) ----
 
+/// One entry of `rtpParameters.codecs`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CodecParameters {
+    /// `mimeType`, e.g. `video/VP8` or `video/rtx`.
     pub mime_type: String,
+    /// The payload type the client sends it with.
     pub payload_type: u8,
+    /// RTP clock rate in Hz.
     pub clock_rate: u32,
+    /// Audio channels.
     #[serde(default)]
     pub channels: Option<u8>,
+    /// Format parameters (`apt` for RTX, `profile-level-id` ...).
     #[serde(default)]
     pub parameters: serde_json::Map<String, Value>,
+    /// RTCP feedback the client supports for it.
     #[serde(default)]
     pub rtcp_feedback: Vec<RtcpFeedback>,
 }
 
+/// One entry of a codec's `rtcpFeedback`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct RtcpFeedback {
+    /// `type`: `nack`, `ccm`, `transport-cc` ...
     #[serde(rename = "type")]
     pub kind: String,
+    /// `parameter`: `pli`, `fir` ..., empty for none.
     #[serde(default)]
     pub parameter: String,
 }
 
+/// One entry of `rtpParameters.headerExtensions`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct HeaderExtensionParameters {
+    /// The extension's URI.
     pub uri: String,
+    /// The id the client sends it with.
     pub id: u8,
 }
 
+/// An encoding's `rtx`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct RtxParameters {
+    /// The RTX stream's SSRC.
     pub ssrc: u32,
 }
 
+/// One entry of `rtpParameters.encodings`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Encoding {
+    /// The stream's SSRC, if declared.
     #[serde(default)]
     pub ssrc: Option<u32>,
+    /// The simulcast stream's rid.
     #[serde(default)]
     pub rid: Option<String>,
+    /// Its RTX stream.
     #[serde(default)]
     pub rtx: Option<RtxParameters>,
 }
 
+/// `rtpParameters.rtcp`.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct RtcpParameters {
+    /// The RTCP CNAME.
     #[serde(default)]
     pub cname: Option<String>,
 }
 
+/// A producer's `rtpParameters`, as mediasoup-client sends them with `produce`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RtpParameters {
+    /// The media section's mid.
     #[serde(default)]
     pub mid: Option<String>,
+    /// The codecs, media codec first, with their RTX entries.
     pub codecs: Vec<CodecParameters>,
+    /// `headerExtensions` in the client's numbering.
     #[serde(default)]
     pub header_extensions: Vec<HeaderExtensionParameters>,
+    /// One per stream: a single stream, or simulcast layers lowest first.
     #[serde(default)]
     pub encodings: Vec<Encoding>,
+    /// RTCP parameters.
     #[serde(default)]
     pub rtcp: RtcpParameters,
 }
@@ -295,12 +342,15 @@ pub struct RtpParameters {
 /// What a producer sends, checked against the router.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducerSpec {
+    /// The router codec it sends.
     pub codec: RouterCodec,
     /// The payload type the client sends the codec with (its own numbering).
     pub pt: u8,
     /// The client's RTX payload type for the codec, if it repairs with RTX.
     pub rtx_pt: Option<u8>,
+    /// The media section's mid.
     pub mid: String,
+    /// The RTCP CNAME consumers announce.
     pub cname: String,
     /// Simulcast rids, lowest first; empty for a single stream.
     pub rids: Vec<String>,

@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+/// One consumer's sequence number and timestamp offsets (see the module documentation).
 #[derive(Debug, Default)]
 pub struct Rewriter {
     /// Added to the extended input sequence number.

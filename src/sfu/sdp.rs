@@ -9,10 +9,11 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction as MediaDirection, MediaKind, Mid};
 use str0m::Candidate;
 
-use super::engine::{parse_id, wire_id, Consumer, Engine, Layer, PeerId};
+use super::consumer::Consumer;
+use super::engine::{parse_id, wire_id, Engine, PeerId};
 use super::ortc::{Kind, ProducerSpec, RouterCodec, OPUS};
+use super::producer::Layer;
 use super::rewrite::Rewriter;
-use super::speakers::{self, Held, Level};
 use super::transport::{Direction, Transport};
 use super::SfuError;
 
@@ -59,14 +60,7 @@ impl Engine {
         let mut t = Transport::new(now, id, peer, direction, &self.cert, self.candidate)?;
         t.sdp = true;
         t.connected = true;
-        self.by_ufrag.insert(t.ufrag.clone(), id);
-        self.transports.insert(id, t);
-        self.peers
-            .get_mut(&peer)
-            .expect("checked")
-            .transports
-            .push(id);
-        Ok(id)
+        Ok(self.add_transport(t))
     }
 
     fn transport_producers(&self, tid: u64) -> usize {
@@ -318,42 +312,6 @@ impl Engine {
         Some((t.peer, p.user_id.clone()))
     }
 
-    /// Producers of one publishing peer in the caller's room, with the publisher's name.
-    pub fn publisher_producers(
-        &self,
-        peer: PeerId,
-        publisher: PeerId,
-    ) -> Result<Vec<String>, SfuError> {
-        let room = &self.peer(peer)?.room;
-        let p = self.peers.get(&publisher).filter(|p| &p.room == room);
-        let p = p.ok_or_else(|| SfuError::UnknownId(publisher.to_string()))?;
-        Ok(p.producers.iter().map(|id| wire_id("p", *id)).collect())
-    }
-
-    /// Peers of the caller's room that publish: (peer, user name).
-    pub fn room_publishers(&self, peer: PeerId) -> Result<Vec<(PeerId, String)>, SfuError> {
-        let room = &self.peer(peer)?.room;
-        let r = &self.rooms[room];
-        Ok(r.peers
-            .iter()
-            .filter_map(|id| self.peers.get(id).map(|p| (*id, p)))
-            .filter(|(_, p)| !p.producers.is_empty())
-            .map(|(id, p)| (id, p.user_name.clone()))
-            .collect())
-    }
-
-    /// Every producer of the caller's room but its own, oldest first.
-    pub fn room_producers(&self, peer: PeerId) -> Result<Vec<(String, Kind)>, SfuError> {
-        let room = &self.peer(peer)?.room;
-        Ok(self.rooms[room]
-            .producers
-            .iter()
-            .filter_map(|id| self.producers.get(id))
-            .filter(|p| p.peer != peer)
-            .map(|p| (wire_id("p", p.id), p.kind))
-            .collect())
-    }
-
     /// Maps the media sections of a just-negotiated offer (their mids, in SDP order) to
     /// producers (a publisher's sections) or consumers (a subscriber's own offer).
     fn map_offered_media(&mut self, now: Instant, tid: u64, offer: &str) {
@@ -419,11 +377,7 @@ impl Engine {
                     rids: Vec::new(),
                     ssrc: None,
                 };
-                let layers = vec![Layer {
-                    rid: None,
-                    ssrc: None,
-                    last_packet: None,
-                }];
+                let layers = vec![Layer::unnamed()];
                 let peer = t.peer;
                 self.add_producer(now, peer, tid, kind, spec, mid, layers);
             }
@@ -461,74 +415,9 @@ impl Engine {
                 "the offer has no opus audio section".into(),
             ));
         }
-        if let Some(room) = self.peers.get(&peer).map(|p| p.room.clone()) {
-            if let Some(r) = self.rooms.get_mut(&room) {
-                r.has_slots = true;
-            }
-            self.review_slots(now, &room);
-        }
+        self.enable_slots(now, peer);
         self.drain(now, id);
         Ok((wire_id("t", id), answer))
-    }
-
-    /// Moves each peer's speaker slots onto the loudest other speakers of the room.
-    pub(super) fn review_slots(&mut self, now: Instant, room: &str) {
-        let Some(r) = self.rooms.get(room) else {
-            return;
-        };
-        let speakers: Vec<(u64, PeerId, Level)> = r
-            .producers
-            .iter()
-            .filter_map(|id| self.producers.get(id))
-            .filter(|p| p.kind == Kind::Audio && !p.paused)
-            .map(|p| (p.id, p.peer, p.level))
-            .collect();
-        for peer in r.peers.clone() {
-            let mut slots: Vec<u64> = self
-                .consumers
-                .iter()
-                .filter(|(_, c)| c.peer == peer && c.slot.is_some())
-                .map(|(id, _)| *id)
-                .collect();
-            if slots.is_empty() {
-                continue;
-            }
-            slots.sort_unstable();
-            let others: Vec<(u64, Level)> = speakers
-                .iter()
-                .filter(|(_, owner, _)| *owner != peer)
-                .map(|(id, _, l)| (*id, *l))
-                .collect();
-            let current: Vec<Option<Held>> = slots
-                .iter()
-                .map(|c| self.consumers[c].slot.flatten())
-                .collect();
-            let chosen = speakers::choose(now, &current, &others);
-            for ((cid, old), new) in slots.iter().zip(current).zip(chosen) {
-                if old.map(|h| h.speaker) != new.map(|h| h.speaker) {
-                    self.move_slot(*cid, new);
-                } else if let (Some(c), Some(n)) = (self.consumers.get_mut(cid), new) {
-                    c.slot = Some(Some(n));
-                }
-            }
-        }
-    }
-
-    /// Puts a slot consumer on another speaker. Its SSRC stays; sequence numbers continue
-    /// and timestamps move on by the elapsed time, so the stream stays valid.
-    fn move_slot(&mut self, cid: u64, new: Option<Held>) {
-        let Some(c) = self.consumers.get_mut(&cid) else {
-            return;
-        };
-        if let Some(old) = self.producers.get_mut(&c.producer) {
-            old.consumers.retain(|x| *x != cid);
-        }
-        c.producer = new.map_or(0, |h| h.speaker);
-        c.slot = Some(new);
-        c.rewriter.mark_discontinuity();
-        if let Some(p) = self.producers.get_mut(&c.producer) {
-            p.consumers.push(cid);
-        }
     }
 
     /// A consumer on a negotiated media section: the payload type the subscriber accepted

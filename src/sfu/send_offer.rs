@@ -46,13 +46,19 @@ pub const REMOTE_ICE_UFRAG_UNKNOWN: &str = "corelayunknown";
 /// One producer's media section, as its client numbers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendSection {
+    /// The section's mid.
     pub mid: String,
+    /// Audio or video.
     pub kind: Kind,
     /// SDP encoding name (`opus`, `VP8`, `VP9`, `H264`).
     pub name: &'static str,
+    /// RTP clock rate in Hz.
     pub clock_rate: u32,
+    /// Audio channels.
     pub channels: Option<u8>,
+    /// The client's payload type for the codec.
     pub pt: u8,
+    /// The client's RTX payload type, if it repairs with RTX.
     pub rtx_pt: Option<u8>,
     /// `k=v` pairs of the codec's format parameters.
     pub fmtp: Vec<String>,
@@ -64,6 +70,7 @@ pub struct SendSection {
     pub ssrc: Option<(u32, Option<u32>)>,
     /// Simulcast rids, lowest first.
     pub rids: Vec<String>,
+    /// The client's RTCP CNAME.
     pub cname: String,
 }
 

@@ -20,11 +20,14 @@ const SMOOTHING: f32 = 0.1;
 /// One speaker's smoothed level.
 #[derive(Debug, Clone, Copy)]
 pub struct Level {
+    /// The smoothed level in dBov: 0 loudest, -127 silence.
     pub db: f32,
+    /// When the speaker's last packet arrived.
     pub last_packet: Instant,
 }
 
 impl Level {
+    /// Silence, with `now` as the last sign of life.
     pub fn new(now: Instant) -> Self {
         Level {
             db: -127.0,
@@ -41,6 +44,7 @@ impl Level {
         self.last_packet = now;
     }
 
+    /// Whether the speaker sent within [`INACTIVE`].
     pub fn active(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.last_packet) < INACTIVE
     }
@@ -49,7 +53,9 @@ impl Level {
 /// A slot's current holder and since when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
+    /// The speaker's producer id.
     pub speaker: u64,
+    /// When it took the slot.
     pub since: Instant,
 }
 

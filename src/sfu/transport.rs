@@ -7,13 +7,17 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use str0m::change::SdpOffer;
 use str0m::config::{DtlsCert, Fingerprint};
-use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, IceCreds, Input, Rtc, RtcConfig};
+
+use super::engine::{parse_id, wire_id, Engine, PeerId};
 
 use super::send_offer::{
     self, check_numbering, SendSection, REMOTE_ICE_PASSWORD, REMOTE_ICE_UFRAG_UNKNOWN,
 };
 use super::SfuError;
 
+/// Which way media flows on a transport, seen from the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// The client sends media (producers live here).
@@ -25,12 +29,20 @@ pub enum Direction {
     Both,
 }
 
+/// One client connection: a str0m `Rtc` with its ICE and DTLS state and what the engine
+/// keeps about it.
 pub struct Transport {
+    /// The transport's id (its wire id is `t` and this in hex).
     pub id: u64,
+    /// The peer that owns it.
     pub peer: u64,
+    /// Which way media flows.
     pub direction: Direction,
+    /// The WebRTC engine of this connection, in RTP mode.
     pub rtc: Rtc,
+    /// The local ICE ufrag, the key of the engine's ufrag demux table.
     pub ufrag: String,
+    /// The one host candidate: announced IP and the shard's UDP port.
     pub candidate: SocketAddr,
     /// DTLS started (connect-transport received, or SDP negotiated).
     pub connected: bool,
@@ -64,6 +76,8 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// An ICE-lite, DTLS-server `Rtc` with one host candidate, reusing the shard's DTLS
+    /// certificate; send transports give TWCC feedback.
     pub fn new(
         now: Instant,
         id: u64,
@@ -125,6 +139,7 @@ impl Transport {
         json!({"usernameFragment": c.ufrag, "password": c.pass, "iceLite": true})
     }
 
+    /// `iceCandidates` as mediasoup-client expects them: the one host candidate.
     pub fn ice_candidates(&self) -> Value {
         json!([{
             "foundation": "udpcandidate",
@@ -137,6 +152,8 @@ impl Transport {
         }])
     }
 
+    /// `dtlsParameters` as mediasoup-client expects them: role auto, the local
+    /// fingerprint.
     pub fn dtls_parameters(&mut self) -> Value {
         let fp = self.rtc.direct_api().local_dtls_fingerprint().clone();
         let value = fp.to_string();
@@ -240,9 +257,113 @@ impl Transport {
         Ok(())
     }
 
+    /// The mid for the next consumer on this transport ("0", "1", ...).
     pub fn next_mid(&mut self) -> String {
         let m = self.next_mid;
         self.next_mid += 1;
         m.to_string()
+    }
+}
+
+/// What create-transport answers: the transport's wire id and its ICE and DTLS
+/// parameters, as mediasoup-client expects them.
+pub struct TransportInfo {
+    /// The transport's wire id (`t...`).
+    pub id: String,
+    /// `iceParameters`.
+    pub ice_parameters: Value,
+    /// `iceCandidates`: the shard's one host candidate.
+    pub ice_candidates: Value,
+    /// `dtlsParameters`.
+    pub dtls_parameters: Value,
+}
+
+impl Engine {
+    /// A mediasoup-style WebRtcTransport for one direction.
+    pub fn create_transport(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        direction: Direction,
+    ) -> Result<TransportInfo, SfuError> {
+        self.peer(peer)?;
+        let id = self.fresh_id();
+        let mut t = Transport::new(now, id, peer, direction, &self.cert, self.candidate)?;
+        let info = TransportInfo {
+            id: wire_id("t", id),
+            ice_parameters: t.ice_parameters(),
+            ice_candidates: t.ice_candidates(),
+            dtls_parameters: t.dtls_parameters(),
+        };
+        self.add_transport(t);
+        self.drain(now, id);
+        Ok(info)
+    }
+
+    /// One of the caller's own transports, by wire id.
+    pub(super) fn own_transport(&self, peer: PeerId, transport: &str) -> Result<u64, SfuError> {
+        let id = parse_id("t", transport).ok_or_else(|| SfuError::UnknownId(transport.into()))?;
+        match self.transports.get(&id) {
+            Some(t) if t.peer == peer => Ok(id),
+            _ => Err(SfuError::UnknownId(transport.into())),
+        }
+    }
+
+    /// connect-transport: the client's DTLS parameters (a sha-256 fingerprint is
+    /// required); DTLS datagrams that came early are replayed.
+    pub fn connect_transport(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        transport: &str,
+        dtls: &Value,
+    ) -> Result<(), SfuError> {
+        let id = self.own_transport(peer, transport)?;
+        let fps = dtls
+            .get("fingerprints")
+            .and_then(Value::as_array)
+            .ok_or_else(|| SfuError::BadRequest("dtlsParameters.fingerprints missing".into()))?;
+        // str0m verifies sha-256 and sha-1 only; prefer sha-256.
+        let pick = |alg: &str| {
+            fps.iter().find(|f| {
+                f.get("algorithm")
+                    .and_then(Value::as_str)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(alg))
+            })
+        };
+        let fp = pick("sha-256").ok_or_else(|| {
+            SfuError::BadRequest("dtlsParameters.fingerprints has no sha-256 entry".into())
+        })?;
+        let value = fp
+            .get("value")
+            .and_then(Value::as_str)
+            .ok_or_else(|| SfuError::BadRequest("fingerprint value missing".into()))?;
+        let t = self.transports.get_mut(&id).expect("checked");
+        t.connect("sha-256", value)?;
+        for (source, data) in std::mem::take(&mut t.early_dtls) {
+            if let Ok(r) = Receive::new(Protocol::Udp, source, self.candidate, &data) {
+                let _ = t.rtc.handle_input(Input::Receive(now, r));
+            }
+        }
+        self.drain(now, id);
+        Ok(())
+    }
+
+    /// restart-ice: new local ICE credentials; returns the new `iceParameters`.
+    pub fn restart_ice(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        transport: &str,
+    ) -> Result<Value, SfuError> {
+        let id = self.own_transport(peer, transport)?;
+        let t = self.transports.get_mut(&id).expect("checked");
+        let old = t.ufrag.clone();
+        let new = t.restart_ice();
+        let params = t.ice_parameters();
+        self.by_ufrag.remove(&old);
+        self.by_ufrag.insert(new, id);
+        self.drain(now, id);
+        Ok(params)
     }
 }

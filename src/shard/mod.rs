@@ -9,6 +9,7 @@ mod observe;
 mod sockets;
 mod state;
 mod udp;
+mod udp_io;
 mod ws_session;
 
 use std::os::fd::OwnedFd;
