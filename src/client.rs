@@ -184,7 +184,12 @@ impl Client {
         }
     }
 
-    /// `dtlsParameters` for `connect-transport`.
+    /// `dtlsParameters` for `connect-transport`, typed for the engine.
+    pub fn dtls(&mut self) -> crate::sfu::ortc::DtlsParameters {
+        serde_json::from_value(self.dtls_parameters()).expect("our own dtlsParameters")
+    }
+
+    /// `dtlsParameters` for `connect-transport`, as JSON.
     pub fn dtls_parameters(&mut self) -> Value {
         let fp = self.rtc.direct_api().local_dtls_fingerprint().clone();
         let shown = fp.to_string();

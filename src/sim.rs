@@ -130,7 +130,7 @@ impl World {
             "dtlsParameters": t.dtls_parameters,
         });
         self.clients[c].connect(self.now, &info).unwrap();
-        let dtls = self.clients[c].dtls_parameters();
+        let dtls = self.clients[c].dtls();
         self.engine
             .connect_transport(self.now, peer, &t.id, &dtls)
             .unwrap();
@@ -163,7 +163,10 @@ impl World {
             .consume(self.now, peer, &tid, producer, None)
             .unwrap();
         self.clients[c]
-            .add_receiver("video", &info.rtp_parameters)
+            .add_receiver(
+                "video",
+                &serde_json::to_value(&info.rtp_parameters).unwrap(),
+            )
             .unwrap();
         self.engine
             .set_consumer_paused(self.now, peer, &info.id, false)

@@ -68,7 +68,10 @@ fn video_first_then_audio_in_the_clients_own_numbering_reaches_subscribers() {
         .consume(w.now, 11, &ear_tid, &audio_pid, None)
         .unwrap();
     w.clients[ear]
-        .add_receiver("audio", &info.rtp_parameters)
+        .add_receiver(
+            "audio",
+            &serde_json::to_value(&info.rtp_parameters).unwrap(),
+        )
         .unwrap();
     w.engine
         .set_consumer_paused(w.now, 11, &info.id, false)
@@ -165,7 +168,7 @@ fn producers_declared_before_connect_transport_are_negotiated_then() {
         "dtlsParameters": t.dtls_parameters,
     });
     w.clients[pc].connect(w.now, &info).unwrap();
-    let dtls = Client::dtls_parameters(&mut w.clients[pc]);
+    let dtls = Client::dtls(&mut w.clients[pc]);
     w.engine.connect_transport(w.now, 1, &t.id, &dtls).unwrap();
     let viewer = w.subscriber(10, &pid);
     w.connect_all();

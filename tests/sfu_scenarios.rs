@@ -204,7 +204,12 @@ fn unknown_ids_and_wrong_order_are_errors() {
     );
     assert!(w
         .engine
-        .connect_transport(w.now, 7, &t.id, &json!({"fingerprints": []}))
+        .connect_transport(
+            w.now,
+            7,
+            &t.id,
+            &serde_json::from_value(json!({"fingerprints": []})).unwrap()
+        )
         .is_err());
     // another peer cannot use this peer's transport
     w.engine.join(w.now, 8, "r", "u8", "V", None).unwrap();
@@ -355,8 +360,8 @@ fn restart_ice_gives_fresh_credentials() {
         .engine
         .create_transport(w.now, subs[0].peer, Direction::Recv)
         .unwrap();
-    let old = t.ice_parameters["usernameFragment"].clone();
+    let old = t.ice_parameters.username_fragment.clone();
     let fresh = w.engine.restart_ice(w.now, subs[0].peer, &t.id).unwrap();
-    assert_ne!(fresh["usernameFragment"], old);
-    assert_ne!(fresh["password"], t.ice_parameters["password"]);
+    assert_ne!(fresh.username_fragment, old);
+    assert_ne!(fresh.password, t.ice_parameters.password);
 }

@@ -4,12 +4,11 @@
 
 use std::time::Instant;
 
-use serde_json::Value;
 use str0m::media::{MediaKind, Mid};
 use str0m::rtp::Ssrc;
 
 use super::engine::{parse_id, wire_id, Engine, Notice, PeerId};
-use super::ortc::{self, Kind};
+use super::ortc::{self, ConsumerRtpParameters, Kind, RtpCapabilities};
 use super::rewrite::Rewriter;
 use super::speakers::Held;
 use super::transport::Direction;
@@ -24,7 +23,7 @@ pub struct ConsumerInfo {
     /// Audio or video.
     pub kind: Kind,
     /// mediasoup `rtpParameters` for the client's receiving side.
-    pub rtp_parameters: Value,
+    pub rtp_parameters: ConsumerRtpParameters,
     /// Whether the producer is paused now.
     pub producer_paused: bool,
 }
@@ -137,7 +136,7 @@ impl Engine {
         peer: PeerId,
         transport: &str,
         producer: &str,
-        rtp_capabilities: Option<&Value>,
+        rtp_capabilities: Option<&RtpCapabilities>,
     ) -> Result<ConsumerInfo, SfuError> {
         let tid = self.own_transport(peer, transport)?;
         let pid = self.producer_in_room(peer, producer)?;

@@ -431,6 +431,83 @@ pub fn check_producer(kind: Kind, p: &RtpParameters) -> Result<ProducerSpec, Str
     })
 }
 
+/// One codec of a consumer's parameters.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerCodec {
+    /// `mimeType`, e.g. `video/VP8`.
+    pub mime_type: &'static str,
+    /// The router's payload type.
+    pub payload_type: u8,
+    /// RTP clock rate in Hz.
+    pub clock_rate: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Audio channels (Opus: 2).
+    pub channels: Option<u8>,
+    /// Format parameters (`a=fmtp`).
+    pub parameters: Value,
+    /// RTCP feedback the router implements.
+    pub rtcp_feedback: Value,
+}
+
+/// One header extension of a consumer's parameters.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConsumerExtension {
+    /// The extension URI.
+    pub uri: &'static str,
+    /// The router's id for it.
+    pub id: u8,
+    /// Always false (no RFC 6904 encryption).
+    pub encrypt: bool,
+    /// Always empty.
+    pub parameters: Value,
+}
+
+/// An SSRC, as `encodings[].rtx` carries it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct SsrcEntry {
+    /// The SSRC.
+    pub ssrc: u32,
+}
+
+/// The one encoding of a consumer: fresh SSRCs, RTX for video.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ConsumerEncoding {
+    /// The consumer's own media SSRC.
+    pub ssrc: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Its RTX SSRC (video only).
+    pub rtx: Option<SsrcEntry>,
+}
+
+/// A consumer's RTCP parameters: the producer's CNAME (lip sync).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerRtcp {
+    /// The producer's CNAME.
+    pub cname: String,
+    /// RTCP reduced size (RFC 5506).
+    pub reduced_size: bool,
+    /// RTP/RTCP multiplexing.
+    pub mux: bool,
+}
+
+/// The `rtpParameters` of a consumer, as `consume` returns them: the router's numbering.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerRtpParameters {
+    /// The consumer's mid on its transport.
+    pub mid: String,
+    /// The codec and, for video, its RTX.
+    pub codecs: Vec<ConsumerCodec>,
+    /// The extensions the router sends.
+    pub header_extensions: Vec<ConsumerExtension>,
+    /// Exactly one encoding.
+    pub encodings: Vec<ConsumerEncoding>,
+    /// RTCP parameters.
+    pub rtcp: ConsumerRtcp,
+}
+
 /// The parameters of a consumer, as `consume` returns them.
 pub fn consumer_parameters(
     codec: &RouterCodec,
@@ -438,58 +515,131 @@ pub fn consumer_parameters(
     ssrc: u32,
     rtx_ssrc: u32,
     cname: &str,
-) -> Value {
-    let mut codecs = vec![json!({
-        "mimeType": codec.mime,
-        "payloadType": codec.pt,
-        "clockRate": codec.clock_rate,
-        "parameters": codec_parameters(codec),
-        "rtcpFeedback": feedback(codec.kind),
-    })];
-    if codec.kind == Kind::Audio {
-        codecs[0]["channels"] = json!(2);
-    }
+) -> ConsumerRtpParameters {
+    let mut codecs = vec![ConsumerCodec {
+        mime_type: codec.mime,
+        payload_type: codec.pt,
+        clock_rate: codec.clock_rate,
+        channels: (codec.kind == Kind::Audio).then_some(2),
+        parameters: codec_parameters(codec),
+        rtcp_feedback: feedback(codec.kind),
+    }];
     if let Some(rtx) = codec.rtx_pt {
-        codecs.push(json!({
-            "mimeType": "video/rtx",
-            "payloadType": rtx,
-            "clockRate": codec.clock_rate,
-            "parameters": {"apt": codec.pt},
-            "rtcpFeedback": [],
-        }));
+        codecs.push(ConsumerCodec {
+            mime_type: "video/rtx",
+            payload_type: rtx,
+            clock_rate: codec.clock_rate,
+            channels: None,
+            parameters: json!({"apt": codec.pt}),
+            rtcp_feedback: json!([]),
+        });
     }
-    let exts: Vec<Value> = ROUTER_EXTS
+    let header_extensions = ROUTER_EXTS
         .iter()
         .filter(|e| !e.recv_only)
         .filter(|e| match codec.kind {
             Kind::Audio => e.audio,
             Kind::Video => e.video,
         })
-        .map(|e| json!({"uri": e.uri, "id": e.id, "encrypt": false, "parameters": {}}))
+        .map(|e| ConsumerExtension {
+            uri: e.uri,
+            id: e.id,
+            encrypt: false,
+            parameters: json!({}),
+        })
         .collect();
-    let mut encoding = json!({"ssrc": ssrc});
-    if codec.rtx_pt.is_some() {
-        encoding["rtx"] = json!({"ssrc": rtx_ssrc});
+    ConsumerRtpParameters {
+        mid: mid.to_string(),
+        codecs,
+        header_extensions,
+        encodings: vec![ConsumerEncoding {
+            ssrc,
+            rtx: codec.rtx_pt.map(|_| SsrcEntry { ssrc: rtx_ssrc }),
+        }],
+        rtcp: ConsumerRtcp {
+            cname: cname.to_string(),
+            reduced_size: true,
+            mux: true,
+        },
     }
-    json!({
-        "mid": mid,
-        "codecs": codecs,
-        "headerExtensions": exts,
-        "encodings": [encoding],
-        "rtcp": {"cname": cname, "reducedSize": true, "mux": true},
-    })
+}
+
+/// A client's RTP capabilities (`join-room`, `consume`): only the codecs matter here.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RtpCapabilities {
+    #[serde(default)]
+    /// The codecs the client can receive.
+    pub codecs: Vec<CapabilityCodec>,
+}
+
+/// One codec a client can receive.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapabilityCodec {
+    /// `mimeType`, e.g. `audio/opus`.
+    pub mime_type: String,
 }
 
 /// Whether a client's capabilities can receive a codec. Missing capabilities mean yes.
-pub fn can_consume(caps: Option<&Value>, codec: &RouterCodec) -> bool {
-    let Some(codecs) = caps.and_then(|c| c.get("codecs")).and_then(Value::as_array) else {
+pub fn can_consume(caps: Option<&RtpCapabilities>, codec: &RouterCodec) -> bool {
+    let Some(caps) = caps else {
         return true;
     };
-    codecs.iter().any(|c| {
-        c.get("mimeType")
-            .and_then(Value::as_str)
-            .is_some_and(|m| m.eq_ignore_ascii_case(codec.mime))
-    })
+    caps.codecs
+        .iter()
+        .any(|c| c.mime_type.eq_ignore_ascii_case(codec.mime))
+}
+
+/// `iceParameters` of a transport: ICE-lite, the server's own credentials.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceParameters {
+    /// The server's ufrag.
+    pub username_fragment: String,
+    /// The server's password.
+    pub password: String,
+    /// Always true: the server is ICE-lite.
+    pub ice_lite: bool,
+}
+
+/// One of a transport's `iceCandidates`.
+#[derive(Clone, Debug, Serialize)]
+pub struct IceCandidate {
+    /// A constant foundation.
+    pub foundation: &'static str,
+    /// The candidate priority.
+    pub priority: u32,
+    /// `udp.announced_ip`.
+    pub address: String,
+    /// The same address (older clients read `ip`).
+    pub ip: String,
+    /// Always `udp`.
+    pub protocol: &'static str,
+    /// The owning shard's UDP port.
+    pub port: u16,
+    #[serde(rename = "type")]
+    /// Always `host`.
+    pub kind: &'static str,
+}
+
+/// One DTLS certificate fingerprint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DtlsFingerprint {
+    /// Hash algorithm, e.g. `sha-256`.
+    pub algorithm: String,
+    /// Colon-separated hex bytes.
+    pub value: String,
+}
+
+/// `dtlsParameters`: the server's (role auto) in create-transport, the client's in
+/// connect-transport.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DtlsParameters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `auto` from the server; the client may say `client`.
+    pub role: Option<String>,
+    /// Certificate fingerprints.
+    pub fingerprints: Vec<DtlsFingerprint>,
 }
 
 #[cfg(test)]
@@ -617,7 +767,7 @@ mod tests {
 
     #[test]
     fn consumer_parameters_have_one_encoding_with_rtx() {
-        let v = consumer_parameters(&VP8, "3", 10, 11, "cn");
+        let v = serde_json::to_value(consumer_parameters(&VP8, "3", 10, 11, "cn")).unwrap();
         assert_eq!(v["encodings"], json!([{"ssrc": 10, "rtx": {"ssrc": 11}}]));
         assert_eq!(v["codecs"][1]["parameters"]["apt"], 96);
         assert_eq!(v["rtcp"]["cname"], "cn");

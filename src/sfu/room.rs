@@ -5,10 +5,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
-use serde_json::Value;
 
 use super::engine::{wire_id, Engine, Notice, PeerId};
-use super::ortc::Kind;
+use super::ortc::{Kind, RtpCapabilities};
 use super::SfuError;
 
 /// A producer as `join-room` lists it.
@@ -43,7 +42,7 @@ pub(super) struct Peer {
     /// The room it joined.
     pub(super) room: String,
     /// What its consumers are checked against when `consume` names none.
-    pub(super) rtp_capabilities: Option<Value>,
+    pub(super) rtp_capabilities: Option<RtpCapabilities>,
     /// Its transports.
     pub(super) transports: Vec<u64>,
     /// Its producers.
@@ -115,7 +114,7 @@ impl Engine {
         room: &str,
         user_id: &str,
         user_name: &str,
-        rtp_capabilities: Option<Value>,
+        rtp_capabilities: Option<RtpCapabilities>,
     ) -> Result<JoinInfo, SfuError> {
         if self.peers.contains_key(&peer) {
             return Err(SfuError::BadRequest("already joined".into()));
@@ -163,7 +162,7 @@ impl Engine {
     }
 
     /// The RTP capabilities a peer's consumers are checked against by default.
-    pub fn set_rtp_capabilities(&mut self, peer: PeerId, caps: Value) {
+    pub fn set_rtp_capabilities(&mut self, peer: PeerId, caps: RtpCapabilities) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.rtp_capabilities = Some(caps);
         }

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use serde_json::{json, Value};
 use str0m::change::SdpOffer;
 use str0m::config::{DtlsCert, Fingerprint};
 use str0m::net::{Protocol, Receive};
@@ -12,6 +11,7 @@ use str0m::{Candidate, IceCreds, Input, Rtc, RtcConfig};
 
 use super::engine::{parse_id, wire_id, Engine, PeerId};
 
+use super::ortc::{DtlsFingerprint, DtlsParameters, IceCandidate, IceParameters};
 use super::send_offer::{
     self, check_numbering, SendSection, REMOTE_ICE_PASSWORD, REMOTE_ICE_UFRAG_UNKNOWN,
 };
@@ -134,35 +134,41 @@ impl Transport {
     }
 
     /// `iceParameters` as mediasoup-client expects them.
-    pub fn ice_parameters(&mut self) -> Value {
+    pub fn ice_parameters(&mut self) -> IceParameters {
         let c = self.local_creds();
-        json!({"usernameFragment": c.ufrag, "password": c.pass, "iceLite": true})
+        IceParameters {
+            username_fragment: c.ufrag,
+            password: c.pass,
+            ice_lite: true,
+        }
     }
 
     /// `iceCandidates` as mediasoup-client expects them: the one host candidate.
-    pub fn ice_candidates(&self) -> Value {
-        json!([{
-            "foundation": "udpcandidate",
-            "priority": 1_076_302_079u32,
-            "address": self.candidate.ip().to_string(),
-            "ip": self.candidate.ip().to_string(),
-            "protocol": "udp",
-            "port": self.candidate.port(),
-            "type": "host",
-        }])
+    pub fn ice_candidates(&self) -> Vec<IceCandidate> {
+        vec![IceCandidate {
+            foundation: "udpcandidate",
+            priority: 1_076_302_079,
+            address: self.candidate.ip().to_string(),
+            ip: self.candidate.ip().to_string(),
+            protocol: "udp",
+            port: self.candidate.port(),
+            kind: "host",
+        }]
     }
 
     /// `dtlsParameters` as mediasoup-client expects them: role auto, the local
     /// fingerprint.
-    pub fn dtls_parameters(&mut self) -> Value {
+    pub fn dtls_parameters(&mut self) -> DtlsParameters {
         let fp = self.rtc.direct_api().local_dtls_fingerprint().clone();
-        let value = fp.to_string();
-        let value = value
-            .split_once(' ')
-            .map(|x| x.1)
-            .unwrap_or(&value)
-            .to_string();
-        json!({"role": "auto", "fingerprints": [{"algorithm": fp.hash_func, "value": value}]})
+        let shown = fp.to_string();
+        let value = shown.split_once(' ').map(|x| x.1).unwrap_or(&shown);
+        DtlsParameters {
+            role: Some("auto".into()),
+            fingerprints: vec![DtlsFingerprint {
+                algorithm: fp.hash_func.to_string(),
+                value: value.to_string(),
+            }],
+        }
     }
 
     /// Completes the transport with the client's DTLS fingerprint (sha-256 or sha-1; str0m
@@ -271,11 +277,11 @@ pub struct TransportInfo {
     /// The transport's wire id (`t...`).
     pub id: String,
     /// `iceParameters`.
-    pub ice_parameters: Value,
+    pub ice_parameters: IceParameters,
     /// `iceCandidates`: the shard's one host candidate.
-    pub ice_candidates: Value,
+    pub ice_candidates: Vec<IceCandidate>,
     /// `dtlsParameters`.
-    pub dtls_parameters: Value,
+    pub dtls_parameters: DtlsParameters,
 }
 
 impl Engine {
@@ -316,30 +322,19 @@ impl Engine {
         now: Instant,
         peer: PeerId,
         transport: &str,
-        dtls: &Value,
+        dtls: &DtlsParameters,
     ) -> Result<(), SfuError> {
         let id = self.own_transport(peer, transport)?;
-        let fps = dtls
-            .get("fingerprints")
-            .and_then(Value::as_array)
-            .ok_or_else(|| SfuError::BadRequest("dtlsParameters.fingerprints missing".into()))?;
-        // str0m verifies sha-256 and sha-1 only; prefer sha-256.
-        let pick = |alg: &str| {
-            fps.iter().find(|f| {
-                f.get("algorithm")
-                    .and_then(Value::as_str)
-                    .is_some_and(|a| a.eq_ignore_ascii_case(alg))
-            })
-        };
-        let fp = pick("sha-256").ok_or_else(|| {
-            SfuError::BadRequest("dtlsParameters.fingerprints has no sha-256 entry".into())
-        })?;
-        let value = fp
-            .get("value")
-            .and_then(Value::as_str)
-            .ok_or_else(|| SfuError::BadRequest("fingerprint value missing".into()))?;
+        // str0m verifies sha-256 and sha-1 only; sha-256 is what browsers send.
+        let fp = dtls
+            .fingerprints
+            .iter()
+            .find(|f| f.algorithm.eq_ignore_ascii_case("sha-256"))
+            .ok_or_else(|| {
+                SfuError::BadRequest("dtlsParameters.fingerprints has no sha-256 entry".into())
+            })?;
         let t = self.transports.get_mut(&id).expect("checked");
-        t.connect("sha-256", value)?;
+        t.connect("sha-256", &fp.value)?;
         for (source, data) in std::mem::take(&mut t.early_dtls) {
             if let Ok(r) = Receive::new(Protocol::Udp, source, self.candidate, &data) {
                 let _ = t.rtc.handle_input(Input::Receive(now, r));
@@ -355,7 +350,7 @@ impl Engine {
         now: Instant,
         peer: PeerId,
         transport: &str,
-    ) -> Result<Value, SfuError> {
+    ) -> Result<IceParameters, SfuError> {
         let id = self.own_transport(peer, transport)?;
         let t = self.transports.get_mut(&id).expect("checked");
         let old = t.ufrag.clone();

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::dialect::{Context, Dialect, Step};
 use crate::auth::{validate_id, Identity};
 use crate::sfu::engine::{Engine, PeerId};
-use crate::sfu::ortc::{self, Kind, RtpParameters};
+use crate::sfu::ortc::{self, DtlsParameters, Kind, RtpCapabilities, RtpParameters};
 use crate::sfu::transport::Direction;
 use crate::sfu::{Notice, SfuError};
 
@@ -53,6 +53,16 @@ fn response(request_id: &Value, data: Value) -> String {
 fn error(request_id: &Value, code: &str, message: &str) -> String {
     json!({"type": "response", "requestId": request_id, "error": {"code": code, "message": message}})
         .to_string()
+}
+
+/// `data.rtpCapabilities`, when the client sent them.
+fn capabilities(data: &Value) -> Result<Option<RtpCapabilities>, SfuError> {
+    match data.get("rtpCapabilities") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| SfuError::BadRequest(format!("data.rtpCapabilities: {e}"))),
+    }
 }
 
 fn str_field<'a>(data: &'a Value, name: &str) -> Result<&'a str, SfuError> {
@@ -192,7 +202,7 @@ fn dispatch(
                 ));
             }
             let room = choose_room(&s.identity, d)?;
-            let caps = d.get("rtpCapabilities").cloned();
+            let caps = capabilities(d)?;
             let info = engine.join(
                 now,
                 peer,
@@ -235,10 +245,16 @@ fn dispatch(
             }))
         }
         "connect-transport" => {
-            let dtls = d
-                .get("dtlsParameters")
-                .ok_or_else(|| SfuError::BadRequest("data.dtlsParameters is required".into()))?;
-            engine.connect_transport(now, peer, str_field(d, "transportId")?, dtls)?;
+            let dtls: DtlsParameters = match d.get("dtlsParameters") {
+                Some(v) => serde_json::from_value(v.clone())
+                    .map_err(|e| SfuError::BadRequest(format!("data.dtlsParameters: {e}")))?,
+                None => {
+                    return Err(SfuError::BadRequest(
+                        "data.dtlsParameters is required".into(),
+                    ))
+                }
+            };
+            engine.connect_transport(now, peer, str_field(d, "transportId")?, &dtls)?;
             Ok(json!({}))
         }
         "produce" => {
@@ -258,7 +274,8 @@ fn dispatch(
             Ok(json!({"id": id}))
         }
         "consume" => {
-            if let Some(caps) = d.get("rtpCapabilities") {
+            let caps = capabilities(d)?;
+            if let Some(caps) = &caps {
                 engine.set_rtp_capabilities(peer, caps.clone());
             }
             let c = engine.consume(
@@ -266,7 +283,7 @@ fn dispatch(
                 peer,
                 str_field(d, "transportId")?,
                 str_field(d, "producerId")?,
-                d.get("rtpCapabilities"),
+                caps.as_ref(),
             )?;
             Ok(json!({
                 "id": c.id, "producerId": c.producer_id, "kind": c.kind.as_str(),
