@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use corelay::client::ClientEvent;
 use corelay::routing::owner_shard;
 use corelay::sfu::ortc::VP8;
+use corelay_testkit::client::ClientEvent;
 use serde_json::{json, Value};
 
 /// A signaling connection that sets events aside while waiting for answers.

@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use corelay::client::ClientEvent;
 use corelay::routing::owner_shard;
+use corelay_testkit::client::ClientEvent;
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind, Mid};
 

@@ -206,7 +206,7 @@ pub fn http_with_headers(
 
 /// A str0m client on its own UDP socket on loopback.
 pub struct Endpoint {
-    pub client: corelay::client::Client,
+    pub client: corelay_testkit::client::Client,
     pub socket: std::net::UdpSocket,
 }
 
@@ -220,7 +220,8 @@ impl Endpoint {
     pub fn new() -> Endpoint {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
-        let client = corelay::client::Client::new(Instant::now(), socket.local_addr().unwrap());
+        let client =
+            corelay_testkit::client::Client::new(Instant::now(), socket.local_addr().unwrap());
         Endpoint { client, socket }
     }
 
