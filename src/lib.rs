@@ -6,7 +6,6 @@
 //! the one thread, off the shards, that calls other services (its own tokio runtime).
 
 pub mod auth;
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod http;
@@ -15,6 +14,5 @@ pub mod routing;
 pub mod sfu;
 pub mod shard;
 pub mod signal;
-pub mod sim;
 pub mod stats;
 pub mod tune_check;

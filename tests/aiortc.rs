@@ -4,12 +4,16 @@
 //! (>= 30 decoded video frames within 20 s), then both sessions are DELETEd. It needs
 //! python3 (with venv), and PyPI the first time (the venv is kept in target/aiortc-venv).
 
-mod common;
-
+use std::path::Path;
 use std::time::Duration;
 
 #[test]
 fn aiortc_publishes_over_whip_and_views_over_whep() {
     // run.sh bounds itself at 150 s (+5 s to kill); this is the backstop.
-    common::run_check_script("tests/aiortc/run.sh", Duration::from_secs(180));
+    corelay_testkit::run_check_script(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        Path::new(env!("CARGO_BIN_EXE_corelay")),
+        "tests/aiortc/run.sh",
+        Duration::from_secs(180),
+    );
 }

@@ -3,11 +3,10 @@
 //! validators (schemathesis, the official AsyncAPI schema and parser, live WebSocket
 //! traffic) in `tests/api/check_api_docs.sh`.
 
-mod common;
-
+use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use corelay_testkit::*;
 use serde_json::Value;
 
 /// Every path the server routes, as the OpenAPI document must name it.
@@ -73,7 +72,10 @@ fn matches(template: &str, path: &str) -> bool {
 
 #[test]
 fn documents_describe_what_the_server_serves() {
-    let server = Server::start(2, &["--login", "true"]);
+    let server = Server::builder()
+        .shards(2)
+        .args(["--login", "true"])
+        .spawn();
     let port = server.port;
 
     let openapi = get_json(port, "/openapi.json");
@@ -162,7 +164,7 @@ fn documents_describe_what_the_server_serves() {
 fn percent_encoded_namespaces_are_decoded() {
     // Found by schemathesis: `/p2p/a%3Ab` (a browser's encodeURIComponent("a:b")) was
     // refused as a bad namespace.
-    let server = Server::start(1, &[]);
+    let server = Server::builder().shards(1).spawn();
     let path = format!("/p2p/team%3Aa?token={}", token("alice", None));
     let mut ws = ws_connect(server.port, &path).expect("upgrade");
     send_text(
@@ -179,5 +181,10 @@ fn percent_encoded_namespaces_are_decoded() {
 /// the npm registry the first time.
 #[test]
 fn validators_accept_the_documents_against_the_running_server() {
-    run_check_script("tests/api/check_api_docs.sh", Duration::from_secs(200));
+    corelay_testkit::run_check_script(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        Path::new(env!("CARGO_BIN_EXE_corelay")),
+        "tests/api/check_api_docs.sh",
+        Duration::from_secs(200),
+    );
 }

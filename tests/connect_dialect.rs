@@ -4,12 +4,10 @@
 //! (`offer::`, `answer::`, `ice::`, the socket kept open) and the identity rules of Beep's
 //! server are checked here too.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
-use corelay::client::ClientEvent;
+use corelay_testkit::client::ClientEvent;
+use corelay_testkit::*;
 use serde_json::json;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid};
@@ -175,7 +173,7 @@ fn talk(eps: &mut [(Endpoint, u32)], seq: &mut u64, packets: u64) -> Vec<usize> 
 
 #[test]
 fn three_connect_clients_hear_each_other() {
-    let server = Server::start(2, &[]);
+    let server = Server::builder().shards(2).spawn();
     let mut eps: Vec<(Endpoint, u32)> = ["ann", "bob", "cid"]
         .iter()
         .map(|u| connect(server.port, u))
@@ -197,7 +195,7 @@ fn three_connect_clients_hear_each_other() {
 
 #[test]
 fn connect_refusals_are_clear() {
-    let server = Server::start(1, &[]);
+    let server = Server::builder().shards(1).spawn();
     // no identity
     assert_eq!(ws_connect(server.port, "/connect").err(), Some(400));
     // a token but no conversation anywhere
@@ -217,7 +215,7 @@ fn connect_refusals_are_clear() {
 
 #[test]
 fn the_framed_form_trickles_keeps_the_socket_and_interoperates_with_the_raw_form() {
-    let server = Server::start(2, &[]);
+    let server = Server::builder().shards(2).spawn();
     let (ann, ann_ssrc, mut ann_ws) = connect_framed(server.port, "ann");
     let bob = connect(server.port, "bob");
     let mut eps = vec![(ann, ann_ssrc), bob];
@@ -262,7 +260,7 @@ fn the_framed_form_trickles_keeps_the_socket_and_interoperates_with_the_raw_form
 
 #[test]
 fn a_framed_client_must_start_with_its_offer() {
-    let server = Server::start(1, &[]);
+    let server = Server::builder().shards(1).spawn();
     let t = token("early", None);
     let mut ws = ws_connect(server.port, &format!("/connect?token={t}&conversation=c9")).unwrap();
     send_text(&mut ws, "ice::candidate:1 1 udp 1 127.0.0.1 5000 typ host");
@@ -302,7 +300,10 @@ fn ws_connect_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<Ws
 
 #[test]
 fn a_user_claim_needs_both_userid_and_clientid() {
-    let server = Server::start(1, &["--trust-user-claim-header", "true"]);
+    let server = Server::builder()
+        .shards(1)
+        .args(["--trust-user-claim-header", "true"])
+        .spawn();
     let path = "/connect?conversation=beep-1";
     for bad in [
         r#"{"userid": "carol"}"#,

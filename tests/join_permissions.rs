@@ -2,14 +2,12 @@
 //! `X-User-Claim`), the permission service asked through the control plane, and the
 //! user's current conversation, shared by every shard.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use corelay_testkit::*;
 
 /// A permission service on loopback that answers by path:
 /// `/user/{u}/conversation/ok*` 200, `.../deny*` 403, `.../silent*` nothing (it holds the
@@ -92,10 +90,10 @@ fn error_message(body: &str) -> String {
 fn the_permission_service_decides() {
     let perms = Permissions::start();
     let url = format!("http://127.0.0.1:{}", perms.port);
-    let server = Server::start(
-        2,
-        &["--permissions-url", &url, "--permissions-timeout-ms", "500"],
-    );
+    let server = Server::builder()
+        .shards(2)
+        .args(["--permissions-url", &url, "--permissions-timeout-ms", "500"])
+        .spawn();
     let alice = bearer("alice");
 
     let (status, body, _) = join(server.port, "ok-1", &[("Authorization", &alice)]);
@@ -140,15 +138,10 @@ fn the_permission_service_decides() {
 fn an_unreachable_service_refuses_within_the_timeout() {
     // A port nobody listens on, given as a bare host:port (plain http).
     let closed = free_port();
-    let server = Server::start_with_env(
-        1,
-        &[],
-        &[
-            ("JWT_SECRET", SECRET),
-            ("PERMISSIONS_HOST", &format!("127.0.0.1:{closed}")),
-            ("CORELAY_PERMISSIONS_TIMEOUT_MS", "500"),
-        ],
-    );
+    let server = Server::builder()
+        .env("PERMISSIONS_HOST", format!("127.0.0.1:{closed}"))
+        .env("CORELAY_PERMISSIONS_TIMEOUT_MS", "500")
+        .spawn();
     let (status, body, took) = join(server.port, "ok-1", &[("Authorization", &bearer("alice"))]);
     assert_eq!(status, 401, "{body}");
     let m = error_message(&body);
@@ -161,7 +154,7 @@ fn an_unreachable_service_refuses_within_the_timeout() {
 
 #[test]
 fn without_a_service_every_join_is_allowed() {
-    let server = Server::start(1, &[]);
+    let server = Server::builder().shards(1).spawn();
     for conversation in ["deny-1", "anything", "a:b.c-d_e"] {
         let (status, body, _) = join(
             server.port,
@@ -176,7 +169,10 @@ fn without_a_service_every_join_is_allowed() {
 fn requests_are_checked_before_the_service_is_asked() {
     let perms = Permissions::start();
     let url = format!("http://127.0.0.1:{}", perms.port);
-    let server = Server::start(1, &["--permissions-url", &url]);
+    let server = Server::builder()
+        .shards(1)
+        .args(["--permissions-url", &url])
+        .spawn();
     let alice = bearer("alice");
 
     // Wrong method: 405 with Allow.
@@ -227,21 +223,23 @@ fn the_user_claim_header_counts_only_when_trusted() {
     let url = format!("http://127.0.0.1:{}", perms.port);
     let claim = r#"{"userid": "carol", "clientid": "d1"}"#;
 
-    let untrusted = Server::start(1, &["--permissions-url", &url]);
+    let untrusted = Server::builder()
+        .shards(1)
+        .args(["--permissions-url", &url])
+        .spawn();
     let (status, body, _) = join(untrusted.port, "ok-1", &[("X-User-Claim", claim)]);
     assert_eq!(status, 400, "{body}");
     assert!(error_message(&body).contains("not trusted"), "{body}");
     assert!(perms.seen().is_empty());
 
-    let trusted = Server::start(
-        1,
-        &[
+    let trusted = Server::builder()
+        .args([
             "--permissions-url",
             &url,
             "--trust-user-claim-header",
             "true",
-        ],
-    );
+        ])
+        .spawn();
     let (status, body, _) = join(trusted.port, "ok-1", &[("X-User-Claim", claim)]);
     assert_eq!((status, body.as_str()), (200, ""));
     assert_eq!(perms.seen(), ["GET /user/carol/conversation/ok-1"]);
@@ -290,10 +288,10 @@ fn log_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
 fn a_second_join_moves_the_user() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("corelay.log");
-    let server = Server::start(
-        2,
-        &["--log-file", file.to_str().unwrap(), "--log-format", "json"],
-    );
+    let server = Server::builder()
+        .shards(2)
+        .args(["--log-file", file.to_str().unwrap(), "--log-format", "json"])
+        .spawn();
     let alice = bearer("alice");
     // Several joins, each on whichever shard accepts it: each one names the previous
     // conversation, whichever shard recorded it.

@@ -1,16 +1,14 @@
 //! Real media through the real binary on loopback: 2 shards, str0m clients speaking the
 //! mediasoup-client dialect over WebSocket and SRTP over UDP.
 
-mod common;
-
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
-use corelay::client::ClientEvent;
 use corelay::routing::owner_shard;
 use corelay::sfu::ortc::VP8;
+use corelay_testkit::client::ClientEvent;
+use corelay_testkit::*;
 use serde_json::{json, Value};
 
 /// A signaling connection that sets events aside while waiting for answers.
@@ -171,7 +169,7 @@ fn run_room(port: u16, room: String, packets_per_frame: u32, frames: u32) -> Roo
 
 #[test]
 fn two_rooms_on_two_shards_forward_at_once_each_on_its_owner() {
-    let server = Server::start(2, &[]);
+    let server = Server::builder().shards(2).spawn();
     let mut rooms = [None, None];
     for i in 0.. {
         let room = format!("media{i}");

@@ -1,11 +1,8 @@
 //! `log.file`: logs go to stdout and to a daily-rotated file.
 
-mod common;
-
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, SECRET};
+use corelay_testkit::{Capture, Server};
 
 /// The text of every `corelay.log.*` file in `dir`.
 fn log_files(dir: &std::path::Path) -> Vec<(String, String)> {
@@ -24,7 +21,10 @@ fn the_log_file_receives_the_ready_line_and_the_last_line() {
     // A directory that does not exist yet: the appender creates it.
     let logs = dir.path().join("logs");
     let file = logs.join("corelay.log");
-    let mut server = Server::start(1, &["--log-file", file.to_str().unwrap()]);
+    let mut server = Server::builder()
+        .shards(1)
+        .args(["--log-file", file.to_str().unwrap()])
+        .spawn();
 
     // While running: the ready line is there (written by a background thread, so poll).
     let start = Instant::now();
@@ -57,26 +57,14 @@ fn the_log_file_receives_the_ready_line_and_the_last_line() {
 fn stdout_still_gets_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("corelay.log");
-    let port = common::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_corelay"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "1"])
-        .args(["--udp-port-base", "0", "--log-format", "json"])
-        .env("JWT_SECRET", SECRET)
+    let mut server = Server::builder()
+        .shards(1)
+        .args(["--log-format", "json"])
         .env("CORELAY_LOG_FILE", &file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !matches!(common::http(port, "GET", "/health", &[], b""), Ok((200, _))) {
-        assert!(start.elapsed() < Duration::from_secs(20), "not healthy");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SAFETY: plain kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let out = child.wait_with_output().unwrap();
+        .stdout(Capture::Piped)
+        .spawn();
+    server.sigterm();
+    let out = server.wait_with_output();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("ready: http://"), "{stdout}");
     let text: String = log_files(dir.path()).into_iter().map(|(_, t)| t).collect();
@@ -93,20 +81,11 @@ fn an_unusable_log_file_stops_start_up_with_a_message() {
     // A regular file where the directory should be.
     let blocker = dir.path().join("not-a-dir");
     std::fs::write(&blocker, "x").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_corelay"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--udp-port-base",
-            "0",
-        ])
+    let out = Server::builder()
+        .shards(1)
         .arg("--log-file")
         .arg(blocker.join("corelay.log"))
-        .env("JWT_SECRET", SECRET)
-        .output()
-        .unwrap();
+        .output();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot open log file"), "{err}");
@@ -114,30 +93,13 @@ fn an_unusable_log_file_stops_start_up_with_a_message() {
 
 /// Runs the server with `env` until healthy, stops it, and returns its stdout.
 fn run_and_collect_stdout(env: &[(&str, &str)]) -> String {
-    let port = common::free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corelay"));
-    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "1"])
-        .args(["--udp-port-base", "0"])
-        .env("JWT_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    let mut builder = Server::builder().shards(1).stdout(Capture::Piped);
     for var in ["CLUSTER_MODE", "REDIS_URL", "NODE_ID", "NATS"] {
-        cmd.env_remove(var);
+        builder = builder.env_remove(var);
     }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().unwrap();
-    let start = Instant::now();
-    while !matches!(common::http(port, "GET", "/health", &[], b""), Ok((200, _))) {
-        assert!(start.elapsed() < Duration::from_secs(20), "not healthy");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SAFETY: plain kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut server = builder.envs(env.iter().copied()).spawn();
+    server.sigterm();
+    let out = server.wait_with_output();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

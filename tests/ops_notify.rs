@@ -2,13 +2,10 @@
 //! NOTIFY_SOCKET datagram socket and setting WATCHDOG_USEC, as a `Type=notify` unit with
 //! `WatchdogSec=` would.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http, SECRET};
+use corelay_testkit::{http, Ready, Server};
 
 /// Collects every datagram for `limit` or until `until` says stop.
 fn collect(
@@ -30,30 +27,21 @@ fn count(got: &[String], what: &str) -> usize {
     got.iter().filter(|m| m.lines().any(|l| l == what)).count()
 }
 
-/// Starts corelay with NOTIFY_SOCKET at `path`, and WATCHDOG_USEC when given.
-fn spawn(path: &std::path::Path, port: u16, watchdog_usec: Option<&str>) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corelay"));
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--shards",
-        "2",
-        "--udp-port-base",
-        "0",
-        "--shutdown-grace-ms",
-        "500",
-    ])
-    .env("JWT_SECRET", SECRET)
-    .env("NOTIFY_SOCKET", path)
-    // No WATCHDOG_PID: a wrapper cannot know the pid in advance, and libsystemd allows it.
-    .env_remove("WATCHDOG_PID")
-    .env_remove("WATCHDOG_USEC")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+/// Starts corelay with NOTIFY_SOCKET at `path`, and WATCHDOG_USEC when given. No readiness
+/// check of its own: READY=1 on the socket is what the tests wait for.
+fn spawn(path: &std::path::Path, watchdog_usec: Option<&str>) -> Server {
+    let mut builder = Server::builder()
+        .shards(2)
+        .args(["--shutdown-grace-ms", "500"])
+        .env("NOTIFY_SOCKET", path)
+        // No WATCHDOG_PID: a wrapper cannot know the pid in advance, and libsystemd allows it.
+        .env_remove("WATCHDOG_PID")
+        .env_remove("WATCHDOG_USEC")
+        .ready(Ready::None);
     if let Some(usec) = watchdog_usec {
-        cmd.env("WATCHDOG_USEC", usec);
+        builder = builder.env("WATCHDOG_USEC", usec);
     }
-    cmd.spawn().expect("corelay runs")
+    builder.spawn()
 }
 
 fn notify_socket(dir: &tempfile::TempDir) -> (UnixDatagram, std::path::PathBuf) {
@@ -64,31 +52,12 @@ fn notify_socket(dir: &tempfile::TempDir) -> (UnixDatagram, std::path::PathBuf) 
     (sock, path)
 }
 
-fn sigterm_and_wait(child: &mut Child) -> std::process::ExitStatus {
-    // SAFETY: plain kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("corelay did not exit after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn ready_watchdog_and_stopping_reach_the_notify_socket() {
     let dir = tempfile::tempdir().unwrap();
     let (sock, path) = notify_socket(&dir);
-    let port = free_port();
     // 1 s timeout: a ping every 0.5 s.
-    let mut child = spawn(&path, port, Some("1000000"));
+    let mut server = spawn(&path, Some("1000000"));
 
     let mut got = Vec::new();
     collect(&sock, &mut got, Duration::from_secs(20), |g| {
@@ -96,7 +65,7 @@ fn ready_watchdog_and_stopping_reach_the_notify_socket() {
     });
     assert_eq!(count(&got, "READY=1"), 1, "READY=1 once: {got:?}");
     // READY comes after every shard serves: /health answers at once.
-    let (status, body) = http(port, "GET", "/health", &[], b"").unwrap();
+    let (status, body) = http(server.port, "GET", "/health", &[], b"").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(
         got.iter().any(|m| m.contains("STATUS=serving")),
@@ -109,7 +78,7 @@ fn ready_watchdog_and_stopping_reach_the_notify_socket() {
     assert!((3..=10).contains(&pings), "{pings} watchdog pings: {got:?}");
     assert_eq!(count(&got, "STOPPING=1"), 0, "not stopping yet");
 
-    let status = sigterm_and_wait(&mut child);
+    let status = server.stop(Duration::from_secs(10));
     collect(&sock, &mut got, Duration::from_secs(2), |g| {
         count(g, "STOPPING=1") > 0
     });
@@ -130,7 +99,7 @@ fn ready_watchdog_and_stopping_reach_the_notify_socket() {
 fn without_watchdog_usec_there_are_no_pings() {
     let dir = tempfile::tempdir().unwrap();
     let (sock, path) = notify_socket(&dir);
-    let mut child = spawn(&path, free_port(), None);
+    let mut server = spawn(&path, None);
     let mut got = Vec::new();
     collect(&sock, &mut got, Duration::from_secs(20), |g| {
         count(g, "READY=1") > 0
@@ -138,5 +107,5 @@ fn without_watchdog_usec_there_are_no_pings() {
     assert_eq!(count(&got, "READY=1"), 1, "{got:?}");
     collect(&sock, &mut got, Duration::from_millis(1200), |_| false);
     assert_eq!(count(&got, "WATCHDOG=1"), 0, "{got:?}");
-    assert_eq!(sigterm_and_wait(&mut child).code(), Some(0));
+    assert_eq!(server.stop(Duration::from_secs(10)).code(), Some(0));
 }

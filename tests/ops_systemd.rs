@@ -4,15 +4,14 @@
 //! `strace`); scripts/test.sh installs both. A missing tool is a failure with a message,
 //! never a silent skip: a skipped check would let a broken unit ship.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use corelay::config::{Layers, KEYS};
+use corelay_testkit::{recv_json, send_text, token, ws_connect, Server};
 
 const UNIT: &str = include_str!("../systemd/corelay.service");
 const TOML_EXAMPLE: &str = include_str!("../systemd/corelay.toml.example");
@@ -180,57 +179,36 @@ fn expand(word: &str, out: &mut BTreeSet<String>, seen: &mut BTreeSet<String>) {
 fn syscalls_of_a_server_run() -> BTreeSet<String> {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("strace.txt");
-    let port = common::free_port();
-    let mut child = match Command::new("strace")
-        .args(["-f", "-c", "-D", "-qq", "-o"])
-        .arg(&report)
-        .arg(env!("CARGO_BIN_EXE_corelay"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--shards", "2", "--udp-port-base", "0"])
-        .env("JWT_SECRET", common::SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
+    let report_arg = report.display().to_string();
+    let server = Server::builder()
+        .shards(2)
+        .wrapper("strace", ["-f", "-c", "-D", "-qq", "-o", &report_arg])
+        .health_timeout(Duration::from_secs(30))
+        .try_spawn();
+    let mut server = match server {
+        Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             panic!("`strace` is not installed: install the Debian package `strace`")
         }
         Err(e) => panic!("cannot run strace: {e}"),
     };
-    let start = Instant::now();
-    let health = loop {
-        if let Ok((200, body)) = common::http(port, "GET", "/health", &[], b"") {
-            break serde_json::from_str::<serde_json::Value>(&body).unwrap();
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("corelay under strace not healthy in 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let port = server.port;
+    let health = server.health();
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for shard in health["shards"].as_array().unwrap() {
         let p = shard["udpPort"].as_u64().unwrap() as u16;
         udp.send_to(b"not a stun packet", ("127.0.0.1", p)).unwrap();
     }
-    let mut ws = common::ws_connect(
-        port,
-        &format!("/p2p?token={}", common::token("alice", None)),
-    )
-    .unwrap();
-    common::send_text(
+    let mut ws = ws_connect(port, &format!("/p2p?token={}", token("alice", None))).unwrap();
+    send_text(
         &mut ws,
         r#"{"Header":{"Event":"connect","UserId":"alice","RoomId":"r1"},"Payload":""}"#,
     );
-    let _ = common::recv_json(&mut ws);
+    let _ = recv_json(&mut ws);
     // The traced server is our child (strace -D runs as a grandchild): signal it.
-    // SAFETY: plain kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    server.sigterm();
     let _ = ws.read(); // the 1001 close frame
-    let status = child.wait().unwrap();
+    let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "clean exit under strace");
     // strace writes its table when the last traced thread is gone.
     let start = Instant::now();

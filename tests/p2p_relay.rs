@@ -1,12 +1,10 @@
 //! The peer-to-peer relay dialect and the shard front door, against the real binary with
 //! two shards on loopback.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use corelay::routing::owner_shard;
+use corelay_testkit::*;
 use serde_json::{json, Value};
 
 fn pkt(event: &str, user: &str, room: &str, payload: &str) -> String {
@@ -39,7 +37,7 @@ fn connect(server: &Server, user: &str, room: &str) -> (Ws, Value) {
 
 #[test]
 fn health_lists_every_shard() {
-    let server = Server::start(2, &[]);
+    let server = Server::builder().shards(2).spawn();
     let h = server.health();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
@@ -62,7 +60,7 @@ fn health_lists_every_shard() {
 
 #[test]
 fn relay_sessions_end_up_on_their_rooms_shard_and_relay_exactly() {
-    let server = Server::start(2, &[]);
+    let server = Server::builder().shards(2).spawn();
     let (room_a, room_b) = rooms_on_each_shard();
     // Enough clients that the kernel's SO_REUSEPORT spread lands some of each room on
     // the shard that does not own it (all on the owner by chance: 2^-16).
@@ -161,7 +159,10 @@ fn relay_sessions_end_up_on_their_rooms_shard_and_relay_exactly() {
 
 #[test]
 fn bad_packets_get_an_error_for_that_client_only() {
-    let server = Server::start(2, &["--max-message-bytes", "1048576"]);
+    let server = Server::builder()
+        .shards(2)
+        .args(["--max-message-bytes", "1048576"])
+        .spawn();
     let room = "hostile";
     let (mut alice, _) = connect(&server, "alice", room);
     let (mut bob, _) = connect(&server, "bob", room);
@@ -219,7 +220,7 @@ fn bad_packets_get_an_error_for_that_client_only() {
 
 #[test]
 fn tokens_are_checked_before_the_upgrade() {
-    let server = Server::start(1, &[]);
+    let server = Server::builder().shards(1).spawn();
     assert_eq!(ws_connect(server.port, "/p2p").err(), Some(401), "no token");
     assert_eq!(
         ws_connect(server.port, "/p2p?token=garbage").err(),
@@ -252,7 +253,7 @@ fn tokens_are_checked_before_the_upgrade() {
 
 #[test]
 fn namespaces_separate_rooms() {
-    let server = Server::start(2, &[]);
+    let server = Server::builder().shards(2).spawn();
     let mut a = ws_connect(server.port, &format!("/p2p/one?token={}", token("a", None))).unwrap();
     let mut b = ws_connect(server.port, &format!("/p2p/two?token={}", token("b", None))).unwrap();
     send_text(&mut a, &pkt("connect", "a", "same", ""));
@@ -267,7 +268,10 @@ fn namespaces_separate_rooms() {
 
 #[test]
 fn anonymous_relay_only_when_allowed() {
-    let server = Server::start(1, &["--p2p-allow-anonymous", "true"]);
+    let server = Server::builder()
+        .shards(1)
+        .args(["--p2p-allow-anonymous", "true"])
+        .spawn();
     let mut ws = ws_connect(server.port, "/p2p").unwrap();
     send_text(&mut ws, &pkt("connect", "anon-1", "r", ""));
     let got = recv_json(&mut ws);
@@ -276,7 +280,10 @@ fn anonymous_relay_only_when_allowed() {
 
 #[test]
 fn http_errors_are_json_and_precise() {
-    let server = Server::start(1, &["--head-timeout-ms", "500"]);
+    let server = Server::builder()
+        .shards(1)
+        .args(["--head-timeout-ms", "500"])
+        .spawn();
     let (s, body) = http(server.port, "GET", "/nowhere", &[], b"").unwrap();
     assert_eq!(s, 404);
     assert!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"] == "not_found");
@@ -318,7 +325,7 @@ fn http_errors_are_json_and_precise() {
 
 #[test]
 fn dev_mode_login_issues_working_tokens() {
-    let server = Server::start_with_env(1, &[], &[]);
+    let server = Server::builder().env_remove("JWT_SECRET").spawn();
     let (s, body) = http(
         server.port,
         "POST",
@@ -345,7 +352,7 @@ fn dev_mode_login_issues_working_tokens() {
 
 #[test]
 fn sigterm_closes_sessions_with_1001_and_exits_zero_quickly() {
-    let mut server = Server::start(2, &[]);
+    let mut server = Server::builder().shards(2).spawn();
     let (mut ws, _) = connect(&server, "stayer", "shutdown-room");
     let start = Instant::now();
     server.sigterm();

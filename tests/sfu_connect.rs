@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use corelay::client::ClientEvent;
-use corelay::sim::World;
+use corelay_testkit::client::ClientEvent;
+use corelay_testkit::sim::World;
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind, Mid};
 

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use corelay::client::{ClientEvent, Numbering};
 use corelay::sfu::ortc::{
     Kind, RtpParameters, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_TWCC, OPUS, VP8,
 };
 use corelay::sfu::transport::Direction;
-use corelay::sim::{Video, World};
+use corelay_testkit::client::{ClientEvent, Numbering};
+use corelay_testkit::sim::{Video, World};
 use serde_json::{json, Value};
 
 /// Numbers as no router default has them: Firefox-like payload types, extensions shuffled.
@@ -149,7 +149,7 @@ fn a_second_numbering_on_one_transport_is_refused_naming_both() {
 
 #[test]
 fn producers_declared_before_connect_transport_are_negotiated_then() {
-    use corelay::client::Client;
+    use corelay_testkit::client::Client;
     let mut w = World::new();
     w.engine.join(w.now, 1, "room", "u1", "Pub", None).unwrap();
     let t = w

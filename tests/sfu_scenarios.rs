@@ -7,7 +7,7 @@ use std::time::Duration;
 use corelay::sfu::ortc::{Kind, RtpParameters};
 use corelay::sfu::transport::Direction;
 use corelay::sfu::Notice;
-use corelay::sim::{Sub, Video, World};
+use corelay_testkit::sim::{Sub, Video, World};
 use serde_json::json;
 
 fn setup(subs: u64) -> (World, Video, String, Vec<Sub>) {
@@ -257,8 +257,8 @@ fn a_subscriber_gone_silent_is_released_and_the_room_told() {
 
 #[test]
 fn simulcast_forwards_the_highest_active_layer_and_switches_down_on_a_keyframe() {
-    use corelay::client::ClientEvent;
     use corelay::sfu::ortc::VP8;
+    use corelay_testkit::client::ClientEvent;
     let mut w = World::new();
     w.engine.join(w.now, 1, "room", "u1", "Pub", None).unwrap();
     let (pc, tid) = w.transport(1, Direction::Send);

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use corelay::client::{ClientEvent, Numbering};
 use corelay::sfu::ortc::{EXT_AUDIO_LEVEL, EXT_MID, EXT_TWCC, OPUS, VP8};
-use corelay::sim::{Video, World};
+use corelay_testkit::client::{ClientEvent, Numbering};
+use corelay_testkit::sim::{Video, World};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind};
 

@@ -1,13 +1,11 @@
 //! HTTPS and WSS on the HTTP port when a certificate is configured.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use corelay_testkit::*;
 use futures_rustls::rustls::{self, pki_types};
 use serde_json::{json, Value};
 
@@ -56,34 +54,12 @@ fn tls_stream(port: u16, pki: &Pki) -> rustls::StreamOwned<rustls::ClientConnect
 }
 
 fn start_tls_server(pki: &Pki) -> Server {
-    // Server::start polls /health over plain HTTP, which a TLS port refuses; start by hand.
-    let port = free_port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_corelay"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shards",
-            "2",
-            "--udp-port-base",
-            "0",
-            "--tls-cert",
-            &pki.cert_path,
-            "--tls-key",
-            &pki.key_path,
-        ])
-        .env("JWT_SECRET", SECRET)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    // A TLS port refuses the plain-HTTP /health check: wait for the TCP port instead.
+    Server::builder()
+        .shards(2)
+        .args(["--tls-cert", &pki.cert_path, "--tls-key", &pki.key_path])
+        .ready(Ready::Tcp)
         .spawn()
-        .unwrap();
-    let server = Server { port, child };
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("TLS server did not start");
 }
 
 fn https_health(port: u16, pki: &Pki) -> Value {
@@ -196,22 +172,14 @@ fn a_bad_certificate_is_a_clear_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("cert.pem");
     std::fs::write(&cert, "not a certificate").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corelay"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--udp-port-base",
-            "0",
-        ])
+    let out = Server::builder()
         .args([
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
             "/nonexistent/key.pem",
         ])
-        .env("JWT_SECRET", SECRET)
-        .output()
-        .unwrap();
+        .output();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("TLS certificate"), "{err}");

@@ -1,13 +1,11 @@
 //! WHIP and WHEP against the real binary on loopback, with str0m clients in SDP mode, and
 //! across dialects (a WHIP publisher consumed through the mediasoup dialect).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
-use corelay::client::ClientEvent;
 use corelay::routing::owner_shard;
+use corelay_testkit::client::ClientEvent;
+use corelay_testkit::*;
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind, Mid};
 
@@ -154,7 +152,7 @@ fn send_frames(
 
 #[test]
 fn whip_publisher_reaches_whep_viewers_and_delete_ends_the_session() {
-    let server = Server::start(2, &[]);
+    let server = Server::builder().shards(2).spawn();
     let room = "whip-room";
     let (mut publisher, mid, resource) = whip_publish(server.port, room, "obs");
     assert!(
@@ -233,7 +231,7 @@ fn whip_publisher_reaches_whep_viewers_and_delete_ends_the_session() {
 
 #[test]
 fn a_whip_publisher_is_consumed_through_the_mediasoup_dialect() {
-    let server = Server::start(2, &[]);
+    let server = Server::builder().shards(2).spawn();
     let room = "cross";
     let (mut publisher, mid, _) = whip_publish(server.port, room, "obs");
     let mut ws = ws_connect(
@@ -300,7 +298,7 @@ fn a_whip_publisher_is_consumed_through_the_mediasoup_dialect() {
 
 #[test]
 fn whip_and_whep_errors_have_their_codes() {
-    let server = Server::start(2, &[]);
+    let server = Server::builder().shards(2).spawn();
     let port = server.port;
     let good = token("u", Some("r1"));
     let offer = {

@@ -1,13 +1,11 @@
 //! What each WebSocket path serves, as a raw client sees it.
 
-mod common;
-
-use common::*;
+use corelay_testkit::*;
 use serde_json::json;
 
 #[test]
 fn root_without_a_token_speaks_publish_subscribe() {
-    let server = Server::start(2, &[]);
+    let server = Server::builder().shards(2).spawn();
     // Rheomesh's client: `ws://host:port`, no path and no token; `auth` first.
     let mut ws = ws_connect(server.port, "/").expect("upgrade on / without a token");
     send_text(
@@ -40,7 +38,7 @@ fn root_without_a_token_speaks_publish_subscribe() {
 
 #[test]
 fn root_with_a_token_stays_mediasoup_and_ws_is_unchanged() {
-    let server = Server::start(1, &[]);
+    let server = Server::builder().shards(1).spawn();
     for path in ["/", "/ws"] {
         let t = token("msc", Some("room-1"));
         let mut ws = ws_connect(server.port, &format!("{path}?token={t}")).unwrap();
@@ -79,7 +77,7 @@ fn token_without_exp(user: &str) -> String {
 fn tokens_without_exp_follow_auth_require_exp() {
     let t = token_without_exp("no-exp");
     // The default: refused before the upgrade, with a message that names the claim.
-    let strict = Server::start(1, &[]);
+    let strict = Server::builder().shards(1).spawn();
     let (status, body) = http(
         strict.port,
         "GET",
@@ -103,14 +101,9 @@ fn tokens_without_exp_follow_auth_require_exp() {
         "{body}"
     );
     // Off: the same token is accepted.
-    let lax = Server::start_with_env(
-        1,
-        &[],
-        &[
-            ("JWT_SECRET", SECRET),
-            ("CORELAY_AUTH_REQUIRE_EXP", "false"),
-        ],
-    );
+    let lax = Server::builder()
+        .env("CORELAY_AUTH_REQUIRE_EXP", "false")
+        .spawn();
     let mut ws = ws_connect(lax.port, "/").unwrap();
     send_text(&mut ws, &json!({"type": "auth", "token": t}).to_string());
     let ok = recv_json(&mut ws);
@@ -120,7 +113,7 @@ fn tokens_without_exp_follow_auth_require_exp() {
 
 #[test]
 fn create_transport_takes_direction_type_or_producing_consuming() {
-    let server = Server::start(1, &[]);
+    let server = Server::builder().shards(1).spawn();
     let t = token("demo", Some("room-2"));
     let mut ws = ws_connect(server.port, &format!("/ws?token={t}")).unwrap();
     let mut request = |n: usize, kind: &str, data: serde_json::Value| {
@@ -198,7 +191,7 @@ fn p2p_connect(ws: &mut Ws, user: &str, room: &str) {
 
 #[test]
 fn every_websocket_endpoint_answers_the_clients_close() {
-    let server = Server::start(2, &[]);
+    let server = Server::builder().shards(2).spawn();
     let port = server.port;
     let t = token("closer", None);
     let scoped = token("closer", Some("close-room"));

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corelay::auth::{Authenticator, Grant};
-use corelay::client::{Client, ClientEvent};
 use corelay::sfu::ortc::{OPUS, VP8};
+use corelay_testkit::client::{Client, ClientEvent};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use str0m::rtp::RtpPacket;

@@ -1,136 +1,32 @@
 //! corelay-load against the real server binary on loopback.
 //!
-//! The server binary is `target/<profile>/corelay` next to this test's own binary (built
-//! by `cargo test --workspace`; built here with `cargo build -p corelay` when missing).
-//! `CORELAY_BIN` overrides the path. Tests run one at a time (a lock) so that their
-//! timing figures do not disturb each other on small machines.
+//! The server is started with `corelay_testkit::Server::builder()`: its binary is
+//! `target/<profile>/corelay` next to this test's own binary (built by
+//! `cargo test --workspace`; with `cargo test -p corelay-load` alone, build it first with
+//! `cargo build -p corelay --bin corelay`). `CORELAY_BIN` overrides the path. Tests run one
+//! at a time (a lock) so that their timing figures do not disturb each other on small
+//! machines.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use corelay_testkit::{free_port, http, Server, SECRET};
 use serde_json::Value;
-
-const SECRET: &str = "corelay-load-test-secret-0123456789";
 
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The corelay server binary, built if missing.
-fn server_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("CORELAY_BIN") {
-            return PathBuf::from(p);
-        }
-        // target/<profile>/deps/load-<hash> -> target/<profile>/corelay
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
-        let bin = profile_dir.join("corelay");
-        if !bin.exists() {
-            let release = profile_dir.file_name().is_some_and(|n| n == "release");
-            eprintln!(
-                "corelay server binary {} is missing: running `cargo build -p corelay --bin corelay{}`",
-                bin.display(),
-                if release { " --release" } else { "" }
-            );
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "corelay", "--bin", "corelay"])
-                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-            if release {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("cargo runs");
-            assert!(status.success(), "cargo build -p corelay failed");
-            assert!(bin.exists(), "{} still missing after the build", bin.display());
-        }
-        bin
-    })
-    .clone()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running corelay, killed when dropped.
-struct Server {
-    port: u16,
-    child: Child,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Server {
-        let port = free_port();
-        let child = Command::new(server_binary())
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--shards",
-                "2",
-                "--udp-port-base",
-                "0",
-            ])
-            .args(extra)
-            .env("JWT_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the corelay binary starts");
-        let server = Server { port, child };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !server.healthy() {
-            assert!(Instant::now() < deadline, "server not healthy in 15 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let req = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-        if s.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.starts_with("HTTP/1.1 200")
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child process.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill({sig})");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A running corelay on 2 shards, logging warnings only (killed when dropped).
+fn start(extra: &[&str]) -> Server {
+    Server::builder()
+        .shards(2)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .health_timeout(Duration::from_secs(15))
+        .spawn()
 }
 
 struct Run {
@@ -241,7 +137,7 @@ fn pair_packets(secs: f64) -> f64 {
 #[test]
 fn five_subscribers_get_every_packet_and_the_json_has_every_field() {
     let _serial = serial();
-    let server = Server::start(&[]);
+    let server = start(&[]);
     let run = load(
         &server,
         &[
@@ -298,7 +194,7 @@ fn five_subscribers_get_every_packet_and_the_json_has_every_field() {
 #[test]
 fn late_subscribers_get_every_track_from_the_join_answer() {
     let _serial = serial();
-    let server = Server::start(&[]);
+    let server = start(&[]);
     // 4 joins/s, publishers first: the 3 subscribers join at 0.5, 0.75 and 1 s, when both
     // producers already exist.
     let run = load(
@@ -332,7 +228,7 @@ fn late_subscribers_get_every_track_from_the_join_answer() {
 #[test]
 fn early_subscribers_get_every_track_from_new_producer_events() {
     let _serial = serial();
-    let server = Server::start(&[]);
+    let server = start(&[]);
     // Subscribers join first (0, 0.25, 0.5 s) and learn of the producers only from
     // new-producer events.
     let run = load(
@@ -368,7 +264,7 @@ fn early_subscribers_get_every_track_from_new_producer_events() {
 #[test]
 fn max_loss_sets_the_exit_status() {
     let _serial = serial();
-    let server = Server::start(&["--udp-recv-buffer", "65536"]);
+    let server = start(&["--udp-recv-buffer", "65536"]);
     let stopper = {
         let pid = server.child.id() as i32;
         std::thread::spawn(move || {
@@ -405,7 +301,7 @@ fn max_loss_sets_the_exit_status() {
 #[test]
 fn whip_publishers_reach_whep_subscribers_and_the_resources_are_deleted() {
     let _serial = serial();
-    let server = Server::start(&[]);
+    let server = start(&[]);
     let (whip, whep) = (
         format!("{}/whip", server.url()),
         format!("{}/whep", server.url()),
@@ -482,15 +378,9 @@ fn whep_with_subscribers_first_is_refused_with_status_2() {
 
 /// One HTTP GET on the server; the body.
 fn get(server: &Server, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "GET {path}: {out}");
-    let (_, body) = out.split_once("\r\n\r\n").expect("a response head");
-    body.to_string()
+    let (status, body) = http(server.port, "GET", path, &[], b"").unwrap();
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
 }
 
 /// Prometheus text: (name, labels, value) per sample line; comments and blank lines
@@ -540,7 +430,7 @@ fn sum(m: &[(String, String, f64)], name: &str) -> f64 {
 #[test]
 fn the_servers_metrics_and_latency_agree_with_what_the_tool_measured() {
     let _serial = serial();
-    let server = Server::start(&[]);
+    let server = start(&[]);
     let run = load(
         &server,
         &[

@@ -4,156 +4,41 @@
 // headless Debian chromium with fake camera and microphone, two people typing into the
 // page's form. Needs no build step: `node --test demo.test.mjs`.
 //
-//   CORELAY_BIN   server binary (default ../../target/debug/corelay from this folder)
-//   CHROMIUM_BIN  browser (default /usr/bin/chromium)
-//   E2E_SERVER_LOG=1  stream the server's log to stderr
+//   CORELAY_BIN, CHROMIUM_BIN, E2E_SERVER_LOG=1: see harness.mjs
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createHmac } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import {
+  launchBrowser, mintToken, openPage, sleep, startServer, startWatchdog, stopServer,
+} from './harness.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const CORELAY_BIN = process.env.CORELAY_BIN
-  ? resolve(process.env.CORELAY_BIN)
-  : resolve(here, '../../target/debug/corelay');
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const RUN = Date.now().toString(36);
 const ROOM = `demo-e2e-${RUN}`;
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--use-fake-ui-for-media-stream',
-  '--use-fake-device-for-media-stream',
-  // Without it Chromium gathers no 127.0.0.1 candidate (DESIGN.md section 5).
-  '--allow-loopback-in-peer-connection',
-  '--disable-quic',
-];
-// Settings that would take the server out of dev mode or off our --listen port.
-const ENV_DROP = ['JWT_SECRET', 'CORELAY_LOGIN', 'CORELAY_CONFIG', 'LISTEN', 'PORT', 'CORELAY_TLS_CERT', 'CORELAY_TLS_KEY'];
 
 // Hard stop: the whole file must finish well under two minutes even if something hangs.
-const servers = new Set();
-const watchdog = setTimeout(() => {
-  console.error('demo e2e watchdog: 110 s elapsed, killing the servers and exiting');
-  for (const s of servers) s.proc.kill('SIGKILL');
-  process.exit(1);
-}, 110_000);
-watchdog.unref();
+const watchdog = startWatchdog('demo e2e', 110_000);
 
-let devServer; // {proc, port, log: string[], base}
-let context; // playwright persistent context (fresh profile)
-let profileDir;
+let devServer; // harness server in dev mode (no JWT_SECRET)
+let browser; // {context, close}: playwright persistent context on a fresh profile
 
 // ---- helpers ----------------------------------------------------------------------------
 
-function freePort() {
-  return new Promise((resolvePort, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolvePort(port));
-    });
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// HS256 JWT, as PROTOCOLS.md "Identity and tokens" describes.
-function mintToken(claims, secret) {
-  const enc = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
-  const signingInput = `${enc({ alg: 'HS256', typ: 'JWT' })}.${enc(claims)}`;
-  const sig = createHmac('sha256', secret).update(signingInput).digest('base64url');
-  return `${signingInput}.${sig}`;
-}
-
 function logTail(server, n = 40) {
-  return server ? server.log.slice(-n).join('\n') : '(server not started)';
+  return server ? server.tail(n) : '(server not started)';
 }
 
-// Starts corelay; `env` is added to a copy of this process's environment without the
-// settings in ENV_DROP (so by default the server runs in dev mode).
-async function startServer(env = {}) {
-  if (!existsSync(CORELAY_BIN)) {
-    throw new Error(`corelay binary not found at ${CORELAY_BIN}: run \`cargo build\` or set CORELAY_BIN`);
-  }
-  const port = await freePort();
-  const baseEnv = { ...process.env };
-  for (const k of ENV_DROP) delete baseEnv[k];
-  const proc = spawn(
-    CORELAY_BIN,
-    ['--listen', `127.0.0.1:${port}`, '--shards', '2', '--udp-port-base', '0'],
-    { env: { ...baseEnv, RUST_LOG: 'info', ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  const log = [];
-  const collect = (chunk) => {
-    for (const line of chunk.toString().split('\n')) {
-      if (!line) continue;
-      log.push(line);
-      if (log.length > 500) log.shift();
-      if (process.env.E2E_SERVER_LOG) process.stderr.write(`[corelay:${port}] ${line}\n`);
-    }
-  };
-  proc.stdout.on('data', collect);
-  proc.stderr.on('data', collect);
-  let exited = null;
-  proc.on('exit', (code, signal) => (exited = { code, signal }));
-  const server = { proc, port, log, base: `http://127.0.0.1:${port}/` };
-  servers.add(server);
-
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    if (exited) throw new Error(`corelay exited early (${JSON.stringify(exited)}):\n${logTail(server)}`);
-    try {
-      const res = await fetch(`${server.base}health`, { signal: AbortSignal.timeout(1000) });
-      await res.body?.cancel();
-      if (res.status === 200) return server;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`corelay /health not 200 within 15 s:\n${logTail(server)}`);
-    await sleep(100);
-  }
-}
-
-async function stopServer(server) {
-  if (!server) return;
-  servers.delete(server);
-  const { proc } = server;
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  const gone = new Promise((r) => proc.once('exit', r));
-  proc.kill('SIGTERM');
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
-  await gone;
-  clearTimeout(timer);
-}
-
-// Opens the demo page as one person.
+// Opens the demo page (`server.base` + `path`) as one person.
 async function openPeer(name, server, path = '') {
-  const page = await context.newPage();
-  const consoleLines = [];
-  page.on('console', (m) => {
-    if (m.type() === 'error' || m.type() === 'warning') consoleLines.push(`${m.type()}: ${m.text()}`);
+  const peer = await openPage(browser.context, name, `${server.base}/${path}`).catch((err) => {
+    // openPage's "answered <status>": say what that means here.
+    if (/ answered \d+$/.test(err.message)) {
+      throw new Error(`${err.message}: the server does not serve the demo page (src/demo/)`);
+    }
+    throw err;
   });
-  page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
-  const res = await page.goto(`${server.base}${path}`);
-  if (!res?.ok()) {
-    throw new Error(`GET /${path} answered ${res?.status()}: the server does not serve the demo page (src/demo/)`);
-  }
-  await page.waitForFunction(() => window.__demo !== undefined, null, { timeout: 5_000 });
-  return { name, page, server, consoleLines };
+  await peer.page.waitForFunction(() => window.__demo !== undefined, null, { timeout: 5_000 });
+  return { ...peer, server };
 }
 
 // Fills the form the way a person does: click, select all, type, click Join.
@@ -215,38 +100,28 @@ async function waitFor(peer, what, pred, { timeout = 15_000, allowErrors = false
 // ---- setup ------------------------------------------------------------------------------
 
 before(async () => {
-  devServer = await startServer();
-  // A persistent context on a fresh temporary profile: Playwright refuses --user-data-dir
-  // in args, and this way the profile is ours to delete.
-  profileDir = await mkdtemp(join(tmpdir(), 'corelay-demo-profile-'));
-  context = await chromium.launchPersistentContext(profileDir, {
-    executablePath: CHROMIUM_BIN,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    viewport: { width: 1280, height: 800 },
-    timeout: 20_000,
-  });
+  devServer = await startServer({ shards: 2 });
+  browser = await launchBrowser('corelay-demo-profile-', { viewport: { width: 1280, height: 800 } });
 });
 
 after(async () => {
-  await context?.close().catch(() => {});
-  for (const s of [...servers]) await stopServer(s);
-  if (profileDir) await rm(profileDir, { recursive: true, force: true });
-  clearTimeout(watchdog);
+  await browser?.close();
+  await stopServer(devServer);
+  watchdog.clear();
 });
 
 // ---- scenarios --------------------------------------------------------------------------
 
 test('the demo page and its assets are served', { timeout: 10_000 }, async () => {
   for (const path of ['', 'demo']) {
-    const res = await fetch(`${devServer.base}${path}`);
+    const res = await fetch(`${devServer.base}/${path}`);
     const body = await res.text();
     assert.equal(res.status, 200, `GET /${path}`);
     assert.match(res.headers.get('content-type') ?? '', /^text\/html/, `GET /${path} content-type`);
     assert.match(body, /demo\.js/, `GET /${path} is the demo page`);
   }
   for (const [path, type] of [['demo.js', /^(text|application)\/javascript/], ['demo.css', /^text\/css/]]) {
-    const res = await fetch(`${devServer.base}${path}`);
+    const res = await fetch(`${devServer.base}/${path}`);
     await res.body?.cancel();
     assert.equal(res.status, 200, `GET /${path}`);
     assert.match(res.headers.get('content-type') ?? '', type, `GET /${path} content-type`);
@@ -311,7 +186,7 @@ test('two people join through the form, see each other, one leaves', { timeout: 
 
 test('with JWT_SECRET: login is off (clear error) and ?token= joins', { timeout: 40_000 }, async () => {
   const secret = `corelay-demo-e2e-secret-${RUN}`;
-  const server = await startServer({ JWT_SECRET: secret });
+  const server = await startServer({ secret, shards: 2 });
   try {
     // No token in the address: POST /login answers 404, the page says why.
     const nobody = await openPeer('nobody', server);

@@ -20,7 +20,8 @@ import { existsSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
 import {
-  here, killAllServers, launchBrowser, launchFirefox, mintToken, openPage, sleep, startServer, stopServer,
+  here, launchBrowser, launchFirefox, mintToken, openPage, sleep, startServer, startWatchdog,
+  stopServer,
 } from './harness.mjs';
 import { RTC_HTML } from './rtc-page.mjs';
 import { createStaticServer } from './serve.mjs';
@@ -41,13 +42,10 @@ let pageServer; // http.Server: dist/ (mediasoup-client page) and /rtc.html (rtc
 let pageBase; // http://127.0.0.1:PORT/
 
 // Hard stop: the whole file must finish well under 90 s even if something hangs.
-const watchdog = setTimeout(() => {
-  console.error('firefox e2e watchdog: 85 s elapsed, killing the servers and browsers and exiting');
-  killAllServers();
-  firefox?.kill();
-  process.exit(1);
-}, 85_000);
-watchdog.unref();
+const watchdog = startWatchdog('firefox e2e', 85_000, {
+  what: 'the servers and browsers',
+  kill: () => firefox?.kill(),
+});
 
 function tokenFor(userId, roomId) {
   const now = Math.floor(Date.now() / 1000);
@@ -173,7 +171,7 @@ after(async () => {
   await Promise.all([firefox?.close(), chromium?.close()]);
   await Promise.all([stopServer(server), stopServer(demoServer)]);
   await new Promise((r) => (pageServer ? pageServer.close(r) : r()));
-  clearTimeout(watchdog);
+  watchdog.clear();
 });
 
 // ---- scenarios --------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-// Shared helpers for the browser end-to-end tests that use it (sdp.test.mjs,
-// firefox.test.mjs): start the real corelay binary, mint HS256 tokens, launch Debian
-// chromium (playwright-core) or Debian firefox-esr (puppeteer-core over WebDriver BiDi) with
-// the settings WebRTC on loopback needs. Same patterns as msc.test.mjs and demo.test.mjs
-// (which keep their own copies).
+// Shared helpers for every browser end-to-end test (msc.test.mjs, demo.test.mjs,
+// sdp.test.mjs, firefox.test.mjs): start the real corelay binary, mint HS256 tokens, launch
+// Debian chromium (playwright-core) or Debian firefox-esr (puppeteer-core over WebDriver
+// BiDi) with the settings WebRTC on loopback needs, open pages that collect their console
+// errors, and a watchdog that ends a hung test file.
 //
 //   CORELAY_BIN   server binary (default ../../target/debug/corelay from this folder)
 //   CHROMIUM_BIN  browser (default /usr/bin/chromium)
@@ -102,6 +102,20 @@ export function killAllServers() {
   for (const s of running) s.proc.kill('SIGKILL');
 }
 
+// Hard stop for a whole test file: after `ms`, says so on stderr, kills every server started
+// here, runs `kill` (e.g. a Firefox's kill()) and exits 1, even if something hangs. The
+// timer does not keep the process alive; call clear() when the file is done.
+export function startWatchdog(name, ms, { kill = () => {}, what = 'the servers' } = {}) {
+  const timer = setTimeout(() => {
+    console.error(`${name} watchdog: ${ms / 1000} s elapsed, killing ${what} and exiting`);
+    killAllServers();
+    kill();
+    process.exit(1);
+  }, ms);
+  timer.unref();
+  return { clear: () => clearTimeout(timer) };
+}
+
 // Starts corelay on a free loopback port with `shards` shards and any free UDP ports.
 // `secret` set: JWT_SECRET; unset: dev mode. Resolves once GET /health answers 200.
 export async function startServer({ secret, shards = 2, env = {}, args = [] } = {}) {
@@ -179,14 +193,16 @@ export async function health(server) {
 }
 
 // A persistent context on a fresh temporary profile: Playwright refuses --user-data-dir in
-// args, and this way the profile is ours to delete. close() removes it.
-export async function launchBrowser(prefix = 'corelay-e2e-profile-') {
+// args, and this way the profile is ours to delete. close() removes it. `options` go to
+// launchPersistentContext as well (e.g. a viewport).
+export async function launchBrowser(prefix = 'corelay-e2e-profile-', options = {}) {
   const profileDir = await mkdtemp(join(tmpdir(), prefix));
   const context = await chromium.launchPersistentContext(profileDir, {
     executablePath: CHROMIUM_BIN,
     headless: true,
     args: CHROMIUM_ARGS,
     timeout: 20_000,
+    ...options,
   });
   return {
     context,

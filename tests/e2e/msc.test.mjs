@@ -2,157 +2,44 @@
 // shared/PROTOCOLS.md section 1: real corelay binary, headless Debian chromium, the page in
 // page/ bundled into dist/ (run `npm run build` first; `npm test` does).
 //
-//   CORELAY_BIN   server binary (default ../../target/debug/corelay from this folder)
-//   CHROMIUM_BIN  browser (default /usr/bin/chromium)
-//   E2E_SERVER_LOG=1  stream the server's log to stderr
+//   CORELAY_BIN, CHROMIUM_BIN, E2E_SERVER_LOG=1: see harness.mjs
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
-import net from 'node:net';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import {
+  here, launchBrowser, mintToken, openPage, sleep, startServer, startWatchdog, stopServer,
+} from './harness.mjs';
 import { createStaticServer } from './serve.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const CORELAY_BIN = process.env.CORELAY_BIN
-  ? resolve(process.env.CORELAY_BIN)
-  : resolve(here, '../../target/debug/corelay');
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const JWT_SECRET = 'corelay-e2e-test-secret-0123456789';
 const ROOM = `e2e-${Date.now().toString(36)}`;
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--use-fake-ui-for-media-stream',
-  '--use-fake-device-for-media-stream',
-  // Without it Chromium gathers no 127.0.0.1 candidate (DESIGN.md section 5).
-  '--allow-loopback-in-peer-connection',
-  '--disable-quic',
-];
 
 // Hard stop: the whole file must finish well under 90 s even if something hangs.
-const watchdog = setTimeout(() => {
-  console.error('e2e watchdog: 85 s elapsed, killing the server and exiting');
-  server?.proc.kill('SIGKILL');
-  process.exit(1);
-}, 85_000);
-watchdog.unref();
+const watchdog = startWatchdog('e2e', 85_000, { what: 'the server' });
 
-let server; // {proc, port, log: string[]}
+let server; // harness server
 let pageServer; // http.Server over dist/
 let pageBase; // http://127.0.0.1:PORT/
-let context; // playwright persistent context (fresh profile)
-let profileDir;
+let browser; // {context, close}: playwright persistent context on a fresh profile
 
 // ---- helpers ----------------------------------------------------------------------------
 
-function freePort() {
-  return new Promise((resolvePort, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolvePort(port));
-    });
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// HS256 JWT, as PROTOCOLS.md "Identity and tokens" describes.
-function mintToken(claims, secret = JWT_SECRET) {
-  const enc = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
-  const signingInput = `${enc({ alg: 'HS256', typ: 'JWT' })}.${enc(claims)}`;
-  const sig = createHmac('sha256', secret).update(signingInput).digest('base64url');
-  return `${signingInput}.${sig}`;
-}
-
-function tokenFor(userId, { roomId = ROOM, ttlSec = 600, secret } = {}) {
+function tokenFor(userId, { roomId = ROOM, ttlSec = 600, secret = JWT_SECRET } = {}) {
   const now = Math.floor(Date.now() / 1000);
   return mintToken({ userId, userName: `User ${userId}`, roomId, exp: now + ttlSec }, secret);
 }
 
 function serverLogTail(n = 40) {
-  return server ? server.log.slice(-n).join('\n') : '(server not started)';
-}
-
-async function startServer() {
-  if (!existsSync(CORELAY_BIN)) {
-    throw new Error(`corelay binary not found at ${CORELAY_BIN}: run \`cargo build\` or set CORELAY_BIN`);
-  }
-  const port = await freePort();
-  const proc = spawn(
-    CORELAY_BIN,
-    ['--listen', `127.0.0.1:${port}`, '--shards', '2', '--udp-port-base', '0'],
-    {
-      env: { ...process.env, JWT_SECRET, RUST_LOG: 'info' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  const log = [];
-  const collect = (chunk) => {
-    for (const line of chunk.toString().split('\n')) {
-      if (!line) continue;
-      log.push(line);
-      if (log.length > 500) log.shift();
-      if (process.env.E2E_SERVER_LOG) process.stderr.write(`[corelay] ${line}\n`);
-    }
-  };
-  proc.stdout.on('data', collect);
-  proc.stderr.on('data', collect);
-  let exited = null;
-  proc.on('exit', (code, signal) => (exited = { code, signal }));
-  server = { proc, port, log };
-
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    if (exited) {
-      throw new Error(`corelay exited early (${JSON.stringify(exited)}):\n${serverLogTail()}`);
-    }
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/health`, { signal: AbortSignal.timeout(1000) });
-      await res.body?.cancel();
-      if (res.status === 200) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`corelay /health not 200 within 15 s:\n${serverLogTail()}`);
-    await sleep(100);
-  }
-}
-
-async function stopServer() {
-  if (!server || server.proc.exitCode !== null || server.proc.signalCode !== null) return;
-  const { proc } = server;
-  const gone = new Promise((r) => proc.once('exit', r));
-  proc.kill('SIGTERM');
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
-  await gone;
-  clearTimeout(timer);
+  return server ? server.tail(n) : '(server not started)';
 }
 
 // Opens the test page as one peer. `opts` become query parameters.
-async function openPeer(name, token, opts = {}) {
-  const q = new URLSearchParams({ server: `ws://127.0.0.1:${server.port}`, token, ...opts });
-  const page = await context.newPage();
-  const consoleLines = [];
-  page.on('console', (m) => {
-    if (m.type() === 'error' || m.type() === 'warning') consoleLines.push(`${m.type()}: ${m.text()}`);
-  });
-  page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
-  await page.goto(`${pageBase}?${q}`);
-  return { name, page, consoleLines };
+function openPeer(name, token, opts = {}) {
+  const q = new URLSearchParams({ server: server.ws, token, ...opts });
+  return openPage(browser.context, name, `${pageBase}?${q}`);
 }
 
 // A serializable copy of the page's window.__e2e (without the functions).
@@ -230,29 +117,20 @@ function rawUpgrade(port, token) {
 
 before(async () => {
   if (!existsSync(join(here, 'dist', 'app.js'))) throw new Error('dist/ missing: run `npm run build`');
-  await startServer();
+  server = await startServer({ secret: JWT_SECRET, shards: 2 });
 
   pageServer = createStaticServer(join(here, 'dist'));
   await new Promise((r) => pageServer.listen(0, '127.0.0.1', r));
   pageBase = `http://127.0.0.1:${pageServer.address().port}/`;
 
-  // A persistent context on a fresh temporary profile: Playwright refuses --user-data-dir
-  // in args, and this way the profile is ours to delete.
-  profileDir = await mkdtemp(join(tmpdir(), 'corelay-e2e-profile-'));
-  context = await chromium.launchPersistentContext(profileDir, {
-    executablePath: CHROMIUM_BIN,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: 20_000,
-  });
+  browser = await launchBrowser('corelay-e2e-profile-');
 });
 
 after(async () => {
-  await context?.close().catch(() => {});
-  await stopServer();
+  await browser?.close();
+  await stopServer(server);
   await new Promise((r) => (pageServer ? pageServer.close(r) : r()));
-  if (profileDir) await rm(profileDir, { recursive: true, force: true });
-  clearTimeout(watchdog);
+  watchdog.clear();
 });
 
 // ---- scenarios --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
 import {
-  here, health, killAllServers, launchBrowser, mintToken, openPage, ownerShard, sleep, startServer,
+  here, health, launchBrowser, mintToken, openPage, ownerShard, sleep, startServer, startWatchdog,
   stopServer,
 } from './harness.mjs';
 import { RTC_HTML } from './rtc-page.mjs';
@@ -26,12 +26,7 @@ const ROOM_B = `sdp-b-${RUN}`; // (b) mediasoup-client -> /pubsub
 const ROOM_C = `sdp-c-${RUN}`; // (c) WHIP -> mediasoup-client; (d) hostile input here too
 
 // Hard stop: the whole file must finish well under 90 s even if something hangs.
-const watchdog = setTimeout(() => {
-  console.error('sdp e2e watchdog: 85 s elapsed, killing the server and exiting');
-  killAllServers();
-  process.exit(1);
-}, 85_000);
-watchdog.unref();
+const watchdog = startWatchdog('sdp e2e', 85_000, { what: 'the server' });
 
 let server; // harness server
 let browser; // {context, close}
@@ -137,7 +132,7 @@ after(async () => {
   await browser?.close();
   await stopServer(server);
   await new Promise((r) => (pageServer ? pageServer.close(r) : r()));
-  clearTimeout(watchdog);
+  watchdog.clear();
 });
 
 // ---- scenarios --------------------------------------------------------------------------

@@ -10,9 +10,10 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use corelay_testkit::{Capture, Server};
 use serde_json::{json, Value};
 
 const SECRET: &str = "capacity-benchmark-secret-0123456789";
@@ -46,6 +47,16 @@ fn args() -> Args {
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// target/release/ as cargo built this benchmark (CARGO_TARGET_DIR respected): the server
+/// and the load tool are built next to it.
+fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .expect("this benchmark's path")
+        .parent()
+        .expect("a directory")
+        .to_path_buf()
 }
 
 fn http_get(port: u16, path: &str) -> String {
@@ -92,52 +103,17 @@ fn forwarded(port: u16) -> u64 {
         .sum()
 }
 
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// corelay on 1 shard pinned to `core` (`taskset -c`), logging warnings only; its stderr
+/// is this process's.
 fn start_server(core: usize) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let bin = root().join("target/release/corelay");
-    let child = Command::new("taskset")
-        .args(["-c", &core.to_string()])
-        .arg(&bin)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shards",
-            "1",
-            "--udp-port-base",
-            "0",
-        ])
+    Server::builder()
+        .binary(bin_dir().join("corelay"))
+        .shards(1)
+        .taskset(core)
         .args(["--log-level", "warn"])
         .env("JWT_SECRET", SECRET)
-        .stdout(Stdio::null())
+        .stderr(Capture::Inherit)
         .spawn()
-        .expect("taskset and target/release/corelay");
-    let server = Server { child, port };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && http_get(port, "/health").contains("\"ok\"")
-        {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("server did not become healthy");
 }
 
 #[derive(Clone)]
@@ -192,7 +168,7 @@ fn run_step(a: &Args, subscribers: u32, results: &Path) -> Step {
     let pid = server.child.id();
     let (_, rss_idle) = proc_usage(pid);
     let json_path = results.join(format!("load-{subscribers}.json"));
-    let load_bin = root().join("target/release/corelay-load");
+    let load_bin = bin_dir().join("corelay-load");
     let mut load = Command::new("taskset")
         .args(["-c", &a.load_core.to_string()])
         .arg(&load_bin)

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use corelay::sfu::ortc::VP8;
-use corelay::sim::{Video, World};
+use corelay_testkit::sim::{Video, World};
 
 /// Counts allocations while `COUNTING` is set; everything goes to mimalloc.
 struct Counting;

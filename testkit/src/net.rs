@@ -1,15 +1,16 @@
-//! Helpers for tests against the real binary on loopback.
-#![allow(dead_code)]
+//! Plain clients for a server on loopback: HTTP/1.1 requests, WebSocket sessions, tokens
+//! minted with the tests' [`SECRET`], and [`Endpoint`], a str0m client on a UDP socket.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corelay::auth::{Authenticator, Grant};
 
+/// The JWT secret the servers of [`crate::Server::builder`] run with by default.
 pub const SECRET: &str = "integration-test-secret-0123456789";
 
+/// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -18,74 +19,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A running `corelay` process, killed when dropped.
-pub struct Server {
-    pub port: u16,
-    pub child: Child,
-}
-
-impl Server {
-    pub fn start(shards: usize, extra: &[&str]) -> Server {
-        Self::start_with_env(shards, extra, &[("JWT_SECRET", SECRET)])
-    }
-
-    pub fn start_with_env(shards: usize, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corelay"));
-        cmd.args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shards",
-            &shards.to_string(),
-            "--udp-port-base",
-            "0",
-        ])
-        .args(extra)
-        .env_remove("JWT_SECRET")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("corelay binary runs");
-        let server = Server { port, child };
-        server.wait_healthy(Duration::from_secs(20));
-        server
-    }
-
-    pub fn wait_healthy(&self, limit: Duration) {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok((200, _)) = http(self.port, "GET", "/health", &[], b"") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("server on port {} not healthy within {limit:?}", self.port);
-    }
-
-    pub fn health(&self) -> serde_json::Value {
-        let (status, body) = http(self.port, "GET", "/health", &[], b"").unwrap();
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    pub fn sigterm(&self) {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// A token for `user` (and `room`, when given) signed with [`SECRET`], valid 10 minutes.
 pub fn token(user: &str, room: Option<&str>) -> String {
     Authenticator::new(SECRET.as_bytes())
         .mint(&Grant {
@@ -117,6 +51,7 @@ pub fn http(
     read_response(&mut s)
 }
 
+/// Reads a `Connection: close` response to its end; returns status and body.
 pub fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, String)> {
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
@@ -134,6 +69,7 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// A client WebSocket over plain TCP.
 pub type Ws = tungstenite::WebSocket<TcpStream>;
 
 /// Opens a WebSocket; `Err` carries the HTTP status of a refused upgrade.
@@ -163,6 +99,7 @@ pub fn recv_json(ws: &mut Ws) -> serde_json::Value {
     }
 }
 
+/// Sends one text message.
 pub fn send_text(ws: &mut Ws, text: &str) {
     ws.send(tungstenite::Message::text(text)).unwrap();
 }
@@ -206,7 +143,9 @@ pub fn http_with_headers(
 
 /// A str0m client on its own UDP socket on loopback.
 pub struct Endpoint {
-    pub client: corelay::client::Client,
+    /// The sans-IO client.
+    pub client: crate::client::Client,
+    /// Its non-blocking socket on 127.0.0.1.
     pub socket: std::net::UdpSocket,
 }
 
@@ -217,10 +156,11 @@ impl Default for Endpoint {
 }
 
 impl Endpoint {
+    /// A client on a fresh socket.
     pub fn new() -> Endpoint {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
-        let client = corelay::client::Client::new(Instant::now(), socket.local_addr().unwrap());
+        let client = crate::client::Client::new(Instant::now(), socket.local_addr().unwrap());
         Endpoint { client, socket }
     }
 
@@ -236,47 +176,5 @@ impl Endpoint {
         for t in std::mem::take(&mut self.client.outbox) {
             let _ = self.socket.send_to(&t.contents, t.destination);
         }
-    }
-}
-
-/// Runs a check script of tests/ with this build's binary as its argument, in its own
-/// process group (killed as a whole after `limit`), printing its output; panics unless it
-/// exits 0.
-pub fn run_check_script(script: &str, limit: Duration) {
-    use std::os::unix::process::CommandExt;
-    let root = env!("CARGO_MANIFEST_DIR");
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new("bash")
-        .arg(format!("{root}/{script}"))
-        .arg(env!("CARGO_BIN_EXE_corelay"))
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .stdout(log.reopen().unwrap())
-        .stderr(log.reopen().unwrap())
-        .process_group(0)
-        .spawn()
-        .expect("bash runs");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > limit {
-            // SAFETY: kill(2) on the process group we created.
-            unsafe {
-                libc::kill(-(child.id() as i32), libc::SIGKILL);
-            }
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    println!(
-        "{}",
-        std::fs::read_to_string(log.path()).unwrap_or_default()
-    );
-    match status {
-        None => panic!("{script} ran over {limit:?}"),
-        Some(s) => assert!(s.success(), "{script} failed ({s}); output above"),
     }
 }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::client::{Client, ClientEvent, Numbering};
-use crate::sfu::engine::Engine;
-use crate::sfu::ortc::{Kind, RtpParameters, VP8};
-use crate::sfu::transport::Direction;
+use corelay::sfu::engine::Engine;
+use corelay::sfu::ortc::{Kind, RtpParameters, VP8};
+use corelay::sfu::transport::Direction;
 
 pub const SERVER: &str = "10.0.0.1:40000";
 

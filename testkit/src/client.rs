@@ -13,7 +13,7 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 
-use crate::sfu::ortc::{RouterCodec, EXT_MID, EXT_TWCC};
+use corelay::sfu::ortc::{RouterCodec, EXT_MID, EXT_TWCC};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -45,7 +45,7 @@ pub struct Numbering {
 impl Numbering {
     /// The router's own numbering (str0m's defaults).
     pub fn router() -> Numbering {
-        use crate::sfu::ortc::{
+        use corelay::sfu::ortc::{
             EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_RID, EXT_RRID, EXT_VIDEO_ORIENTATION, H264,
             OPUS, VP8, VP9,
         };
@@ -75,8 +75,8 @@ impl Numbering {
             .unwrap_or((codec.pt, codec.rtx_pt))
     }
 
-    fn ext_json(&self, kind: crate::sfu::ortc::Kind) -> Value {
-        use crate::sfu::ortc::{Kind, EXT_AUDIO_LEVEL, EXT_RID, EXT_RRID, EXT_VIDEO_ORIENTATION};
+    fn ext_json(&self, kind: corelay::sfu::ortc::Kind) -> Value {
+        use corelay::sfu::ortc::{Kind, EXT_AUDIO_LEVEL, EXT_RID, EXT_RRID, EXT_VIDEO_ORIENTATION};
         self.exts
             .iter()
             .filter(|(_, uri)| match kind {
@@ -88,7 +88,7 @@ impl Numbering {
     }
 
     fn rtc_config(&self) -> RtcConfig {
-        use crate::sfu::ortc::{
+        use corelay::sfu::ortc::{
             EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_RID, EXT_RRID, EXT_VIDEO_ORIENTATION,
         };
         use str0m::format::FormatParams;
@@ -97,8 +97,8 @@ impl Numbering {
         let mut config = RtcConfig::new().clear_codecs().clear_extension_map();
         for (codec, pt, rtx) in &self.codecs {
             let (clock, channels) = match codec.kind {
-                crate::sfu::ortc::Kind::Audio => (Frequency::FORTY_EIGHT_KHZ, Some(2)),
-                crate::sfu::ortc::Kind::Video => (Frequency::NINETY_KHZ, None),
+                corelay::sfu::ortc::Kind::Audio => (Frequency::FORTY_EIGHT_KHZ, Some(2)),
+                corelay::sfu::ortc::Kind::Video => (Frequency::NINETY_KHZ, None),
             };
             let mut format = FormatParams::default();
             if codec.mime == "video/H264" {
@@ -242,8 +242,8 @@ impl Client {
         self.next_mid += 1;
         let mid: Mid = mid_text.as_str().into();
         let kind = match codec.kind {
-            crate::sfu::ortc::Kind::Audio => MediaKind::Audio,
-            crate::sfu::ortc::Kind::Video => MediaKind::Video,
+            corelay::sfu::ortc::Kind::Audio => MediaKind::Audio,
+            corelay::sfu::ortc::Kind::Video => MediaKind::Video,
         };
         {
             let mut api = self.rtc.direct_api();
@@ -371,7 +371,7 @@ impl Client {
                     voice_activity: Some(level > -50),
                     ..Default::default()
                 };
-                let (pt, _) = self.numbering.pt(&crate::sfu::ortc::OPUS);
+                let (pt, _) = self.numbering.pt(&corelay::sfu::ortc::OPUS);
                 tx.write_rtp(
                     RtpWrite::new(pt.into(), seq.into(), ts, now, payload.to_vec()).ext_vals(ext),
                 );
