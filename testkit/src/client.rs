@@ -185,7 +185,7 @@ impl Client {
     }
 
     /// `dtlsParameters` for `connect-transport`, typed for the engine.
-    pub fn dtls(&mut self) -> crate::sfu::ortc::DtlsParameters {
+    pub fn dtls(&mut self) -> corelay::sfu::ortc::DtlsParameters {
         serde_json::from_value(self.dtls_parameters()).expect("our own dtlsParameters")
     }
 
