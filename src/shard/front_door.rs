@@ -13,6 +13,7 @@ use super::conn::Conn;
 use super::join;
 use super::mesh::{Handover, MeshMsg};
 use super::observe;
+use super::sockjs_http;
 use super::state::Shard;
 use super::ws_session::{self, BoxedDialect};
 use crate::auth::{validate_id, AuthError, Grant, Identity};
@@ -153,6 +154,16 @@ pub(super) async fn serve_http(
             Some(Err(_)) => return,
         };
         first = false;
+        // Requests of SockJS HTTP transports are served by the shard that has the session.
+        if let Some(route) = sockjs_http::session_route(&head) {
+            match sockjs_http::serve(&shard, stream, &head, buf, peer, route).await {
+                Some((s, b)) => {
+                    (stream, buf) = (s, b);
+                    continue;
+                }
+                None => return,
+            }
+        }
         // Requests for a room (WHIP/WHEP, /connect) are served by the shard that owns it.
         let room = match head.path.as_str() {
             "/connect" => join::connect_target(&shard, &head)
@@ -193,7 +204,7 @@ pub(super) async fn serve_http(
     }
 }
 
-async fn read_request_body(
+pub(super) async fn read_request_body(
     shard: &Shard,
     stream: &mut Conn,
     buf: &mut Vec<u8>,
@@ -233,6 +244,12 @@ pub(super) fn method_not_allowed(allow: &str) -> Response {
 
 async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
     let path = head.path.as_str();
+    if let Some(sockjs) = crate::signal::sockjs::route(path) {
+        return match sockjs_http::route(shard, head, sockjs) {
+            Ok(dialect) => Routed::Session(dialect),
+            Err(resp) => Routed::Respond(resp),
+        };
+    }
     let resp = match path {
         "/health" => match head.method.as_str() {
             "GET" | "HEAD" => observe::health(shard).await,
@@ -341,15 +358,14 @@ fn login(shard: &Shard, body: &[u8]) -> Response {
     Response::json(200, &serde_json::to_value(&body).expect("login serializes"))
 }
 
-fn rand_u32() -> u32 {
+pub(super) fn rand_u32() -> u32 {
     let mut b = [0u8; 4];
     let _ = getrandom::fill(&mut b);
     u32::from_le_bytes(b)
 }
 
-/// Authenticates a relay request before the upgrade.
 /// Hands a connection whose request belongs to another shard's room to that shard.
-async fn relocate_request(
+pub(super) async fn relocate_request(
     shard: &Shard,
     stream: Conn,
     request: Vec<u8>,
@@ -400,7 +416,7 @@ fn demo_asset(path: &str) -> Response {
 }
 
 /// A plain request to a WebSocket endpoint.
-fn upgrade_required(head: &Head) -> Response {
+pub(super) fn upgrade_required(head: &Head) -> Response {
     if head.method != "GET" {
         return method_not_allowed("GET");
     }
@@ -422,17 +438,28 @@ fn p2p_request(shard: &Shard, head: &Head) -> Result<p2p::Session, Response> {
         validate_id("namespace", &namespace)
             .map_err(|m| Response::error(400, "bad_request", &m))?;
     }
-    let identity: Option<Identity> = match head.token() {
-        Some(t) => Some(shard.auth.verify(t).map_err(unauthorized)?),
-        None if shard.config.p2p_allow_anonymous => None,
-        None => return Err(unauthorized(AuthError::Missing)),
-    };
-    Ok(p2p::Session {
-        namespace: namespace.to_string(),
+    let identity = relay_identity(shard, head)?;
+    Ok(relay_session(namespace.to_string(), identity))
+}
+
+/// Who a relay request (`/p2p`, SockJS) comes from: its token's identity, or nobody when
+/// anonymous relay is allowed and it has no token.
+pub(super) fn relay_identity(shard: &Shard, head: &Head) -> Result<Option<Identity>, Response> {
+    match head.token() {
+        Some(t) => Ok(Some(shard.auth.verify(t).map_err(unauthorized)?)),
+        None if shard.config.p2p_allow_anonymous => Ok(None),
+        None => Err(unauthorized(AuthError::Missing)),
+    }
+}
+
+/// A fresh relay session in `namespace` for that identity.
+pub(super) fn relay_session(namespace: String, identity: Option<Identity>) -> p2p::Session {
+    p2p::Session {
+        namespace,
         token_user: identity.as_ref().map(|i| i.user_id.clone()),
         token_room: identity.and_then(|i| i.room),
         joined: None,
-    })
+    }
 }
 
 pub fn unauthorized(e: AuthError) -> Response {
