@@ -556,6 +556,26 @@ fn xhr_streaming_and_polling_relay_with_a_websocket_across_shards() {
         assert_eq!(recv_json(&mut wes), json_of(b));
         assert_eq!(sam.recv(), json_of(b));
     }
+    // Chunked xhr_send bodies (Node's http client sends them so), on fresh connections:
+    // those accepted by the other shard move there with the body re-chunked.
+    for i in 0..8 {
+        let text = pkt("broadcast", "pat", &room, &format!("chunked {i}"));
+        let body = serde_json::to_string(&[&text]).unwrap();
+        let (left, right) = body.split_at(body.len() / 2);
+        let mut http = Http::connect(server.port);
+        let req = format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {:x}\r\n{left}\r\n{:x}\r\n{right}\r\n0\r\n\r\n",
+            pat.url("xhr_send"),
+            left.len(),
+            right.len()
+        );
+        http.r.get_mut().write_all(req.as_bytes()).unwrap();
+        let head = http.head();
+        assert_eq!(head.status, 204);
+        assert_eq!(recv_json(&mut wes), json_of(&text));
+        assert_eq!(sam.recv(), json_of(&text));
+    }
     // ping through polling.
     pat.send_ok(&[pkt("ping", "pat", &room, "")]);
     let pong = pat.recv();

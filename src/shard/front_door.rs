@@ -20,7 +20,9 @@ use crate::auth::{validate_id, AuthError, Grant, Identity};
 use crate::http::api_docs::{self, LoginRequest, LoginResponse};
 use crate::http::request::percent_decode;
 use crate::http::tls::{TlsConn, TLS_HANDSHAKE_BYTE};
-use crate::http::{read_body, read_head, ws, Head, HeadError, HeadLimits, Response};
+use crate::http::{
+    read_body, read_chunked_body, read_head, ws, Head, HeadError, HeadLimits, Response,
+};
 use crate::signal::connect::ConnectDialect;
 use crate::signal::mediasoup::MediasoupDialect;
 use crate::signal::p2p;
@@ -210,22 +212,51 @@ pub(super) async fn read_request_body(
     buf: &mut Vec<u8>,
     head: &Head,
 ) -> Result<Vec<u8>, Response> {
+    let too_large = || {
+        Response::error(
+            413,
+            "payload_too_large",
+            &format!("body over {} bytes", shard.config.max_message_bytes),
+        )
+    };
     if head.header("transfer-encoding").is_some() {
-        return Err(Response::error(
-            411,
-            "length_required",
-            "chunked bodies are not accepted; send Content-Length",
-        ));
+        if !head.is_chunked() {
+            return Err(Response::error(
+                411,
+                "length_required",
+                "the only transfer coding accepted is chunked; or send Content-Length",
+            ));
+        }
+        if head.header("content-length").is_some() {
+            return Err(Response::error(
+                400,
+                "bad_request",
+                "Content-Length and Transfer-Encoding together",
+            ));
+        }
+        // Node's http client (sockjs-client's XHR driver there) sends bodies chunked.
+        let limit = shard.config.max_message_bytes;
+        return match within(
+            shard.config.head_timeout,
+            read_chunked_body(stream, buf, limit),
+        )
+        .await
+        {
+            Some(Ok(body)) => Ok(body),
+            Some(Err(HeadError::TooLarge)) => Err(too_large()),
+            Some(Err(e)) => Err(Response::error(400, "bad_request", &e.to_string())),
+            None => Err(Response::error(
+                408,
+                "request_timeout",
+                "body not received in time",
+            )),
+        };
     }
     let len = head
         .content_length()
         .map_err(|e| Response::error(400, "bad_request", &e.to_string()))?;
     if len > shard.config.max_message_bytes {
-        return Err(Response::error(
-            413,
-            "payload_too_large",
-            &format!("body over {} bytes", shard.config.max_message_bytes),
-        ));
+        return Err(too_large());
     }
     match within(shard.config.head_timeout, read_body(stream, buf, len)).await {
         Some(Ok(body)) => Ok(body),

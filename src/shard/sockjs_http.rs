@@ -19,6 +19,7 @@ use super::front_door::{
 use super::sockjs_session::{self, Cmd, Located, Receiver};
 use super::state::Shard;
 use super::ws_session::BoxedDialect;
+use crate::http::response::{chunk, LAST_CHUNK};
 use crate::http::{ws, Head, Response};
 use crate::signal::sockjs::{self, Route, SockJs, Target, Transport};
 
@@ -190,8 +191,7 @@ pub(super) async fn serve(
     loop {
         match sockjs_session::locate(shard, &key).await {
             Located::There(owner) => {
-                let mut raw = head.raw.clone();
-                raw.extend_from_slice(&body);
+                let mut raw = raw_request(head, &body);
                 raw.extend_from_slice(&buf);
                 front_door::relocate_request(shard, stream, raw, owner, peer).await;
                 return None;
@@ -216,7 +216,7 @@ pub(super) async fn serve(
                     streaming: route.transport == Transport::XhrStreaming,
                     keep_alive,
                     headers: receiver_headers(head),
-                    raw: head.raw.clone(),
+                    raw: raw_request(head, &body),
                 });
                 let back = match found {
                     Located::Here(session) => match session.send(Cmd::Receive(rx)) {
@@ -240,6 +240,21 @@ pub(super) async fn serve(
             }
         }
     }
+}
+
+/// The request as received, its body included (a chunked one as one chunk), to hand to
+/// another shard after the body was read.
+fn raw_request(head: &Head, body: &[u8]) -> Vec<u8> {
+    let mut raw = head.raw.clone();
+    if head.is_chunked() {
+        if !body.is_empty() {
+            raw.extend(chunk(body));
+        }
+        raw.extend_from_slice(LAST_CHUNK);
+    } else {
+        raw.extend_from_slice(body);
+    }
+    raw
 }
 
 fn receiver_headers(head: &Head) -> Vec<(String, String)> {

@@ -47,8 +47,8 @@ function roomOn(shard, tag) {
 
 // ---- Node clients -----------------------------------------------------------------------
 
-function nodeClient(name, url) {
-  const sock = new SockJS(url);
+function nodeClient(name, url, options) {
+  const sock = new SockJS(url, null, options);
   const queue = [];
   const waiters = [];
   let closed = null;
@@ -173,8 +173,8 @@ async function totalConnections() {
   return body.shards.reduce((n, s) => n + s.connections, 0);
 }
 
-async function connectionsUntil(pred, what) {
-  const deadline = Date.now() + 5_000;
+async function connectionsUntil(pred, what, timeout = 5_000) {
+  const deadline = Date.now() + timeout;
   for (;;) {
     const { body } = await health(server);
     if (pred(body.shards)) return body.shards;
@@ -266,6 +266,35 @@ test('(a) two Node sockjs-client clients relay: connect, initiator flags, broadc
   alice.sock.close();
 });
 
+test('(a2) Node clients relay over xhr-streaming and xhr-polling (chunked xhr_send bodies)', { timeout: 15_000 }, async () => {
+  const room = `node-xhr-${RUN}`;
+  const sue = nodeClient('sue', `${server.base}/echo?token=${tokenFor('sue')}`, { transports: ['xhr-streaming'] });
+  const pam = nodeClient('pam', `${server.base}/sockjs/team?token=${tokenFor('pam')}`, { transports: ['xhr-polling'] });
+  await Promise.all([sue.opened, pam.opened]);
+  assert.equal(sue.sock.transport, 'xhr-streaming');
+  assert.equal(pam.sock.transport, 'xhr-polling');
+  // Different prefixes, different namespaces: each is alone in its room.
+  sue.send(pkt('connect', 'sue', room));
+  pam.send(pkt('connect', 'pam', room));
+  assert.equal(JSON.parse((await sue.next()).Payload), true);
+  assert.equal(JSON.parse((await pam.next()).Payload), true);
+  // pam joins sue's namespace through a second client.
+  const pia = nodeClient('pia', `${server.base}/echo?token=${tokenFor('pia')}`, { transports: ['xhr-polling'] });
+  await pia.opened;
+  pia.send(pkt('connect', 'pia', room));
+  assert.equal(JSON.parse((await pia.next()).Payload), false);
+  assert.equal((await sue.next()).Header.UserId, 'pia');
+  const hello = pkt('broadcast', 'pia', room, 'hello over polling');
+  pia.send(hello);
+  assert.deepEqual(await sue.next(), JSON.parse(hello));
+  const back = pkt('broadcast', 'sue', room, 'hello over streaming');
+  sue.send(back);
+  assert.deepEqual(await pia.next(), JSON.parse(back));
+  pia.send(pkt('disconnect', 'pia', room));
+  assert.equal((await sue.next()).Header.Event, 'disconnect');
+  for (const c of [sue, pam, pia]) c.sock.close();
+});
+
 test('(b) Chromium pages relay over SockJS, with the websocket transport', { timeout: 15_000 }, async () => {
   const a = await page('ws-a');
   const b = await page('ws-b');
@@ -280,7 +309,8 @@ test('(b) Chromium pages relay over SockJS, with the websocket transport', { tim
 });
 
 test('(c) Chromium pages relay over SockJS without WebSocket: xhr-streaming and xhr-polling, across shards', { timeout: 25_000 }, async () => {
-  await connectionsUntil((shards) => shards.every((s) => s.connections === 0), 'earlier sessions end');
+  // The HTTP sessions of (a2) end 5 s after their clients went (the disconnect delay).
+  await connectionsUntil((shards) => shards.every((s) => s.connections === 0), 'earlier sessions end', 9_000);
   const a = await page('xhr-streaming');
   const b = await page('xhr-polling');
   try {
