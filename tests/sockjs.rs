@@ -363,7 +363,7 @@ fn info_greeting_and_cors() {
         Some(401)
     );
     // Transports that are not served, and a bad namespace.
-    let (status, _) = http(server.port, "GET", "/echo/000/s1/eventsource", &[], b"").unwrap();
+    let (status, _) = http(server.port, "GET", "/echo/000/s1/htmlfile", &[], b"").unwrap();
     assert_eq!(status, 404);
     let (status, _) = http(server.port, "GET", "/sockjs/bad%20ns/info", &[], b"").unwrap();
     assert_eq!(status, 404);
@@ -613,6 +613,66 @@ fn xhr_streaming_and_polling_relay_with_a_websocket_across_shards() {
     let gone = sam.recv();
     assert_eq!(gone["Header"]["Event"], "disconnect");
     assert_eq!(gone["Header"]["UserId"], "pat");
+}
+
+#[test]
+fn eventsource_streams_frames_as_events() {
+    let server = Server::start(2, &[]);
+    let q = |user: &str| format!("?token={}", token(user, None));
+    let mut wes = ws_connect(server.port, &format!("/p2p{}", q("wes"))).unwrap();
+    send_text(&mut wes, &pkt("connect", "wes", "es-room", ""));
+    let _ = recv_json(&mut wes);
+    let eve = Client::new(server.port, "/echo", "es1", &q("eve"), false);
+    let mut http = Http::connect(server.port);
+    http.send(
+        "GET",
+        &eve.url("eventsource"),
+        &[("Origin", "http://page.test")],
+        "",
+    );
+    let head = http.head();
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-type"),
+        Some("text/event-stream; charset=UTF-8")
+    );
+    assert_eq!(
+        head.header("access-control-allow-origin"),
+        Some("http://page.test")
+    );
+    assert_eq!(http.chunk().unwrap(), "\r\n", "the prelude");
+    assert_eq!(http.chunk().unwrap(), "data: o\r\n\r\n");
+    eve.send_ok(&[pkt("connect", "eve", "es-room", "")]);
+    // The session may move to the room's shard: then this stream ends and the next one
+    // carries on.
+    let mut texts = VecDeque::new();
+    while texts.is_empty() {
+        match http.chunk() {
+            Some(events) => {
+                for event in events.split("\r\n\r\n").filter(|e| !e.is_empty()) {
+                    let frame = event.strip_prefix("data: ").unwrap();
+                    texts.extend(messages(frame));
+                }
+            }
+            None => {
+                http = Http::connect(server.port);
+                http.send("GET", &eve.url("eventsource"), &[], "");
+                assert_eq!(http.head().status, 200);
+                assert_eq!(http.chunk().unwrap(), "\r\n");
+            }
+        }
+    }
+    let own = json_of(&texts.pop_front().unwrap());
+    assert_eq!(own["Header"]["UserId"], "eve");
+    assert_eq!(own["Payload"], "false");
+    assert_eq!(recv_json(&mut wes)["Header"]["UserId"], "eve");
+    // POST is not how EventSource asks.
+    let (status, _) = http_status(server.port, "POST", &eve.url("eventsource"));
+    assert_eq!(status, 405);
+}
+
+fn http_status(port: u16, method: &str, path: &str) -> (u16, String) {
+    http(port, method, path, &[], b"").unwrap()
 }
 
 #[test]

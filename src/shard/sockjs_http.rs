@@ -1,7 +1,8 @@
 //! SockJS over HTTP (PROTOCOLS.md section 5) under `/echo` and `/sockjs/{namespace}`: the
 //! greeting, `info`, CORS as sockjs-node sends it, the two WebSocket endpoints (as
 //! dialects), and the requests of the HTTP transports (`xhr_streaming`, `xhr`,
-//! `xhr_send`), each served on the shard that has its session (`sockjs_session`).
+//! `eventsource`, `xhr_send`), each served on the shard that has its session
+//! (`sockjs_session`).
 //!
 //! Authentication is `/p2p`'s: the token comes as `?token=` on every request
 //! (sockjs-client keeps the query string of the URL it was given), or none when
@@ -21,13 +22,12 @@ use super::state::Shard;
 use super::ws_session::BoxedDialect;
 use crate::http::response::{chunk, LAST_CHUNK};
 use crate::http::{ws, Head, Response};
-use crate::signal::sockjs::{self, Route, SockJs, Target, Transport};
+use crate::signal::sockjs::{self, Receiving, Route, SockJs, Target, Transport};
 
 /// `Cache-Control` of answers that must not be cached (sockjs-node's).
 const NO_CACHE: &str = "no-store, no-cache, no-transform, must-revalidate, max-age=0";
 /// How long a browser may keep a preflight's answer, in seconds (sockjs-node's year).
 const PREFLIGHT_MAX_AGE: &str = "31536000";
-const JAVASCRIPT: &str = "application/javascript; charset=UTF-8";
 const PLAIN: &str = "text/plain; charset=UTF-8";
 
 /// The CORS headers of every SockJS answer, as sockjs-node sends them: the request's
@@ -169,11 +169,16 @@ pub(super) async fn serve(
         return answer(stream, buf, preflight(head, "OPTIONS, POST"), keep_alive).await;
     }
     // Until the body is read, an error answer closes the connection.
-    if head.method != "POST" {
+    // EventSource can only GET; the XHR transports POST.
+    let method = match route.transport {
+        Transport::EventSource => "GET",
+        _ => "POST",
+    };
+    if head.method != method {
         return answer(
             stream,
             buf,
-            with(method_not_allowed("POST"), &cors(head)),
+            with(method_not_allowed(method), &cors(head)),
             false,
         )
         .await;
@@ -209,13 +214,17 @@ pub(super) async fn serve(
                 return answer(stream, buf, resp, keep_alive).await;
             }
             found => {
+                let kind = route
+                    .transport
+                    .receiving()
+                    .expect("xhr_send is answered above");
                 let rx = Box::new(Receiver {
                     conn: stream,
                     leftover: buf,
                     peer,
-                    streaming: route.transport == Transport::XhrStreaming,
+                    kind,
                     keep_alive,
-                    headers: receiver_headers(head),
+                    headers: receiver_headers(head, kind),
                     raw: raw_request(head, &body),
                 });
                 let back = match found {
@@ -257,9 +266,9 @@ fn raw_request(head: &Head, body: &[u8]) -> Vec<u8> {
     raw
 }
 
-fn receiver_headers(head: &Head) -> Vec<(String, String)> {
+fn receiver_headers(head: &Head, kind: Receiving) -> Vec<(String, String)> {
     let mut h = vec![
-        ("Content-Type".to_string(), JAVASCRIPT.to_string()),
+        ("Content-Type".to_string(), kind.content_type().to_string()),
         ("Cache-Control".to_string(), NO_CACHE.to_string()),
     ];
     h.extend(cors(head));

@@ -1,4 +1,5 @@
-//! A SockJS session of the HTTP transports (`xhr_streaming`, `xhr` polling, `xhr_send`).
+//! A SockJS session of the HTTP transports (`xhr_streaming`, `xhr` polling, `eventsource`,
+//! with `xhr_send`).
 //!
 //! Such a session outlives every request, so it lives on one shard as a task that owns
 //! its inner dialect, the messages waiting for it (`inbox`), the texts waiting for the
@@ -28,17 +29,15 @@ use super::ws_session::BoxedDialect;
 use crate::http::response::{chunk, LAST_CHUNK};
 use crate::http::Response;
 use crate::signal::dialect::ConnId;
-use crate::signal::sockjs::{self, Fed, HEARTBEAT, HEARTBEAT_EVERY, OPEN};
+use crate::signal::sockjs::{self, Fed, Receiving, HEARTBEAT, HEARTBEAT_EVERY, OPEN};
 use crate::stats::ShardCounters;
 
 /// A session ends this long after its last receiving request ended (sockjs-node's
 /// `disconnect_delay`); its relay membership is released then.
 pub const DISCONNECT_DELAY: Duration = Duration::from_secs(5);
-/// An `xhr_streaming` response ends once this many bytes of frames went out (sockjs-node's
+/// A stream (`xhr_streaming`, `eventsource`) ends once this many bytes went out (sockjs-node's
 /// `response_limit`); the client then opens the next one.
 pub const STREAMING_LIMIT: usize = 128 * 1024;
-/// The `h` line that opens every `xhr_streaming` response, in bytes (without its newline).
-pub const PRELUDE_BYTES: usize = 2048;
 /// Texts that may wait for the client's next receiving request before the session is
 /// closed as too slow (the same bound as a WebSocket session's queue).
 pub const SESSION_QUEUE: usize = OUTBOUND_QUEUE;
@@ -111,13 +110,13 @@ pub enum Cmd {
     Receive(Box<Receiver>),
 }
 
-/// A receiving request (`xhr_streaming` or `xhr`), with its connection.
+/// A receiving request (`xhr_streaming`, `xhr` or `eventsource`), with its connection.
 pub struct Receiver {
     pub conn: Conn,
     /// Bytes read after the request.
     pub leftover: Vec<u8>,
     pub peer: Option<SocketAddr>,
-    pub streaming: bool,
+    pub kind: Receiving,
     pub keep_alive: bool,
     /// Headers of the answer (content type, caching, CORS).
     pub headers: Vec<(String, String)>,
@@ -400,7 +399,7 @@ impl Session {
             let c = sockjs::close(2010, "Another connection still open");
             let mut a = open_response(rx).await;
             if let Some(a) = a.as_mut() {
-                let _ = write_frames(a, &format!("{c}\n")).await;
+                let _ = write_frames(a, &[c]).await;
             }
             if let Some(a) = a {
                 finish(&self.shard, a).await;
@@ -419,24 +418,22 @@ impl Session {
         let Some(a) = self.receiver.as_mut() else {
             return;
         };
-        let mut frames = String::new();
+        let stream = a.rx.kind.is_stream();
+        let mut frames = Vec::new();
         if self.open_pending {
             self.open_pending = false;
-            frames.push_str(OPEN);
-            frames.push('\n');
+            frames.push(OPEN.to_string());
         }
         // A poll answers `o` alone, like sockjs-node; a stream goes on.
-        if frames.is_empty() || a.rx.streaming {
+        if frames.is_empty() || stream {
             if !self.outbox.is_empty() {
                 let texts: Vec<String> = self.outbox.drain(..).collect();
-                frames.push_str(&sockjs::messages(&texts));
-                frames.push('\n');
+                frames.push(sockjs::messages(&texts));
             }
             // The close frame follows the messages on a stream; a poll gets it alone.
             if let Some(c) = &self.closed {
-                if frames.is_empty() || a.rx.streaming {
-                    frames.push_str(c);
-                    frames.push('\n');
+                if frames.is_empty() || stream {
+                    frames.push(c.clone());
                 }
             }
         }
@@ -444,7 +441,7 @@ impl Session {
             return;
         }
         let ok = write_frames(a, &frames).await;
-        let done = !ok || !a.rx.streaming || a.sent >= STREAMING_LIMIT || self.closed.is_some();
+        let done = !ok || !stream || a.sent >= STREAMING_LIMIT || self.closed.is_some();
         if done {
             self.end_receiver(ok).await;
         }
@@ -454,8 +451,8 @@ impl Session {
         let Some(a) = self.receiver.as_mut() else {
             return;
         };
-        let ok = write_frames(a, &format!("{HEARTBEAT}\n")).await;
-        if !ok || !a.rx.streaming {
+        let ok = write_frames(a, &[HEARTBEAT.to_string()]).await;
+        if !ok || !a.rx.kind.is_stream() {
             self.end_receiver(ok).await;
         }
     }
@@ -530,7 +527,7 @@ impl Session {
         // The receiving request ends (a poll with `h`), so the client's next one goes to
         // the new owner; requests queued here follow the session.
         if let Some(mut a) = attached {
-            let ok = a.rx.streaming || write_frames(&mut a, &format!("{HEARTBEAT}\n")).await;
+            let ok = a.rx.kind.is_stream() || write_frames(&mut a, &[HEARTBEAT.to_string()]).await;
             if ok {
                 finish(&shard, a).await;
             }
@@ -564,7 +561,7 @@ impl Session {
             // Dropping an unanswered `Send` tells its request the session is gone.
             if let Cmd::Receive(rx) = cmd {
                 if let Some(mut a) = open_response(rx).await {
-                    if write_frames(&mut a, &format!("{gone}\n")).await {
+                    if write_frames(&mut a, std::slice::from_ref(&gone)).await {
                         finish(&shard, a).await;
                     }
                 }
@@ -581,13 +578,11 @@ async fn open_response(rx: Box<Receiver>) -> Option<Attached> {
         sent: 0,
         last_sent: Instant::now(),
     };
-    if a.rx.streaming {
+    if a.rx.kind.is_stream() {
         let mut head = Response::new(200);
         head.headers = a.rx.headers.clone();
         let mut bytes = head.chunked_head(a.rx.keep_alive);
-        let mut prelude = "h".repeat(PRELUDE_BYTES);
-        prelude.push('\n');
-        bytes.extend(chunk(prelude.as_bytes()));
+        bytes.extend(chunk(a.rx.kind.prelude().as_bytes()));
         if !write(&mut a.rx.conn, &bytes).await {
             return None;
         }
@@ -595,16 +590,18 @@ async fn open_response(rx: Box<Receiver>) -> Option<Attached> {
     Some(a)
 }
 
-/// Frames (each ending in `\n`) to a receiver: a chunk of a stream, or a poll's answer.
-async fn write_frames(a: &mut Attached, frames: &str) -> bool {
-    let bytes = if a.rx.streaming {
-        chunk(frames.as_bytes())
+/// Frames to a receiver, as its transport writes them: a chunk of a stream, or a poll's
+/// answer.
+async fn write_frames(a: &mut Attached, frames: &[String]) -> bool {
+    let body: String = frames.iter().map(|f| a.rx.kind.frame(f)).collect();
+    let bytes = if a.rx.kind.is_stream() {
+        chunk(body.as_bytes())
     } else {
-        let mut resp = Response::new(200).body(frames.as_bytes().to_vec());
+        let mut resp = Response::new(200).body(body.as_bytes().to_vec());
         resp.headers = a.rx.headers.clone();
         resp.to_bytes(a.rx.keep_alive)
     };
-    a.sent += frames.len();
+    a.sent += body.len();
     a.last_sent = Instant::now();
     write(&mut a.rx.conn, &bytes).await
 }
@@ -620,7 +617,7 @@ async fn write(conn: &mut Conn, bytes: &[u8]) -> bool {
 
 /// Ends a receiving request's answer; a keep-alive connection goes on serving requests.
 async fn finish(shard: &Rc<Shard>, mut a: Attached) {
-    if a.rx.streaming && !write(&mut a.rx.conn, LAST_CHUNK).await {
+    if a.rx.kind.is_stream() && !write(&mut a.rx.conn, LAST_CHUNK).await {
         return;
     }
     let rx = *a.rx;

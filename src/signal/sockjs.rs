@@ -36,6 +36,7 @@ pub enum Transport {
     /// `xhr`: long polling.
     XhrPolling,
     XhrSend,
+    EventSource,
 }
 
 impl Transport {
@@ -45,13 +46,65 @@ impl Transport {
             "xhr_streaming" => Transport::XhrStreaming,
             "xhr" => Transport::XhrPolling,
             "xhr_send" => Transport::XhrSend,
+            "eventsource" => Transport::EventSource,
             _ => return None,
         })
     }
 
-    /// Whether requests of this transport receive frames (rather than send messages).
-    pub fn is_receiver(self) -> bool {
-        matches!(self, Transport::XhrStreaming | Transport::XhrPolling)
+    /// How requests of this transport receive frames; `None` for those that do not.
+    pub fn receiving(self) -> Option<Receiving> {
+        match self {
+            Transport::XhrStreaming => Some(Receiving::XhrStreaming),
+            Transport::XhrPolling => Some(Receiving::XhrPolling),
+            Transport::EventSource => Some(Receiving::EventSource),
+            Transport::Websocket | Transport::XhrSend => None,
+        }
+    }
+}
+
+/// The bytes of `h` that open every `xhr_streaming` response (sockjs-node's prelude, for
+/// browsers that show nothing of a response before its first 2 KiB).
+pub const PRELUDE_BYTES: usize = 2048;
+
+/// How a receiving HTTP transport writes frames on its response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receiving {
+    /// `xhr_streaming`: one long response, each frame a line.
+    XhrStreaming,
+    /// `xhr`: one frame (a line) per response.
+    XhrPolling,
+    /// `eventsource`: one long `text/event-stream` response, each frame an event.
+    EventSource,
+}
+
+impl Receiving {
+    /// Whether one response carries many frames.
+    pub fn is_stream(self) -> bool {
+        self != Receiving::XhrPolling
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Receiving::EventSource => "text/event-stream; charset=UTF-8",
+            _ => "application/javascript; charset=UTF-8",
+        }
+    }
+
+    /// What opens a stream before its first frame.
+    pub fn prelude(self) -> String {
+        match self {
+            Receiving::XhrStreaming => format!("{}\n", "h".repeat(PRELUDE_BYTES)),
+            Receiving::EventSource => "\r\n".to_string(),
+            Receiving::XhrPolling => String::new(),
+        }
+    }
+
+    /// One frame as written on the response.
+    pub fn frame(self, frame: &str) -> String {
+        match self {
+            Receiving::EventSource => format!("data: {frame}\r\n\r\n"),
+            _ => format!("{frame}\n"),
+        }
     }
 }
 
@@ -117,7 +170,7 @@ fn target(rest: &str) -> Result<Target, String> {
             let transport = Transport::parse(transport).ok_or_else(|| {
                 format!(
                     "SockJS transport {transport:?} is not served (served: websocket, \
-                     xhr_streaming, xhr, xhr_send)"
+                     xhr_streaming, xhr, xhr_send, eventsource)"
                 )
             })?;
             Ok(Target::Session {
@@ -352,7 +405,11 @@ mod tests {
         );
         assert_eq!(route("/echoes"), None);
         assert_eq!(route("/p2p"), None);
-        assert!(matches!(route("/echo/1/s/eventsource"), Some(Err(m)) if m.contains("not served")));
+        assert_eq!(
+            route("/echo/1/s/eventsource"),
+            session("s", Transport::EventSource)
+        );
+        assert!(matches!(route("/echo/1/s/htmlfile"), Some(Err(m)) if m.contains("not served")));
         assert!(matches!(route("/echo/1/a.b/xhr"), Some(Err(_))));
         assert!(matches!(route("/echo/1/s"), Some(Err(_))));
         let ns = route("/sockjs/team%3A1/info").unwrap().unwrap();
@@ -376,6 +433,9 @@ mod tests {
         assert!(decode("[\"a\"").unwrap_err().contains("not JSON"));
         assert!(decode("[1]").unwrap_err().contains("message 0"));
         assert!(decode("{}").is_err());
+        assert_eq!(Receiving::EventSource.frame("o"), "data: o\r\n\r\n");
+        assert_eq!(Receiving::XhrPolling.frame("h"), "h\n");
+        assert_eq!(Receiving::XhrStreaming.prelude().len(), PRELUDE_BYTES + 1);
         let i = info(7);
         assert_eq!(i["websocket"], true);
         assert_eq!(i["cookie_needed"], false);

@@ -5,7 +5,8 @@
 // sockjs-client's own dist/sockjs.min.js from another origin (so every request is CORS):
 // once with the default transports (websocket), once with WebSocket ruled out
 // (`transports: ['xhr-streaming']` and `['xhr-polling']`), in a room owned by the other
-// shard than the one the first session started on, so that the HTTP session moves.
+// shard than the one the first session started on, so that the HTTP session moves; and
+// once on `eventsource`.
 //
 //   CORELAY_BIN, CHROMIUM_BIN, E2E_SERVER_LOG=1: see harness.mjs
 import { test, before, after } from 'node:test';
@@ -328,6 +329,19 @@ test('(c) Chromium pages relay over SockJS without WebSocket: xhr-streaming and 
     assert.equal(after[start].connections, 0);
     assert.ok(after.reduce((n, s) => n + s.relocatedIn, 0) >= 1);
     assert.equal(await totalConnections(), 2);
+  } finally {
+    await a.page.close();
+    await b.page.close();
+  }
+});
+
+test('(d) a Chromium page on the eventsource transport relays with a websocket page', { timeout: 15_000 }, async () => {
+  const a = await page('eventsource');
+  const b = await page('ws');
+  try {
+    assert.equal(await openRelay(a, 'eva', { transports: ['eventsource'] }), 'eventsource');
+    assert.equal(await openRelay(b, 'wil'), 'websocket');
+    await relayBetween(a, b, `browser-es-${RUN}`, ['eva', 'wil']);
   } finally {
     await a.page.close();
     await b.page.close();
