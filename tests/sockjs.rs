@@ -341,6 +341,20 @@ fn info_greeting_and_cors() {
             head.header("access-control-allow-headers"),
             Some("content-type")
         );
+        // Preflights of the transports.
+        for (transport, methods) in [
+            ("xhr_send", "OPTIONS, POST"),
+            ("xhr_streaming", "OPTIONS, POST"),
+            ("eventsource", "OPTIONS, GET"),
+        ] {
+            let (head, _) = http.request("OPTIONS", &format!("{prefix}/1/s/{transport}"), "");
+            assert_eq!(head.status, 204, "{transport}");
+            assert_eq!(
+                head.header("access-control-allow-methods"),
+                Some(methods),
+                "{transport}"
+            );
+        }
         // The greeting.
         let (head, body) = http.request("GET", prefix, "");
         assert_eq!((head.status, body.as_str()), (200, "Welcome to SockJS!\n"));

@@ -165,15 +165,17 @@ pub(super) async fn serve(
     route: SessionRoute,
 ) -> Option<(Conn, Vec<u8>)> {
     let keep_alive = head.keep_alive() && !shard.is_shutting_down();
-    if head.method == "OPTIONS" {
-        return answer(stream, buf, preflight(head, "OPTIONS, POST"), keep_alive).await;
-    }
-    // Until the body is read, an error answer closes the connection.
     // EventSource can only GET; the XHR transports POST.
     let method = match route.transport {
         Transport::EventSource => "GET",
         _ => "POST",
     };
+    if head.method == "OPTIONS" {
+        let bodiless = head.content_length().ok() == Some(0) && !head.is_chunked();
+        let resp = preflight(head, &format!("OPTIONS, {method}"));
+        return answer(stream, buf, resp, keep_alive && bodiless).await;
+    }
+    // Until the body is read, an error answer closes the connection.
     if head.method != method {
         return answer(
             stream,

@@ -28,7 +28,7 @@ use super::state::{Outbound, Shard, OUTBOUND_QUEUE};
 use super::ws_session::BoxedDialect;
 use crate::http::response::{chunk, LAST_CHUNK};
 use crate::http::Response;
-use crate::signal::dialect::ConnId;
+use crate::signal::dialect::{CloseCode, ConnId};
 use crate::signal::sockjs::{self, Fed, Receiving, HEARTBEAT, HEARTBEAT_EVERY, OPEN};
 use crate::stats::ShardCounters;
 
@@ -302,8 +302,8 @@ impl Session {
                     }
                     Fed::Close(code) => {
                         let code = match code {
-                            crate::signal::dialect::CloseCode::Normal => 1000,
-                            crate::signal::dialect::CloseCode::Policy => 1008,
+                            CloseCode::Normal => 1000,
+                            CloseCode::Policy => 1008,
                         };
                         self.close(code, "closed by the server");
                     }
