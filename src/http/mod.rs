@@ -1,5 +1,5 @@
 //! A small HTTP/1.1 layer over any async byte stream: request heads (httparse), bodies by
-//! Content-Length, responses, and the WebSocket upgrade.
+//! Content-Length or chunked, responses, and the WebSocket upgrade.
 
 pub mod api_docs;
 pub mod request;
@@ -7,5 +7,5 @@ pub mod response;
 pub mod tls;
 pub mod ws;
 
-pub use request::{read_body, read_head, Head, HeadError, HeadLimits};
+pub use request::{read_body, read_chunked_body, read_head, Head, HeadError, HeadLimits};
 pub use response::Response;

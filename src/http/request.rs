@@ -213,6 +213,85 @@ pub async fn read_body<S: AsyncRead + Unpin>(
     Ok(std::mem::replace(buf, rest))
 }
 
+/// Longest chunk-size line or trailer section accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 4096;
+
+impl Head {
+    /// Whether the body comes chunked (`Transfer-Encoding: chunked`).
+    pub fn is_chunked(&self) -> bool {
+        self.header("transfer-encoding")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
+    }
+}
+
+/// Reads a chunked body (RFC 9112 section 7.1) of at most `limit` bytes, starting with what
+/// `buf` already holds; bytes after the body stay in `buf`. Over the limit: `TooLarge`.
+pub async fn read_chunked_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> Result<Vec<u8>, HeadError> {
+    let mut body = Vec::new();
+    loop {
+        let line = take_line(stream, buf).await?;
+        let size = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size, 16)
+            .map_err(|_| HeadError::Malformed(format!("bad chunk size {size:?}")))?;
+        if size == 0 {
+            // Trailer fields, up to the empty line.
+            while !take_line(stream, buf).await?.is_empty() {}
+            return Ok(body);
+        }
+        if body.len().saturating_add(size) > limit {
+            return Err(HeadError::TooLarge);
+        }
+        fill(stream, buf, size + 2).await?;
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(HeadError::Malformed(
+                "chunk data not followed by CRLF".into(),
+            ));
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
+}
+
+/// Reads until `buf` holds at least `len` bytes.
+async fn fill<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> Result<(), HeadError> {
+    let mut chunk = [0u8; 8192];
+    while buf.len() < len {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(())
+}
+
+/// Takes one CRLF-terminated line off the front of `buf`, reading as needed.
+async fn take_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<String, HeadError> {
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 2);
+            return Ok(line);
+        }
+        if buf.len() > MAX_CHUNK_LINE {
+            return Err(HeadError::Malformed("chunk line too long".into()));
+        }
+        let want = buf.len() + 1;
+        fill(stream, buf, want).await?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +348,22 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(body, b"abc");
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded_and_bounded() {
+        let mut src =
+            futures::io::Cursor::new(b"o\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT".to_vec());
+        let mut buf = b"5\r\nhell".to_vec();
+        let body = run(read_chunked_body(&mut src, &mut buf, 100)).unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(buf, b"NEXT");
+        let mut src = futures::io::Cursor::new(b"ff\r\n".to_vec());
+        let r = run(read_chunked_body(&mut src, &mut Vec::new(), 100));
+        assert!(matches!(r, Err(HeadError::TooLarge)));
+        let mut src = futures::io::Cursor::new(b"zz\r\n".to_vec());
+        let r = run(read_chunked_body(&mut src, &mut Vec::new(), 100));
+        assert!(matches!(r, Err(HeadError::Malformed(_))));
     }
 
     #[test]

@@ -76,6 +76,22 @@ impl Response {
         bytes
     }
 
+    /// The head of a streamed answer (`Transfer-Encoding: chunked`): this response's status
+    /// and headers; its body, if any, is not sent. Send [`chunk`]s, then [`LAST_CHUNK`].
+    pub fn chunked_head(&self, keep_alive: bool) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (k, v) in &self.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("Transfer-Encoding: chunked\r\n");
+        out.push_str(if keep_alive {
+            "Connection: keep-alive\r\n\r\n"
+        } else {
+            "Connection: close\r\n\r\n"
+        });
+        out.into_bytes()
+    }
+
     pub async fn write_to<S: AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
@@ -85,6 +101,18 @@ impl Response {
         stream.flush().await
     }
 }
+
+/// One chunk of a chunked body (never empty: an empty chunk ends the body).
+pub fn chunk(data: &[u8]) -> Vec<u8> {
+    debug_assert!(!data.is_empty());
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The end of a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 pub fn reason(status: u16) -> &'static str {
     match status {

@@ -13,13 +13,16 @@ use super::conn::Conn;
 use super::join;
 use super::mesh::{Handover, MeshMsg};
 use super::observe;
+use super::sockjs_http;
 use super::state::Shard;
 use super::ws_session::{self, BoxedDialect};
 use crate::auth::{validate_id, AuthError, Grant, Identity};
 use crate::http::api_docs::{self, LoginRequest, LoginResponse};
 use crate::http::request::percent_decode;
 use crate::http::tls::{TlsConn, TLS_HANDSHAKE_BYTE};
-use crate::http::{read_body, read_head, ws, Head, HeadError, HeadLimits, Response};
+use crate::http::{
+    read_body, read_chunked_body, read_head, ws, Head, HeadError, HeadLimits, Response,
+};
 use crate::signal::connect::ConnectDialect;
 use crate::signal::mediasoup::MediasoupDialect;
 use crate::signal::p2p;
@@ -153,6 +156,16 @@ pub(super) async fn serve_http(
             Some(Err(_)) => return,
         };
         first = false;
+        // Requests of SockJS HTTP transports are served by the shard that has the session.
+        if let Some(route) = sockjs_http::session_route(&head) {
+            match sockjs_http::serve(&shard, stream, &head, buf, peer, route).await {
+                Some((s, b)) => {
+                    (stream, buf) = (s, b);
+                    continue;
+                }
+                None => return,
+            }
+        }
         // Requests for a room (WHIP/WHEP, /connect) are served by the shard that owns it.
         let room = match head.path.as_str() {
             "/connect" => join::connect_target(&shard, &head)
@@ -193,28 +206,57 @@ pub(super) async fn serve_http(
     }
 }
 
-async fn read_request_body(
+pub(super) async fn read_request_body(
     shard: &Shard,
     stream: &mut Conn,
     buf: &mut Vec<u8>,
     head: &Head,
 ) -> Result<Vec<u8>, Response> {
+    let too_large = || {
+        Response::error(
+            413,
+            "payload_too_large",
+            &format!("body over {} bytes", shard.config.max_message_bytes),
+        )
+    };
     if head.header("transfer-encoding").is_some() {
-        return Err(Response::error(
-            411,
-            "length_required",
-            "chunked bodies are not accepted; send Content-Length",
-        ));
+        if !head.is_chunked() {
+            return Err(Response::error(
+                411,
+                "length_required",
+                "the only transfer coding accepted is chunked; or send Content-Length",
+            ));
+        }
+        if head.header("content-length").is_some() {
+            return Err(Response::error(
+                400,
+                "bad_request",
+                "Content-Length and Transfer-Encoding together",
+            ));
+        }
+        // Node's http client (sockjs-client's XHR driver there) sends bodies chunked.
+        let limit = shard.config.max_message_bytes;
+        return match within(
+            shard.config.head_timeout,
+            read_chunked_body(stream, buf, limit),
+        )
+        .await
+        {
+            Some(Ok(body)) => Ok(body),
+            Some(Err(HeadError::TooLarge)) => Err(too_large()),
+            Some(Err(e)) => Err(Response::error(400, "bad_request", &e.to_string())),
+            None => Err(Response::error(
+                408,
+                "request_timeout",
+                "body not received in time",
+            )),
+        };
     }
     let len = head
         .content_length()
         .map_err(|e| Response::error(400, "bad_request", &e.to_string()))?;
     if len > shard.config.max_message_bytes {
-        return Err(Response::error(
-            413,
-            "payload_too_large",
-            &format!("body over {} bytes", shard.config.max_message_bytes),
-        ));
+        return Err(too_large());
     }
     match within(shard.config.head_timeout, read_body(stream, buf, len)).await {
         Some(Ok(body)) => Ok(body),
@@ -233,6 +275,12 @@ pub(super) fn method_not_allowed(allow: &str) -> Response {
 
 async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
     let path = head.path.as_str();
+    if let Some(sockjs) = crate::signal::sockjs::route(path) {
+        return match sockjs_http::route(shard, head, sockjs) {
+            Ok(dialect) => Routed::Session(dialect),
+            Err(resp) => Routed::Respond(resp),
+        };
+    }
     let resp = match path {
         "/health" => match head.method.as_str() {
             "GET" | "HEAD" => observe::health(shard).await,
@@ -341,15 +389,14 @@ fn login(shard: &Shard, body: &[u8]) -> Response {
     Response::json(200, &serde_json::to_value(&body).expect("login serializes"))
 }
 
-fn rand_u32() -> u32 {
+pub(super) fn rand_u32() -> u32 {
     let mut b = [0u8; 4];
     let _ = getrandom::fill(&mut b);
     u32::from_le_bytes(b)
 }
 
-/// Authenticates a relay request before the upgrade.
 /// Hands a connection whose request belongs to another shard's room to that shard.
-async fn relocate_request(
+pub(super) async fn relocate_request(
     shard: &Shard,
     stream: Conn,
     request: Vec<u8>,
@@ -400,7 +447,7 @@ fn demo_asset(path: &str) -> Response {
 }
 
 /// A plain request to a WebSocket endpoint.
-fn upgrade_required(head: &Head) -> Response {
+pub(super) fn upgrade_required(head: &Head) -> Response {
     if head.method != "GET" {
         return method_not_allowed("GET");
     }
@@ -422,15 +469,28 @@ fn p2p_request(shard: &Shard, head: &Head) -> Result<p2p::Session, Response> {
         validate_id("namespace", &namespace)
             .map_err(|m| Response::error(400, "bad_request", &m))?;
     }
-    let identity: Option<Identity> = match head.token() {
-        Some(t) => Some(shard.auth.verify(t).map_err(|e| Response::auth_error(&e))?),
-        None if shard.config.p2p_allow_anonymous => None,
-        None => return Err(Response::auth_error(&AuthError::Missing)),
-    };
-    Ok(p2p::Session {
-        namespace: namespace.to_string(),
+    let identity = relay_identity(shard, head)?;
+    Ok(relay_session(namespace.to_string(), identity))
+}
+
+/// Who a relay request (`/p2p`, SockJS) comes from: its token's identity, or nobody when
+/// anonymous relay is allowed and it has no token.
+pub(super) fn relay_identity(shard: &Shard, head: &Head) -> Result<Option<Identity>, Response> {
+    match head.token() {
+        Some(t) => Ok(Some(
+            shard.auth.verify(t).map_err(|e| Response::auth_error(&e))?,
+        )),
+        None if shard.config.p2p_allow_anonymous => Ok(None),
+        None => Err(Response::auth_error(&AuthError::Missing)),
+    }
+}
+
+/// A fresh relay session in `namespace` for that identity.
+pub(super) fn relay_session(namespace: String, identity: Option<Identity>) -> p2p::Session {
+    p2p::Session {
+        namespace,
         token_user: identity.as_ref().map(|i| i.user_id.clone()),
         token_room: identity.and_then(|i| i.room),
         joined: None,
-    })
+    }
 }

@@ -1,5 +1,5 @@
-//! Messages between shards. Rare things only: relocated connections and stats queries;
-//! never media.
+//! Messages between shards. Rare things only: relocated connections and SockJS sessions,
+//! stats queries; never media.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use glommio::channels::channel_mesh::Receivers;
 
 use super::conn::{Conn, Detached};
 use super::front_door;
+use super::sockjs_session;
 use super::state::Shard;
 use super::ws_session::{self, BoxedDialect};
 use crate::stats::ShardCounters;
@@ -30,8 +31,17 @@ pub struct Handover {
 
 pub enum MeshMsg {
     Adopt(Box<Handover>),
-    Query { from: usize, id: u64, query: Query },
-    Answer { id: u64, answer: Answer },
+    /// A SockJS session of the HTTP transports moving to the shard that owns its room.
+    AdoptSockjs(Box<sockjs_session::Moving>),
+    Query {
+        from: usize,
+        id: u64,
+        query: Query,
+    },
+    Answer {
+        id: u64,
+        answer: Answer,
+    },
 }
 
 /// What endpoints ask every shard.
@@ -102,6 +112,7 @@ async fn handle(shard: &Rc<Shard>, msg: MeshMsg) {
                 }
             };
         }
+        MeshMsg::AdoptSockjs(moving) => sockjs_session::adopt(shard, *moving),
         MeshMsg::Query { from, id, query } => {
             let answer = answer(shard, query);
             let _ = shard

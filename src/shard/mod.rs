@@ -7,6 +7,8 @@ mod join;
 mod mesh;
 mod observe;
 mod sockets;
+mod sockjs_http;
+mod sockjs_session;
 mod state;
 mod udp;
 mod udp_io;
@@ -81,6 +83,8 @@ struct ShardInit {
     heartbeat_period: Duration,
     /// This shard's handle on the control plane.
     control: crate::control::ControlHandle,
+    /// Which shard has each SockJS session (shared by every shard).
+    sockjs_directory: Arc<sockjs_session::Directory>,
 }
 
 /// CPUs this process may run on (its affinity mask), in order.
@@ -180,6 +184,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let watchdog_timeout = notify::watchdog_timeout_from_env();
     let heartbeat_period = notify::heartbeat_period(watchdog_timeout);
     let heartbeats: Arc<notify::Heartbeats> = (0..shards).map(|_| AtomicU64::new(0)).collect();
+    let sockjs_directory = Arc::new(sockjs_session::Directory::default());
 
     let mut handles = Vec::with_capacity(shards);
     for (id, (listener, (udp_fd, udp_port))) in listeners.into_iter().zip(udp).enumerate() {
@@ -194,6 +199,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             heartbeats: heartbeats.clone(),
             heartbeat_period,
             control: control.clone(),
+            sockjs_directory: sockjs_directory.clone(),
         };
         let (config, auth, mesh, ready_tx, tls) = (
             config.clone(),

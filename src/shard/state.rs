@@ -62,6 +62,10 @@ pub struct Shard {
     pub latencies: RefCell<Latencies>,
     /// Outbound queues of the relay sessions on this shard.
     pub outbound: RefCell<HashMap<ConnId, local_mpsc::Sender<Outbound>>>,
+    /// The SockJS sessions (HTTP transports) on this shard, by `namespace/session id`.
+    pub sockjs: RefCell<HashMap<String, super::sockjs_session::Handle>>,
+    /// Which shard has each SockJS session, for the whole process.
+    pub sockjs_directory: Arc<super::sockjs_session::Directory>,
     pub pending_stats:
         RefCell<HashMap<u64, futures::channel::oneshot::Sender<super::mesh::Answer>>>,
     next_id: Cell<u64>,
@@ -248,6 +252,8 @@ pub(super) async fn run(
         udp_wake,
         latencies: RefCell::default(),
         outbound: RefCell::default(),
+        sockjs: RefCell::default(),
+        sockjs_directory: init.sockjs_directory,
         pending_stats: RefCell::default(),
         next_id: Cell::new(0),
         shutdown_tx: RefCell::new(Some(shutdown_tx)),

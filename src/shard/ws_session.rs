@@ -3,10 +3,10 @@
 //! Each dialect plugs in through `signal::dialect::Dialect`.
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
-use futures::{AsyncWriteExt, SinkExt, StreamExt};
+use futures::{AsyncWriteExt, FutureExt, SinkExt, StreamExt};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Error as WsError, Message};
@@ -53,7 +53,12 @@ pub(super) async fn start(
             if stream.write_all(&reply).await.is_err() || stream.flush().await.is_err() {
                 return;
             }
-            let ws = websocket(&shard, stream, leftover).await;
+            let mut ws = websocket(&shard, stream, leftover).await;
+            if let Some(text) = dialect.opening() {
+                if ws.send(Message::text(text)).await.is_err() {
+                    return;
+                }
+            }
             run(shard, ws, dialect, None, peer).await;
         }
     }
@@ -79,7 +84,16 @@ async fn websocket(shard: &Shard, stream: Conn, leftover: Vec<u8>) -> Ws {
 enum Event {
     Incoming(Option<Result<Message, WsError>>),
     Outgoing(Option<Outbound>),
+    Heartbeat,
     Shutdown,
+}
+
+/// Sleeps until `at`; never wakes for `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await,
+        None => futures::future::pending().await,
+    }
 }
 
 enum End {
@@ -108,13 +122,21 @@ async fn run(
         "connection open"
     );
 
+    // A dialect's keep-alive goes out when nothing else was sent for its interval.
+    let heartbeat = dialect.heartbeat();
+    let beat_after = |now: Instant| heartbeat.as_ref().map(|(every, _)| now + *every);
+    let mut next_beat = beat_after(Instant::now());
+
     let end = loop {
         let event = match pending.take() {
             Some(text) => Event::Incoming(Some(Ok(Message::text(text)))),
             None => {
+                let beat = sleep_until(next_beat).fuse();
+                futures::pin_mut!(beat);
                 futures::select! {
                     m = ws.next() => Event::Incoming(m),
                     o = rx.next() => Event::Outgoing(o),
+                    _ = beat => Event::Heartbeat,
                     _ = shutdown => Event::Shutdown,
                 }
             }
@@ -127,7 +149,7 @@ async fn run(
                         for t in texts {
                             let _ = ws.send(Message::text(t)).await;
                         }
-                        close(&mut ws, close_code(code), "").await;
+                        close(&mut ws, &*dialect, close_code(code), "").await;
                         break End::Closed("closed by the dialect");
                     }
                     Step::Relocate { key } => {
@@ -159,6 +181,9 @@ async fn run(
                     shard.config.max_message_bytes
                 );
                 let _ = ws.send(Message::text(dialect.error_text(&reason))).await;
+                if let Some(text) = dialect.closing(CloseCode::Size.into(), "message too large") {
+                    let _ = ws.send(Message::text(text)).await;
+                }
                 // No wait for the client's Close: the rest of its frame cannot be parsed.
                 let _ = within(
                     CLOSE_WAIT,
@@ -168,22 +193,26 @@ async fn run(
                 break End::Closed("message too large");
             }
             Event::Incoming(Some(Err(_))) => break End::Closed("protocol error"),
-            Event::Outgoing(Some(Outbound::Text(text))) => vec![text.to_string()],
+            Event::Outgoing(Some(Outbound::Text(text))) => vec![dialect.delivery(&text)],
             Event::Outgoing(Some(Outbound::Notice(n))) => dialect.notice(&n).into_iter().collect(),
             Event::Outgoing(Some(Outbound::Close(reason))) => {
-                close(&mut ws, CloseCode::Error, &reason).await;
+                close(&mut ws, &*dialect, CloseCode::Error, &reason).await;
                 break End::Closed("closed by server");
             }
             Event::Outgoing(None) => {
                 // Our queue was dropped: this client fell too far behind.
-                close(&mut ws, CloseCode::Again, "too slow").await;
+                close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
                 break End::Closed("too slow");
             }
+            Event::Heartbeat => heartbeat.iter().map(|(_, text)| text.clone()).collect(),
             Event::Shutdown => {
-                close(&mut ws, CloseCode::Away, "server shutting down").await;
+                close(&mut ws, &*dialect, CloseCode::Away, "server shutting down").await;
                 break End::Closed("server shutdown");
             }
         };
+        if !replies.is_empty() {
+            next_beat = beat_after(Instant::now());
+        }
         let mut failed = false;
         for text in replies {
             if ws.send(Message::text(text)).await.is_err() {
@@ -218,11 +247,14 @@ async fn run(
     }
 }
 
-/// The server's side of a close it starts: send Close, then wait (up to [`CLOSE_WAIT`])
-/// for the client's answering Close, discarding what arrives before it, so the client
-/// sees a clean close rather than a reset.
-async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+/// The server's side of a close it starts: the dialect's closing text if it has one, then
+/// Close, then wait (up to [`CLOSE_WAIT`]) for the client's answering Close, discarding
+/// what arrives before it, so the client sees a clean close rather than a reset.
+async fn close(ws: &mut Ws, dialect: &dyn Dialect, code: CloseCode, reason: &str) {
     let handshake = async {
+        if let Some(text) = dialect.closing(code.into(), reason) {
+            let _ = ws.send(Message::text(text)).await;
+        }
         if send_close(ws, code, reason).await.is_ok() {
             while let Some(Ok(_)) = ws.next().await {}
         }

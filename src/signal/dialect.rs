@@ -6,7 +6,7 @@
 //! another shard. A session that moves to the shard owning its room moves as its boxed
 //! dialect state, so every dialect relocates the same way.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::auth::Authenticator;
 use crate::sfu::{Engine, Notice};
@@ -30,7 +30,9 @@ pub enum Step {
     /// Send these texts to the client (possibly none).
     Reply(Vec<String>),
     /// The session belongs to the shard that owns this key (a room's routing key): move
-    /// there, and handle the same message again.
+    /// there, and handle the same message again. A dialect that took several messages
+    /// from that one text (a SockJS frame) keeps the unhandled ones in its own state, and
+    /// carries on with them when it gets the same text again.
     Relocate { key: String },
     /// Send these texts, then close.
     Close(Vec<String>, CloseCode),
@@ -111,6 +113,27 @@ pub trait Dialect: Send {
     fn on_close(&mut self, cx: &mut Context<'_>);
     /// A media-core notice for this session, worded as this dialect's event, if it has one.
     fn notice(&mut self, _notice: &Notice) -> Option<String> {
+        None
+    }
+
+    // Framing hooks: a dialect that wraps another in a framing (SockJS) words what the
+    // runtime sends on its own. The defaults send nothing extra and texts as they are.
+
+    /// A text to send once, when a new session opens (not again after a relocation).
+    fn opening(&self) -> Option<String> {
+        None
+    }
+    /// A keep-alive: this text whenever nothing was sent to the client for this long.
+    fn heartbeat(&self) -> Option<(Duration, String)> {
+        None
+    }
+    /// A text another session delivered to this one (a relay packet), as sent to the client.
+    fn delivery(&self, text: &str) -> String {
+        text.to_string()
+    }
+    /// A text to send before the runtime closes the session with this WebSocket close code
+    /// and reason (shutdown, a slow client, an oversized message, a dialect's `Close`).
+    fn closing(&self, _code: u16, _reason: &str) -> Option<String> {
         None
     }
 }
