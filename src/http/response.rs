@@ -39,6 +39,11 @@ impl Response {
         }
     }
 
+    /// 405 with the `Allow` header naming what the endpoint takes.
+    pub fn method_not_allowed(allow: &str) -> Self {
+        Response::error(405, "method_not_allowed", &format!("use {allow}")).header("Allow", allow)
+    }
+
     /// The JSON error body every endpoint uses: `{"error": {"code", "message"}}`.
     pub fn error(status: u16, code: &str, message: &str) -> Self {
         let body = super::api_docs::ErrorBody::new(code, message);

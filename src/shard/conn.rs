@@ -10,7 +10,6 @@ use futures::{AsyncRead, AsyncWrite};
 use futures_rustls::rustls::ServerConnection;
 use glommio::net::TcpStream;
 
-use super::state::dup_fd;
 use crate::http::tls::TlsConn;
 
 pub enum Conn {
@@ -91,4 +90,16 @@ impl AsyncWrite for Conn {
             Conn::Tls(t) => Pin::new(t.as_mut()).poll_close(cx),
         }
     }
+}
+
+/// An owned fd for a relocation: a duplicate, so the original can be dropped with its
+/// glommio stream while the socket lives on.
+pub fn dup_fd(fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: dup on a descriptor we currently own; the result is a new owned fd.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }

@@ -1,11 +1,10 @@
 //! Every shard's front door: accept, read the request head within its limits, route.
 //! Plain HTTP requests are answered here; WebSocket dialects become sessions.
 
-use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures::future::{select, Either, FutureExt};
+use futures::future::FutureExt;
 use futures::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 
@@ -15,7 +14,8 @@ use super::mesh::{Handover, MeshMsg};
 use super::observe;
 use super::sockjs_http;
 use super::state::Shard;
-use super::ws_session::{self, BoxedDialect};
+use super::timeout::within;
+use super::ws_session;
 use crate::auth::{validate_id, AuthError, Grant, Identity};
 use crate::http::api_docs::{self, LoginRequest, LoginResponse};
 use crate::http::request::percent_decode;
@@ -24,6 +24,7 @@ use crate::http::{
     read_body, read_chunked_body, read_head, ws, Head, HeadError, HeadLimits, Response,
 };
 use crate::signal::connect::ConnectDialect;
+use crate::signal::dialect::BoxedDialect;
 use crate::signal::mediasoup::MediasoupDialect;
 use crate::signal::p2p;
 use crate::signal::pubsub;
@@ -50,16 +51,6 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-/// Runs `fut` for at most `limit`; `None` when time ran out.
-pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    let timer = glommio::timer::sleep(limit);
-    futures::pin_mut!(fut, timer);
-    match select(fut, timer).await {
-        Either::Left((v, _)) => Some(v),
-        Either::Right(_) => None,
     }
 }
 
@@ -269,10 +260,6 @@ pub(super) async fn read_request_body(
     }
 }
 
-pub(super) fn method_not_allowed(allow: &str) -> Response {
-    Response::error(405, "method_not_allowed", &format!("use {allow}")).header("Allow", allow)
-}
-
 async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
     let path = head.path.as_str();
     if let Some(sockjs) = crate::signal::sockjs::route(path) {
@@ -284,19 +271,19 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
     let resp = match path {
         "/health" => match head.method.as_str() {
             "GET" | "HEAD" => observe::health(shard).await,
-            _ => method_not_allowed("GET"),
+            _ => Response::method_not_allowed("GET"),
         },
         "/latency" => match head.method.as_str() {
             "GET" => observe::latency(shard, head).await,
-            _ => method_not_allowed("GET"),
+            _ => Response::method_not_allowed("GET"),
         },
         "/metrics" => match head.method.as_str() {
             "GET" => observe::metrics(shard).await,
-            _ => method_not_allowed("GET"),
+            _ => Response::method_not_allowed("GET"),
         },
         "/login" if shard.config.login_enabled => match head.method.as_str() {
             "POST" => login(shard, body),
-            _ => method_not_allowed("POST"),
+            _ => Response::method_not_allowed("POST"),
         },
         "/login" => Response::error(
             404,
@@ -331,7 +318,7 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
         "/" | "/demo" | "/demo.js" | "/demo.css" if !ws::is_upgrade(head) => {
             match head.method.as_str() {
                 "GET" | "HEAD" => demo_asset(path),
-                _ => method_not_allowed("GET"),
+                _ => Response::method_not_allowed("GET"),
             }
         }
         // An upgrade on `/` without a token is the publish/subscribe dialect: Rheomesh's
@@ -351,7 +338,7 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8]) -> Routed {
         }
         "/openapi.json" | "/docs" | "/asyncapi" => match head.method.as_str() {
             "GET" => api_docs::document(path),
-            _ => method_not_allowed("GET"),
+            _ => Response::method_not_allowed("GET"),
         },
         _ if path.starts_with(join::PREFIX) => join::handle(shard, head).await,
         _ if whip::room_of(path).is_some() => {
@@ -449,7 +436,7 @@ fn demo_asset(path: &str) -> Response {
 /// A plain request to a WebSocket endpoint.
 pub(super) fn upgrade_required(head: &Head) -> Response {
     if head.method != "GET" {
-        return method_not_allowed("GET");
+        return Response::method_not_allowed("GET");
     }
     Response::error(426, "upgrade_required", "this endpoint speaks WebSocket")
         .header("Upgrade", "websocket")
@@ -457,7 +444,7 @@ pub(super) fn upgrade_required(head: &Head) -> Response {
 
 fn p2p_request(shard: &Shard, head: &Head) -> Result<p2p::Session, Response> {
     if head.method != "GET" {
-        return Err(method_not_allowed("GET"));
+        return Err(Response::method_not_allowed("GET"));
     }
     if !ws::is_upgrade(head) {
         return Err(upgrade_required(head));

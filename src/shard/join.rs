@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use super::front_door::within;
 use super::state::Shard;
+use super::timeout::within;
 use crate::auth::validate_id;
 use crate::control::PermissionDenied;
 use crate::http::request::percent_decode;
@@ -40,7 +40,7 @@ pub(crate) fn identify_request(shard: &Shard, head: &Head) -> Result<Caller, Res
 /// current conversation is recorded.
 pub(super) async fn handle(shard: &Shard, head: &Head) -> Response {
     if head.method != "POST" {
-        return super::front_door::method_not_allowed("POST");
+        return Response::method_not_allowed("POST");
     }
     let raw = head.path.strip_prefix(PREFIX).unwrap_or("");
     // Clients may percent-encode the segment (encodeURIComponent turns ':' into %3A).

@@ -2,14 +2,17 @@
 //! tasks, the mesh between shards, and the process lifecycle.
 
 mod conn;
+mod executor;
 mod front_door;
 mod join;
 mod mesh;
 mod observe;
 mod sockets;
+mod sockjs_handle;
 mod sockjs_http;
 mod sockjs_session;
 mod state;
+mod timeout;
 mod udp;
 mod udp_io;
 mod ws_session;
@@ -84,7 +87,7 @@ struct ShardInit {
     /// This shard's handle on the control plane.
     control: crate::control::ControlHandle,
     /// Which shard has each SockJS session (shared by every shard).
-    sockjs_directory: Arc<sockjs_session::Directory>,
+    sockjs_directory: Arc<sockjs_handle::Directory>,
 }
 
 /// CPUs this process may run on (its affinity mask), in order.
@@ -184,7 +187,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let watchdog_timeout = notify::watchdog_timeout_from_env();
     let heartbeat_period = notify::heartbeat_period(watchdog_timeout);
     let heartbeats: Arc<notify::Heartbeats> = (0..shards).map(|_| AtomicU64::new(0)).collect();
-    let sockjs_directory = Arc::new(sockjs_session::Directory::default());
+    let sockjs_directory = Arc::new(sockjs_handle::Directory::default());
 
     let mut handles = Vec::with_capacity(shards);
     for (id, (listener, (udp_fd, udp_port))) in listeners.into_iter().zip(udp).enumerate() {
@@ -212,7 +215,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             .name(&format!("shard{id}"))
             .io_memory(IO_MEMORY_PER_SHARD)
             .ring_depth(RING_DEPTH)
-            .spawn(move || state::run(init, config, auth, tls, mesh, ready_tx, started))
+            .spawn(move || executor::run(init, config, auth, tls, mesh, ready_tx, started))
             .map_err(|e| StartError::Executor {
                 shard: id,
                 reason: memlock_hint(e.to_string()),

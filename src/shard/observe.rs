@@ -4,7 +4,11 @@
 use std::fmt::Write as _;
 use std::rc::Rc;
 
-use super::mesh::{collect, Answer, Query};
+use std::time::Duration;
+
+use futures::future::{select, Either, FusedFuture, FutureExt};
+
+use super::mesh::{Answer, MeshMsg, Query};
 use super::state::Shard;
 use crate::http::api_docs::{HealthBody, HealthStatus, ShardHealth, ShardSilent};
 use crate::http::{Head, Response};
@@ -305,4 +309,71 @@ pub async fn metrics(shard: &Rc<Shard>) -> Response {
     Response::new(200)
         .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         .body(out.into_bytes())
+}
+
+/// Answers a query about this shard.
+pub fn answer(shard: &Shard, query: Query) -> Answer {
+    match query {
+        Query::Snapshot => Answer::Snapshot(shard.snapshot()),
+        Query::Latency { reset } => {
+            let mut l = shard.latencies.borrow_mut();
+            let snap = l.snapshot();
+            if reset {
+                l.reset();
+            }
+            Answer::Latency(Box::new(snap))
+        }
+    }
+}
+
+/// Every shard's answer, in shard order; `None` for a shard that did not answer in time.
+pub async fn collect(shard: &Rc<Shard>, query: Query, deadline: Duration) -> Vec<Option<Answer>> {
+    let mut waits = Vec::with_capacity(shard.shards);
+    for peer in 0..shard.shards {
+        if peer == shard.id {
+            waits.push(None);
+            continue;
+        }
+        let id = shard.next_id();
+        let (tx, rx) = futures::channel::oneshot::channel();
+        shard.pending_stats.borrow_mut().insert(id, tx);
+        let sent = shard
+            .mesh
+            .try_send_to(
+                peer,
+                MeshMsg::Query {
+                    from: shard.id,
+                    id,
+                    query,
+                },
+            )
+            .is_ok();
+        waits.push(sent.then_some((id, rx)));
+    }
+    let timer = glommio::timer::sleep(deadline).fuse();
+    futures::pin_mut!(timer);
+    let mut out = Vec::with_capacity(shard.shards);
+    for (peer, wait) in waits.into_iter().enumerate() {
+        if peer == shard.id {
+            out.push(Some(answer(shard, query)));
+            continue;
+        }
+        let Some((id, mut rx)) = wait else {
+            out.push(None);
+            continue;
+        };
+        let answer = if timer.is_terminated() {
+            rx.try_recv().ok().flatten()
+        } else {
+            match select(rx, timer.as_mut()).await {
+                Either::Left((Ok(stats), _)) => Some(stats),
+                _ => None,
+            }
+        };
+        if answer.is_none() {
+            shard.pending_stats.borrow_mut().remove(&id);
+        }
+        out.push(answer);
+    }
+    out
 }

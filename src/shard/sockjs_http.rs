@@ -14,14 +14,13 @@ use std::rc::Rc;
 use futures::channel::oneshot;
 
 use super::conn::Conn;
-use super::front_door::{
-    self, method_not_allowed, rand_u32, relay_identity, relay_session, upgrade_required,
-};
-use super::sockjs_session::{self, Cmd, Located, Receiver};
+use super::front_door::{self, rand_u32, relay_identity, relay_session, upgrade_required};
+use super::sockjs_handle::{Cmd, Handle, Receiver};
+use super::sockjs_session::{self, Located};
 use super::state::Shard;
-use super::ws_session::BoxedDialect;
 use crate::http::response::{chunk, LAST_CHUNK};
 use crate::http::{ws, Head, Response};
+use crate::signal::dialect::BoxedDialect;
 use crate::signal::sockjs::{self, Receiving, Route, SockJs, Target, Transport};
 
 /// `Cache-Control` of answers that must not be cached (sockjs-node's).
@@ -90,7 +89,7 @@ pub(super) fn route(
         Target::Greeting => Err(match method {
             "GET" | "HEAD" => plain(200, sockjs::GREETING, head),
             "OPTIONS" => preflight(head, "OPTIONS, GET"),
-            _ => method_not_allowed("GET"),
+            _ => Response::method_not_allowed("GET"),
         }),
         Target::Info => Err(match method {
             "OPTIONS" => preflight(head, "OPTIONS, GET"),
@@ -104,7 +103,7 @@ pub(super) fn route(
                 }
                 Err(resp) => with(resp, &cors(head)),
             },
-            _ => method_not_allowed("GET"),
+            _ => Response::method_not_allowed("GET"),
         }),
         Target::RawWebsocket
         | Target::Session {
@@ -112,7 +111,7 @@ pub(super) fn route(
             ..
         } => {
             if method != "GET" {
-                return Err(method_not_allowed("GET"));
+                return Err(Response::method_not_allowed("GET"));
             }
             if !ws::is_upgrade(head) {
                 return Err(upgrade_required(head));
@@ -180,7 +179,7 @@ pub(super) async fn serve(
         return answer(
             stream,
             buf,
-            with(method_not_allowed(method), &cors(head)),
+            with(Response::method_not_allowed(method), &cors(head)),
             false,
         )
         .await;
@@ -278,7 +277,7 @@ fn receiver_headers(head: &Head, kind: Receiving) -> Vec<(String, String)> {
 }
 
 /// `xhr_send`: the body's messages go to the session, in order.
-async fn send(session: &sockjs_session::Handle, body: &[u8], head: &Head) -> Response {
+async fn send(session: &Handle, body: &[u8], head: &Head) -> Response {
     if body.is_empty() {
         return plain(500, "Payload expected.", head);
     }

@@ -12,24 +12,25 @@
 //! so nothing is lost or reordered; the attached receiving request is ended so that the
 //! client's next one reaches the new owner.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::channel::{mpsc, oneshot};
+use futures::channel::mpsc;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 
 use super::conn::Conn;
-use super::front_door::{self, within};
-use super::mesh::MeshMsg;
+use super::front_door;
+use super::timeout::within;
+
+use super::mesh::{MeshMsg, Moving};
+use super::sockjs_handle::{Cmd, Handle, Receiver};
 use super::state::{Outbound, Shard, OUTBOUND_QUEUE};
-use super::ws_session::BoxedDialect;
 use crate::http::response::{chunk, LAST_CHUNK};
 use crate::http::Response;
+use crate::signal::dialect::BoxedDialect;
 use crate::signal::dialect::{CloseCode, ConnId};
-use crate::signal::sockjs::{self, Fed, Receiving, HEARTBEAT, HEARTBEAT_EVERY, OPEN};
+use crate::signal::sockjs::{self, Fed, HEARTBEAT, HEARTBEAT_EVERY, OPEN};
 use crate::stats::ShardCounters;
 
 /// A session ends this long after its last receiving request ended (sockjs-node's
@@ -48,97 +49,6 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes a client may send on a connection while it receives (pipelined requests) before
 /// the connection is dropped.
 const MAX_PIPELINED: usize = 64 * 1024;
-
-/// Which shard has each session, for the whole process. Written when a session starts,
-/// moves (before it arrives, so requests may beat it there: they wait [`ARRIVAL_WAIT`]) and
-/// ends. Only SockJS HTTP requests look here, never media.
-#[derive(Default)]
-pub struct Directory {
-    map: Mutex<HashMap<String, usize>>,
-}
-
-impl Directory {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn get(&self, id: &str) -> Option<usize> {
-        self.lock().get(id).copied()
-    }
-
-    /// Takes `id` for `shard` unless another shard has it; `Err` names that shard.
-    fn claim(&self, id: &str, shard: usize) -> Result<(), usize> {
-        let mut map = self.lock();
-        match map.get(id) {
-            Some(&other) if other != shard => Err(other),
-            _ => {
-                map.insert(id.to_string(), shard);
-                Ok(())
-            }
-        }
-    }
-
-    fn set(&self, id: &str, shard: usize) {
-        self.lock().insert(id.to_string(), shard);
-    }
-
-    fn release(&self, id: &str, shard: usize) {
-        let mut map = self.lock();
-        if map.get(id) == Some(&shard) {
-            map.remove(id);
-        }
-    }
-}
-
-/// A shard's way to reach one of its sessions.
-#[derive(Clone)]
-pub struct Handle {
-    cmds: mpsc::UnboundedSender<Cmd>,
-    /// The token's user the session belongs to (`None`: anonymous).
-    pub user: Option<String>,
-}
-
-/// What a request asks of a session.
-pub enum Cmd {
-    /// `xhr_send`: client messages, in order. `done` fires once they are queued; dropped
-    /// unanswered, the session is gone.
-    Send {
-        messages: Vec<String>,
-        done: oneshot::Sender<()>,
-    },
-    /// A receiving request hands its connection over.
-    Receive(Box<Receiver>),
-}
-
-/// A receiving request (`xhr_streaming`, `xhr` or `eventsource`), with its connection.
-pub struct Receiver {
-    pub conn: Conn,
-    /// Bytes read after the request.
-    pub leftover: Vec<u8>,
-    pub peer: Option<SocketAddr>,
-    pub kind: Receiving,
-    pub keep_alive: bool,
-    /// Headers of the answer (content type, caching, CORS).
-    pub headers: Vec<(String, String)>,
-    /// The request as received, to hand it to another shard.
-    pub raw: Vec<u8>,
-}
-
-impl Handle {
-    /// Queues a command; a closed session hands it back.
-    pub fn send(&self, cmd: Cmd) -> Result<(), Cmd> {
-        self.cmds.unbounded_send(cmd).map_err(|e| e.into_inner())
-    }
-}
-
-/// A session on its way to another shard.
-pub struct Moving {
-    id: String,
-    user: Option<String>,
-    dialect: BoxedDialect,
-    inbox: VecDeque<String>,
-    outbox: VecDeque<String>,
-}
 
 /// Where a session is.
 pub enum Located {
@@ -632,28 +542,5 @@ async fn finish(shard: &Rc<Shard>, mut a: Attached) {
     } else {
         let mut conn = rx.conn;
         let _ = within(SEND_TIMEOUT, conn.close()).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn directory_claims_moves_and_releases() {
-        let d = Directory::default();
-        assert_eq!(d.claim("s", 0), Ok(()));
-        assert_eq!(d.claim("s", 1), Err(0), "another shard has it");
-        assert_eq!(d.claim("s", 0), Ok(()), "a stale entry of our own");
-        d.set("s", 1);
-        assert_eq!(d.get("s"), Some(1));
-        d.release("s", 0);
-        assert_eq!(
-            d.get("s"),
-            Some(1),
-            "only the shard that has it releases it"
-        );
-        d.release("s", 1);
-        assert_eq!(d.get("s"), None);
     }
 }

@@ -1,20 +1,18 @@
-//! One shard: its state, and the executor body that runs it from start to shutdown.
+//! One shard's state, lent to everything that runs on it (the executor body that builds it
+//! lives in `executor.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc as local_mpsc;
-use futures::future::{FutureExt, Shared};
+use futures::future::Shared;
 use futures_rustls::rustls::ServerConfig;
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
-use glommio::net::{TcpListener, UdpSocket};
+use glommio::channels::channel_mesh::Senders;
 
 use super::mesh::MeshMsg;
-use super::{ShardInit, SHUTDOWN_POLL};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::control::ControlHandle;
@@ -63,13 +61,13 @@ pub struct Shard {
     /// Outbound queues of the relay sessions on this shard.
     pub outbound: RefCell<HashMap<ConnId, local_mpsc::Sender<Outbound>>>,
     /// The SockJS sessions (HTTP transports) on this shard, by `namespace/session id`.
-    pub sockjs: RefCell<HashMap<String, super::sockjs_session::Handle>>,
+    pub sockjs: RefCell<HashMap<String, super::sockjs_handle::Handle>>,
     /// Which shard has each SockJS session, for the whole process.
-    pub sockjs_directory: Arc<super::sockjs_session::Directory>,
+    pub sockjs_directory: Arc<super::sockjs_handle::Directory>,
     pub pending_stats:
         RefCell<HashMap<u64, futures::channel::oneshot::Sender<super::mesh::Answer>>>,
-    next_id: Cell<u64>,
-    shutdown_tx: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
+    pub(super) next_id: Cell<u64>,
+    pub(super) shutdown_tx: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
     pub shutdown: ShutdownSignal,
 }
 
@@ -192,7 +190,7 @@ impl Shard {
         }
     }
 
-    fn begin_shutdown(&self) {
+    pub(super) fn begin_shutdown(&self) {
         if let Some(tx) = self.shutdown_tx.borrow_mut().take() {
             let _ = tx.send(());
         }
@@ -201,113 +199,4 @@ impl Shard {
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown_tx.borrow().is_none()
     }
-}
-
-/// The executor body of one shard.
-pub(super) async fn run(
-    init: ShardInit,
-    config: Arc<Config>,
-    auth: Arc<Authenticator>,
-    tls: Option<Arc<ServerConfig>>,
-    mesh: MeshBuilder<MeshMsg, Full>,
-    ready: mpsc::Sender<usize>,
-    started: Instant,
-) {
-    let (senders, receivers) = match mesh.join().await {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::error!(shard = init.id, "cannot join the shard mesh: {e}");
-            return;
-        }
-    };
-    assert_eq!(
-        senders.peer_id(),
-        init.id,
-        "mesh peers are numbered in shard start order"
-    );
-    let (shutdown_tx, shutdown_rx) = futures::channel::oneshot::channel();
-    let candidate = std::net::SocketAddr::new(config.announced_ip, init.udp_port);
-    let engine = match Engine::new((init.id as u64) << 40, candidate) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(shard = init.id, "cannot start the media engine: {e}");
-            return;
-        }
-    };
-    let (udp_wake, udp_woken) = local_mpsc::channel(1);
-    let shard = Rc::new(Shard {
-        id: init.id,
-        core: init.core,
-        shards: init.shards,
-        udp_port: init.udp_port,
-        config,
-        auth,
-        tls,
-        control: init.control,
-        started,
-        mesh: senders,
-        counters: ShardCounters::default(),
-        p2p_rooms: RefCell::default(),
-        engine: RefCell::new(engine),
-        udp_wake,
-        latencies: RefCell::default(),
-        outbound: RefCell::default(),
-        sockjs: RefCell::default(),
-        sockjs_directory: init.sockjs_directory,
-        pending_stats: RefCell::default(),
-        next_id: Cell::new(0),
-        shutdown_tx: RefCell::new(Some(shutdown_tx)),
-        shutdown: shutdown_rx.shared(),
-    });
-    // SAFETY: the fds were created for this shard and are owned by nobody else.
-    let listener = unsafe { TcpListener::from_raw_fd(init.listener.into_raw_fd()) };
-    let udp = unsafe { UdpSocket::from_raw_fd(init.udp.into_raw_fd()) };
-
-    super::mesh::spawn_receivers(&shard, receivers);
-    glommio::spawn_local(super::udp::drive(shard.clone(), udp, udp_woken)).detach();
-    glommio::spawn_local(watch_shutdown(shard.clone())).detach();
-    glommio::spawn_local(heartbeat(init.heartbeats, init.id, init.heartbeat_period)).detach();
-    let _ = ready.send(init.id);
-    tracing::debug!(shard = shard.id, core = shard.core, "shard serving");
-
-    super::front_door::accept_loop(shard.clone(), listener).await;
-
-    // Stop: sessions got the shutdown signal and close with 1001; give them the grace
-    // period to finish.
-    let deadline = Instant::now() + shard.config.shutdown_grace;
-    while shard.counters.connections.get() > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    shard.mesh.close();
-    tracing::debug!(shard = shard.id, "shard stopped");
-}
-
-async fn watch_shutdown(shard: Rc<Shard>) {
-    while !super::shutting_down() {
-        glommio::timer::sleep(SHUTDOWN_POLL).await;
-    }
-    tracing::info!(shard = shard.id, "shutting down");
-    shard.begin_shutdown();
-}
-
-/// Bumps this shard's slot for the systemd watchdog (see `crate::notify`). It runs on
-/// the shard's own timer, so it stops when the executor is stuck; it ends with the
-/// executor.
-async fn heartbeat(beats: Arc<crate::notify::Heartbeats>, id: usize, period: Duration) {
-    loop {
-        beats[id].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        glommio::timer::sleep(period).await;
-    }
-}
-
-/// An owned fd for a relocation: a duplicate, so the original can be dropped with its
-/// glommio stream while the socket lives on.
-pub fn dup_fd(fd: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: dup on a descriptor we currently own; the result is a new owned fd.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if new < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `new` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }

@@ -12,12 +12,12 @@ use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Error as WsError, Message};
 
 use super::conn::Conn;
-use super::front_door::within;
 use super::mesh::{Handover, MeshMsg};
 use super::state::{Outbound, Shard, OUTBOUND_QUEUE};
+use super::timeout::within;
 use crate::http::ws::{self, FrameBoundedStream};
 use crate::http::Head;
-use crate::signal::dialect::{CloseCode as DialectClose, Dialect, Step};
+use crate::signal::dialect::{BoxedDialect, CloseCode as DialectClose, Dialect, Step};
 use crate::stats::ShardCounters;
 
 pub type Ws = WebSocketStream<FrameBoundedStream<Conn>>;
@@ -25,9 +25,6 @@ pub type Ws = WebSocketStream<FrameBoundedStream<Conn>>;
 /// How long the end of a session waits for the other side's part of the close handshake
 /// (the client's answering Close after ours), and for the last bytes to go out.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// The dialect of a session, boxed so that any dialect moves between shards the same way.
-pub type BoxedDialect = Box<dyn Dialect>;
 
 fn close_code(code: DialectClose) -> CloseCode {
     match code {

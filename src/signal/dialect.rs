@@ -101,6 +101,9 @@ impl<'a> Context<'a> {
     }
 }
 
+/// A session's dialect, boxed so that any dialect moves between shards the same way.
+pub type BoxedDialect = Box<dyn Dialect>;
+
 /// One WebSocket dialect's session. `Send`, because a session moves between shards.
 pub trait Dialect: Send {
     /// The dialect's name, for logs.
