@@ -3,17 +3,22 @@
 
 use std::time::Duration;
 
-use corelay_testkit::client::ClientEvent;
+use corelay::sfu::ortc::{EXT_AUDIO_LEVEL, EXT_MID, EXT_TWCC, OPUS};
+use corelay_testkit::client::{ClientEvent, Numbering};
 use corelay_testkit::sim::World;
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind, Mid};
 
 /// A client with one send-receive audio section; returns (client, its ssrc).
 fn connect_client(w: &mut World, peer: u64) -> (usize, u32) {
+    connect_client_with(w, peer, Numbering::router())
+}
+
+fn connect_client_with(w: &mut World, peer: u64, numbering: Numbering) -> (usize, u32) {
     w.engine
         .join(w.now, peer, "conv", &format!("u{peer}"), "U", None)
         .unwrap();
-    let c = w.add_client();
+    let c = w.add_client_with(numbering);
     let mut change = w.clients[c].rtc.sdp_api();
     let mid: Mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
     let (offer, pending) = change.apply().unwrap();
@@ -98,4 +103,36 @@ fn three_clients_hear_each_other_and_the_switch_keeps_streams_valid() {
             assert_eq!(pair[1].0, pair[0].0 + 1, "no gap in sequence numbers");
         }
     }
+}
+
+#[test]
+fn a_client_numbering_its_own_way_is_heard_by_its_audio_level() {
+    // Firefox-like: Opus 109, the audio level at id 12. The loudest-speaker choice reads
+    // that level, so it must be parsed at the client's id.
+    let firefox = Numbering {
+        codecs: vec![(OPUS, 109, None)],
+        exts: vec![(12, EXT_AUDIO_LEVEL), (3, EXT_MID), (7, EXT_TWCC)],
+    };
+    let mut w = World::new();
+    let clients = vec![
+        connect_client_with(&mut w, 1, firefox),
+        connect_client(&mut w, 2),
+        connect_client(&mut w, 3),
+    ];
+    w.connect_all();
+    let mut seq = 0;
+    // The Firefox-numbered client is loud, 2 medium, 3 quiet: 2 and 3 hear client 1.
+    let got = talk(&mut w, &clients, &[-10, -40, -80], &mut seq, 2000);
+    let heard = |g: &Vec<(u64, u32, u8)>| g.last().map(|x| x.2);
+    assert_eq!(
+        heard(&got[1]),
+        Some(0),
+        "client 2 hears the Firefox-numbered client"
+    );
+    assert_eq!(
+        heard(&got[2]),
+        Some(0),
+        "client 3 hears the Firefox-numbered client"
+    );
+    assert_eq!(heard(&got[0]), Some(1), "and it hears client 2");
 }
