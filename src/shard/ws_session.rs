@@ -13,7 +13,8 @@ use tungstenite::{Error as WsError, Message};
 
 use super::conn::Conn;
 use super::mesh::{Handover, MeshMsg};
-use super::state::{Outbound, Shard, OUTBOUND_QUEUE};
+use super::rate::{SenderLimit, BYTES_PER_TURN, MESSAGES_PER_TURN};
+use super::state::{outbound_queue, Outbound, OutboundRx, Shard};
 use super::timeout::within;
 use crate::http::ws::{self, FrameBoundedStream};
 use crate::http::Head;
@@ -107,7 +108,7 @@ async fn run(
 ) {
     let conn = shard.next_id();
     ShardCounters::add(&shard.counters.connections, 1);
-    let (tx, mut rx) = futures::channel::mpsc::channel(OUTBOUND_QUEUE);
+    let (tx, mut rx) = outbound_queue(&shard.config);
     shard.outbound.borrow_mut().insert(conn, tx);
     let mut shutdown = shard.shutdown.clone();
     let name = dialect.name();
@@ -123,6 +124,9 @@ async fn run(
     let heartbeat = dialect.heartbeat();
     let beat_after = |now: Instant| heartbeat.as_ref().map(|(every, _)| now + *every);
     let mut next_beat = beat_after(Instant::now());
+    // What this client may send, and the work done since this task last yielded.
+    let mut limit = SenderLimit::new(&shard.config, Instant::now());
+    let (mut turn_messages, mut turn_bytes) = (0usize, 0usize);
 
     let end = loop {
         let event = match pending.take() {
@@ -138,6 +142,25 @@ async fn run(
                 }
             }
         };
+        if let Event::Incoming(Some(Ok(m))) = &event {
+            if !matches!(m, Message::Close(_)) {
+                let len = m.len();
+                if let Err(reason) = limit.admit(len, Instant::now()) {
+                    // Over its rate: this client alone learns why and is closed.
+                    let _ = ws.send(Message::text(dialect.error_text(&reason))).await;
+                    close(&mut ws, &*dialect, CloseCode::Policy, "rate limit").await;
+                    break End::Closed("rate limit");
+                }
+                turn_messages += 1;
+                turn_bytes += len;
+                if turn_messages >= MESSAGES_PER_TURN || turn_bytes >= BYTES_PER_TURN {
+                    // A burst read at once is handled a slice at a time, so the sessions
+                    // it delivers to drain their queues in between.
+                    glommio::executor().yield_now().await;
+                    (turn_messages, turn_bytes) = (0, 0);
+                }
+            }
+        }
         let replies = match event {
             Event::Incoming(Some(Ok(Message::Text(text)))) => {
                 match shard.with_context(conn, |cx| dialect.on_text(cx, text.as_str())) {
@@ -197,7 +220,8 @@ async fn run(
                 break End::Closed("closed by server");
             }
             Event::Outgoing(None) => {
-                // Our queue was dropped: this client fell too far behind.
+                // Our queue was cut loose: this client fell too far behind (bytes or time
+                // waiting, limits.session_queue_bytes / limits.session_lag_ms).
                 close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
                 break End::Closed("too slow");
             }
@@ -210,15 +234,20 @@ async fn run(
         if !replies.is_empty() {
             next_beat = beat_after(Instant::now());
         }
-        let mut failed = false;
+        let mut failed = None;
         for text in replies {
-            if ws.send(Message::text(text)).await.is_err() {
-                failed = true;
+            if let Err(why) = deliver(&mut ws, &rx, Message::text(text)).await {
+                failed = Some(why);
                 break;
             }
         }
-        if failed {
-            break End::Closed("send failed");
+        match failed {
+            None => {}
+            Some(Undelivered::Failed) => break End::Closed("send failed"),
+            Some(Undelivered::TooSlow) => {
+                close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
+                break End::Closed("too slow");
+            }
         }
     };
 
@@ -241,6 +270,26 @@ async fn run(
         End::Relocate { owner, pending } => {
             relocate(&shard, ws, dialect, pending, owner, peer).await
         }
+    }
+}
+
+/// Why a message did not go out.
+enum Undelivered {
+    Failed,
+    /// The session was cut loose (too far behind) while the write waited.
+    TooSlow,
+}
+
+/// Sends one message; a write still blocked when the session is cut loose as too slow
+/// (its queue over its bytes or lag) gives up, so that a client which reads nothing cannot
+/// hold its session, and its room membership, open.
+async fn deliver(ws: &mut Ws, rx: &OutboundRx, msg: Message) -> Result<(), Undelivered> {
+    let send = ws.send(msg).fuse();
+    let cut = rx.cut().fuse();
+    futures::pin_mut!(send, cut);
+    futures::select! {
+        r = send => r.map_err(|_| Undelivered::Failed),
+        _ = cut => Err(Undelivered::TooSlow),
     }
 }
 

@@ -1,0 +1,229 @@
+//! Hostile clients (issue 14): each test reproduces one attack at a small scale against
+//! the real binary and checks that only the attacker suffers.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use corelay_testkit::*;
+use serde_json::{json, Value};
+use tungstenite::Message;
+
+fn pkt(event: &str, user: &str, room: &str, payload: &str) -> String {
+    json!({"Header": {"Event": event, "UserId": user, "RoomId": room}, "Payload": payload})
+        .to_string()
+}
+
+/// A relay client of `room`, its own connect answer read, and any earlier members'
+/// notices about it drained from `others`.
+fn join(server: &Server, user: &str, room: &str, others: &mut [&mut Ws]) -> Ws {
+    let mut ws = ws_connect(server.port, &format!("/p2p?token={}", token(user, None))).unwrap();
+    send_text(&mut ws, &pkt("connect", user, room, ""));
+    assert_eq!(recv_json(&mut ws)["Header"]["Event"], "connect");
+    for o in others.iter_mut() {
+        let n = recv_json(o);
+        assert_eq!(n["Header"]["Event"], "connect", "{n}");
+        assert_eq!(n["Header"]["UserId"], user, "{n}");
+    }
+    ws
+}
+
+/// One masked client text frame (mask key 0, so the payload goes as it is).
+fn frame(payload: &str) -> Vec<u8> {
+    let p = payload.as_bytes();
+    let mut f = vec![0x81];
+    match p.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n < 65536 => {
+            f.push(0x80 | 126);
+            f.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend((n as u64).to_be_bytes());
+        }
+    }
+    f.extend([0, 0, 0, 0]);
+    f.extend(p);
+    f
+}
+
+/// Writes `count` broadcasts of `alice` in one TCP write; returns how many bytes that was.
+fn burst(ws: &mut Ws, user: &str, room: &str, count: usize) -> usize {
+    let mut bytes = Vec::new();
+    for i in 0..count {
+        bytes.extend(frame(&pkt(
+            "broadcast",
+            user,
+            room,
+            &format!("m{i} {}", "x".repeat(20)),
+        )));
+    }
+    ws.get_mut().write_all(&bytes).unwrap();
+    bytes.len()
+}
+
+/// The close frame's code, skipping text and pings until it comes.
+fn close_code(ws: &mut Ws) -> (u16, String, Vec<Value>) {
+    let mut texts = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => texts.push(serde_json::from_str(t.as_str()).unwrap()),
+            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string(), texts),
+            Ok(Message::Close(None)) => return (1005, String::new(), texts),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}; texts {texts:?}"),
+        }
+    }
+}
+
+/// Finding 1: about 300 small broadcasts in a single TCP write (33 KB) made the server
+/// close every other member of the room with 1013 "too slow", fast readers included,
+/// because a 256-message queue filled within one turn. Now the queue is judged by bytes
+/// and time, the burst is within the sender's rate, and every reader gets every message.
+#[test]
+fn one_burst_does_not_evict_the_room() {
+    let server = Server::builder().shards(2).spawn();
+    let room = "burst";
+    let mut mallory = join(&server, "mallory", room, &mut []);
+    let mut victims: Vec<Ws> = Vec::new();
+    for i in 0..3 {
+        let mut others: Vec<&mut Ws> = std::iter::once(&mut mallory)
+            .chain(victims.iter_mut())
+            .collect();
+        let v = join(&server, &format!("v{i}"), room, &mut others);
+        victims.push(v);
+    }
+    const COUNT: usize = 300;
+    let bytes = burst(&mut mallory, "mallory", room, COUNT);
+    assert!(bytes > 30_000, "the attack's size: {bytes} bytes");
+    for (i, v) in victims.iter_mut().enumerate() {
+        for n in 0..COUNT {
+            let m = recv_json(v);
+            assert_eq!(
+                m["Header"]["Event"], "broadcast",
+                "victim {i}, message {n}: {m}"
+            );
+            assert!(
+                m["Payload"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("m{n} ")),
+                "victim {i} in order: {m}"
+            );
+        }
+    }
+    // Everyone is still in the room and relays.
+    send_text(&mut victims[0], &pkt("broadcast", "v0", room, "after"));
+    for v in victims[1..].iter_mut().chain(std::iter::once(&mut mallory)) {
+        assert_eq!(recv_json(v)["Payload"], "after");
+    }
+    send_text(&mut mallory, &pkt("ping", "mallory", room, ""));
+    let ping = recv_json(&mut mallory);
+    assert_eq!(ping["Header"]["Event"], "ping", "{ping}");
+    let users = ping["Payload"].as_str().unwrap();
+    for u in ["mallory", "v0", "v1", "v2"] {
+        assert!(users.contains(u), "{u} still listed: {users}");
+    }
+}
+
+/// Finding 1, the sender's side: a client over its message rate gets an error and is
+/// closed with 1008 "rate limit"; the room hears it leave and keeps working.
+#[test]
+fn a_flooder_is_rate_limited_and_closed_alone() {
+    let server = Server::builder()
+        .shards(2)
+        .env("CORELAY_MESSAGES_PER_S", "50")
+        .env("CORELAY_MESSAGE_BURST", "100")
+        .spawn();
+    let room = "flood";
+    let mut mallory = join(&server, "mallory", room, &mut []);
+    let mut alice = join(&server, "alice", room, &mut [&mut mallory]);
+    let mut bob = join(&server, "bob", room, &mut [&mut mallory, &mut alice]);
+    burst(&mut mallory, "mallory", room, 1000);
+    let (code, reason, texts) = close_code(&mut mallory);
+    assert_eq!((code, reason.as_str()), (1008, "rate limit"));
+    let error = texts
+        .iter()
+        .find(|t| t["Header"]["Event"] == "error")
+        .expect("an error packet before the close");
+    assert!(
+        error["Payload"]
+            .as_str()
+            .unwrap()
+            .contains("limits.messages_per_s"),
+        "{error}"
+    );
+    // The victims got at most the burst, then mallory's disconnect; they keep working.
+    for v in [&mut alice, &mut bob] {
+        let mut got = 0;
+        loop {
+            let m = recv_json(v);
+            match m["Header"]["Event"].as_str().unwrap() {
+                "broadcast" => got += 1,
+                "disconnect" => {
+                    assert_eq!(m["Header"]["UserId"], "mallory");
+                    break;
+                }
+                other => panic!("unexpected {other}: {m}"),
+            }
+        }
+        assert!(got <= 101, "at most the burst went through: {got}");
+    }
+    send_text(&mut alice, &pkt("broadcast", "alice", room, "fine"));
+    assert_eq!(recv_json(&mut bob)["Payload"], "fine");
+    assert_eq!(server.health()["status"], "ok");
+}
+
+/// Finding 1, the reader's side: a client that stops reading is judged by the bytes
+/// waiting for it (limits.session_queue_bytes), and closed with 1013 once over them.
+#[test]
+fn a_reader_behind_by_bytes_is_closed_as_too_slow() {
+    let server = Server::builder()
+        .shards(1)
+        .env("CORELAY_SESSION_QUEUE_BYTES", "1048576")
+        .env("CORELAY_BYTES_PER_S", "1073741824")
+        .env("CORELAY_MESSAGE_BURST", "100000")
+        .env("CORELAY_WRITE_TIMEOUT_MS", "600000")
+        .spawn();
+    let room = "laggard";
+    let mut slow = join(&server, "slow", room, &mut []);
+    let mut alice = join(&server, "alice", room, &mut [&mut slow]);
+    let mut bob = join(&server, "bob", room, &mut [&mut slow, &mut alice]);
+    // 16 KiB payloads: the slow reader's socket buffers fill, then its 1 MiB queue; bob,
+    // who reads, is never that far behind.
+    let payload = "x".repeat(16 * 1024);
+    let started = Instant::now();
+    let mut sent = 0;
+    let reader = std::thread::spawn(move || {
+        // bob reads everything until slow's disconnect.
+        let mut got = 0;
+        loop {
+            let m = recv_json(&mut bob);
+            match m["Header"]["Event"].as_str().unwrap() {
+                "broadcast" => got += 1,
+                "disconnect" => {
+                    assert_eq!(m["Header"]["UserId"], "slow");
+                    return (got, bob);
+                }
+                other => panic!("unexpected {other}: {m}"),
+            }
+        }
+    });
+    while !reader.is_finished() && started.elapsed() < Duration::from_secs(20) {
+        send_text(&mut alice, &pkt("broadcast", "alice", room, &payload));
+        sent += 1;
+        // alice reads nothing back (her own broadcasts are not echoed).
+    }
+    let (got, mut bob) = reader.join().unwrap();
+    assert!(got > 0 && got <= sent, "bob got {got} of {sent}");
+    // The slow one is told why once it reads: its buffered messages, then 1013.
+    let (code, reason, _) = close_code(&mut slow);
+    assert_eq!((code, reason.as_str()), (1013, "too slow"));
+    send_text(&mut alice, &pkt("broadcast", "alice", room, "fine"));
+    loop {
+        let m = recv_json(&mut bob);
+        if m["Payload"] == "fine" {
+            break;
+        }
+    }
+}
