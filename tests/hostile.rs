@@ -227,3 +227,65 @@ fn a_reader_behind_by_bytes_is_closed_as_too_slow() {
         }
     }
 }
+
+/// Finding 2: a member that never reads stayed in its room as a ghost (ping listed it,
+/// nobody was told) until it read. Now a write that makes no progress for
+/// limits.write_timeout_ms ends the session, and the room hears the member leave.
+#[test]
+fn a_reader_that_never_reads_leaves_the_room() {
+    let server = Server::builder()
+        .shards(2)
+        .env("CORELAY_WRITE_TIMEOUT_MS", "1000")
+        // Neither its queue's bytes nor its lag would end it before the write timeout.
+        .env("CORELAY_SESSION_QUEUE_BYTES", "1073741824")
+        .env("CORELAY_SESSION_LAG_MS", "600000")
+        .env("CORELAY_BYTES_PER_S", "1073741824")
+        .spawn();
+    let room = "ghost";
+    let mut ghost = join(&server, "ghost", room, &mut []);
+    let mut alice = join(&server, "alice", room, &mut [&mut ghost]);
+    let mut bob = join(&server, "bob", room, &mut [&mut ghost, &mut alice]);
+    // 32 MiB of broadcasts: more than the loopback socket buffers of the ghost hold.
+    let payload = "x".repeat(64 * 1024);
+    const COUNT: usize = 512;
+    let reader = std::thread::spawn(move || {
+        let mut got = 0;
+        let mut left_at = None;
+        while got < COUNT || left_at.is_none() {
+            let m = recv_json(&mut bob);
+            match m["Header"]["Event"].as_str().unwrap() {
+                "broadcast" => got += 1,
+                "disconnect" => {
+                    assert_eq!(m["Header"]["UserId"], "ghost");
+                    left_at = Some(Instant::now());
+                }
+                other => panic!("unexpected {other}: {m}"),
+            }
+        }
+        (bob, left_at.unwrap())
+    });
+    for _ in 0..COUNT {
+        send_text(&mut alice, &pkt("broadcast", "alice", room, &payload));
+    }
+    let sent_at = Instant::now();
+    let (mut bob, left_at) = reader.join().unwrap();
+    assert!(
+        left_at.saturating_duration_since(sent_at) < Duration::from_secs(8),
+        "the ghost left within about the write timeout"
+    );
+    // alice heard it too, after her own broadcasts (none are echoed to her).
+    let d = recv_json(&mut alice);
+    assert_eq!(
+        (
+            d["Header"]["Event"].as_str(),
+            d["Header"]["UserId"].as_str()
+        ),
+        (Some("disconnect"), Some("ghost"))
+    );
+    send_text(&mut bob, &pkt("ping", "bob", room, ""));
+    let ping = recv_json(&mut bob);
+    let users = ping["Payload"].as_str().unwrap();
+    assert!(!users.contains("ghost"), "no ghost listed: {users}");
+    send_text(&mut alice, &pkt("broadcast", "alice", room, "fine"));
+    assert_eq!(recv_json(&mut bob)["Payload"], "fine");
+}

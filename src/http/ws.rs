@@ -7,9 +7,12 @@
 //! every byte read from the socket but not yet parsed is in [`FrameBoundedStream::leftover`],
 //! which travels with the socket.
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures::{AsyncRead, AsyncWrite};
 
@@ -94,6 +97,8 @@ pub struct FrameBoundedStream<S> {
     buf: Vec<u8>,
     /// Bytes of the current frame not yet handed out; 0 at a frame boundary.
     frame_left: u64,
+    /// When a write last took bytes (for the write timeout).
+    written_at: Rc<Cell<Instant>>,
 }
 
 impl<S> FrameBoundedStream<S> {
@@ -103,7 +108,13 @@ impl<S> FrameBoundedStream<S> {
             inner,
             buf: already_read,
             frame_left: 0,
+            written_at: Rc::new(Cell::new(Instant::now())),
         }
+    }
+
+    /// When a write last took bytes, shared: the session watches it while it writes.
+    pub fn written_at(&self) -> Rc<Cell<Instant>> {
+        self.written_at.clone()
     }
 
     pub fn get_ref(&self) -> &S {
@@ -171,7 +182,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameBoundedStream<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for FrameBoundedStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, b);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                this.written_at.set(Instant::now());
+            }
+        }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)

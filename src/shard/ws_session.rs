@@ -48,12 +48,20 @@ pub(super) async fn start(
             let _ = resp.write_to(&mut stream, false).await;
         }
         Ok(reply) => {
-            if stream.write_all(&reply).await.is_err() || stream.flush().await.is_err() {
+            let write_timeout = shard.config.limits.write_timeout;
+            let upgrade = async {
+                stream.write_all(&reply).await?;
+                stream.flush().await
+            };
+            if !matches!(within(write_timeout, upgrade).await, Some(Ok(()))) {
                 return;
             }
             let mut ws = websocket(&shard, stream, leftover).await;
             if let Some(text) = dialect.opening() {
-                if ws.send(Message::text(text)).await.is_err() {
+                if !matches!(
+                    within(write_timeout, ws.send(Message::text(text))).await,
+                    Some(Ok(()))
+                ) {
                     return;
                 }
             }
@@ -147,7 +155,8 @@ async fn run(
                 let len = m.len();
                 if let Err(reason) = limit.admit(len, Instant::now()) {
                     // Over its rate: this client alone learns why and is closed.
-                    let _ = ws.send(Message::text(dialect.error_text(&reason))).await;
+                    let error = Message::text(dialect.error_text(&reason));
+                    let _ = within(CLOSE_WAIT, ws.send(error)).await;
                     close(&mut ws, &*dialect, CloseCode::Policy, "rate limit").await;
                     break End::Closed("rate limit");
                 }
@@ -167,7 +176,8 @@ async fn run(
                     Step::Reply(replies) => replies,
                     Step::Close(texts, code) => {
                         for t in texts {
-                            let _ = ws.send(Message::text(t)).await;
+                            let write_timeout = shard.config.limits.write_timeout;
+                            let _ = within(write_timeout, ws.send(Message::text(t))).await;
                         }
                         close(&mut ws, &*dialect, close_code(code), "").await;
                         break End::Closed("closed by the dialect");
@@ -200,9 +210,10 @@ async fn run(
                     "message too large: {e} (limit {} bytes)",
                     shard.config.max_message_bytes
                 );
-                let _ = ws.send(Message::text(dialect.error_text(&reason))).await;
+                let error = Message::text(dialect.error_text(&reason));
+                let _ = within(CLOSE_WAIT, ws.send(error)).await;
                 if let Some(text) = dialect.closing(CloseCode::Size.into(), "message too large") {
-                    let _ = ws.send(Message::text(text)).await;
+                    let _ = within(CLOSE_WAIT, ws.send(Message::text(text))).await;
                 }
                 // No wait for the client's Close: the rest of its frame cannot be parsed.
                 let _ = within(
@@ -236,7 +247,8 @@ async fn run(
         }
         let mut failed = None;
         for text in replies {
-            if let Err(why) = deliver(&mut ws, &rx, Message::text(text)).await {
+            let write_timeout = shard.config.limits.write_timeout;
+            if let Err(why) = deliver(&mut ws, &rx, Message::text(text), write_timeout).await {
                 failed = Some(why);
                 break;
             }
@@ -244,6 +256,12 @@ async fn run(
         match failed {
             None => {}
             Some(Undelivered::Failed) => break End::Closed("send failed"),
+            Some(Undelivered::Stalled) => {
+                // Its socket took nothing for limits.write_timeout_ms: the client is gone
+                // or reads nothing; the session ends and leaves its room.
+                close(&mut ws, &*dialect, CloseCode::Policy, "write timeout").await;
+                break End::Closed("write timeout");
+            }
             Some(Undelivered::TooSlow) => {
                 close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
                 break End::Closed("too slow");
@@ -278,18 +296,40 @@ enum Undelivered {
     Failed,
     /// The session was cut loose (too far behind) while the write waited.
     TooSlow,
+    /// The write made no progress for `limits.write_timeout_ms`.
+    Stalled,
 }
 
 /// Sends one message; a write still blocked when the session is cut loose as too slow
 /// (its queue over its bytes or lag) gives up, so that a client which reads nothing cannot
-/// hold its session, and its room membership, open.
-async fn deliver(ws: &mut Ws, rx: &OutboundRx, msg: Message) -> Result<(), Undelivered> {
+/// hold its session, and its room membership, open; so does one whose socket takes no
+/// byte for `write_timeout`.
+async fn deliver(
+    ws: &mut Ws,
+    rx: &OutboundRx,
+    msg: Message,
+    write_timeout: Duration,
+) -> Result<(), Undelivered> {
+    let written_at = ws.get_ref().written_at();
+    written_at.set(Instant::now());
     let send = ws.send(msg).fuse();
     let cut = rx.cut().fuse();
-    futures::pin_mut!(send, cut);
+    // Stalled: no byte taken for `write_timeout` (a slow link that takes bytes is not).
+    let stalled = async {
+        loop {
+            let deadline = written_at.get() + write_timeout;
+            if Instant::now() >= deadline {
+                break;
+            }
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        }
+    }
+    .fuse();
+    futures::pin_mut!(send, cut, stalled);
     futures::select! {
         r = send => r.map_err(|_| Undelivered::Failed),
         _ = cut => Err(Undelivered::TooSlow),
+        _ = stalled => Err(Undelivered::Stalled),
     }
 }
 
@@ -325,7 +365,10 @@ async fn relocate(
     owner: usize,
     peer: Option<std::net::SocketAddr>,
 ) {
-    if ws.flush().await.is_err() {
+    if !matches!(
+        within(shard.config.limits.write_timeout, ws.flush()).await,
+        Some(Ok(()))
+    ) {
         return;
     }
     let leftover = ws.get_mut().take_leftover();
