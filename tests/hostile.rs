@@ -289,3 +289,223 @@ fn a_reader_that_never_reads_leaves_the_room() {
     send_text(&mut alice, &pkt("broadcast", "alice", room, "fine"));
     assert_eq!(recv_json(&mut bob)["Payload"], "fine");
 }
+
+/// Sends a request head announcing `len` body bytes (no body follows) on a fresh
+/// connection; returns the status and how long the answer took.
+fn head_only(port: u16, method: &str, path: &str, extra: &str, len: usize) -> (u16, Duration) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let started = Instant::now();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Content-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    let (status, _) = read_response(&mut s).expect("an answer without the body");
+    (status, started.elapsed())
+}
+
+/// Finding 3, HTTP: request bodies were read before the route was known or the token
+/// checked (even for GET /health), so a client announcing 1 MiB pinned it unanswered.
+/// Now a request that takes no body, or whose token is refused, is answered from its head.
+#[test]
+fn bodies_are_not_read_before_the_route_and_the_token() {
+    let server = Server::builder().shards(2).spawn();
+    let mib = 1 << 20;
+    let quick = Duration::from_secs(3);
+    for (method, path, extra, want) in [
+        ("GET", "/health", "", 200),
+        ("POST", "/nowhere", "", 404),
+        ("POST", "/login", "", 404), // login is off with a JWT secret
+        ("POST", "/whip/room1", "", 401),
+        (
+            "POST",
+            "/whip/room1",
+            "Authorization: Bearer garbage\r\n",
+            401,
+        ),
+        ("POST", "/whep/room1", "", 401),
+    ] {
+        let (status, took) = head_only(server.port, method, path, extra, mib);
+        assert_eq!(status, want, "{method} {path} {extra:?}");
+        assert!(
+            took < quick,
+            "{method} {path} answered in {took:?}, body unread"
+        );
+    }
+}
+
+/// Finding 3, HTTP: a budget of buffered request body bytes per shard; a body beyond it
+/// gets 503 with Retry-After, and the budget comes back when the holders go.
+#[test]
+fn request_bodies_beyond_the_shards_budget_get_503() {
+    let server = Server::builder()
+        .shards(1)
+        .env("CORELAY_REQUEST_BUFFER_BYTES", "2097152")
+        .spawn();
+    let auth = format!("Authorization: Bearer {}\r\n", token("w", None));
+    // Two slow uploads of 1 MiB each hold the whole budget.
+    let holders: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            write!(
+                s,
+                "POST /whip/room1 HTTP/1.1\r\nHost: h\r\n{auth}Content-Type: application/sdp\r\n\
+                 Content-Length: 1048576\r\n\r\nv=0\r\n"
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, headers, body) = http_with_headers(
+        server.port,
+        "POST",
+        "/whip/room1",
+        &[
+            ("Authorization", &format!("Bearer {}", token("w", None))),
+            ("Content-Type", "application/sdp"),
+        ],
+        b"v=0\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        headers.iter().any(|(k, _)| k == "retry-after"),
+        "{headers:?}"
+    );
+    assert!(body.contains("limits.request_buffer_bytes"), "{body}");
+    // Requests without a body are served meanwhile.
+    assert_eq!(server.health()["status"], "ok");
+    drop(holders);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _, body) = http_with_headers(
+        server.port,
+        "POST",
+        "/whip/room1",
+        &[
+            ("Authorization", &format!("Bearer {}", token("w", None))),
+            ("Content-Type", "application/sdp"),
+        ],
+        b"v=0\r\n",
+    )
+    .unwrap();
+    assert_ne!(status, 503, "the budget came back: {body}");
+}
+
+/// Finding 3, /pubsub before `auth`: a frame over limits.unauthenticated_message_bytes is
+/// refused from its header (error, close 1009) instead of being buffered, and a client that
+/// does not authenticate within limits.auth_timeout_ms gets an error and close 1008.
+#[test]
+fn unauthenticated_pubsub_sockets_hold_nothing_for_long() {
+    let server = Server::builder()
+        .shards(1)
+        .env("CORELAY_AUTH_TIMEOUT_MS", "1000")
+        .spawn();
+    // A frame announcing 1 MiB, of which only a little is sent.
+    let mut ws = ws_connect(server.port, "/pubsub").unwrap();
+    let mut partial = vec![0x81, 0x80 | 127];
+    partial.extend((1u64 << 20).to_be_bytes());
+    partial.extend([0, 0, 0, 0]);
+    partial.extend([b'x'; 100]);
+    ws.get_mut().write_all(&partial).unwrap();
+    let started = Instant::now();
+    let (code, _, texts) = close_code(&mut ws);
+    assert_eq!(code, 1009, "{texts:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        texts.iter().any(|t| t
+            .to_string()
+            .contains("limits.unauthenticated_message_bytes")),
+        "{texts:?}"
+    );
+
+    // No auth at all: closed after the deadline.
+    let mut idle = ws_connect(server.port, "/pubsub").unwrap();
+    let started = Instant::now();
+    let (code, _, texts) = close_code(&mut idle);
+    let took = started.elapsed();
+    assert_eq!(code, 1008, "{texts:?}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.to_string().contains("limits.auth_timeout_ms")),
+        "{texts:?}"
+    );
+
+    // Authenticated in time: large messages are fine afterwards, and the deadline is off.
+    let mut ok = ws_connect(server.port, "/pubsub").unwrap();
+    send_text(
+        &mut ok,
+        &json!({"type": "auth", "token": token("p", None)}).to_string(),
+    );
+    assert_eq!(recv_json(&mut ok)["type"], "auth-ok");
+    std::thread::sleep(Duration::from_millis(1500));
+    let big = json!({"type": "nonsense", "pad": "x".repeat(64 * 1024)}).to_string();
+    send_text(&mut ok, &big);
+    let answer = recv_json(&mut ok);
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert!(
+        !answer.to_string().contains("too large"),
+        "64 KiB is fine once authenticated: {answer}"
+    );
+}
+
+/// Finding 3, every WebSocket: a client that sends no frame for limits.idle_timeout_ms is
+/// closed with 1001; the server pings it every half of that, so a client that answers
+/// pings (every browser does) stays.
+#[test]
+fn idle_websockets_are_pinged_and_closed_when_silent() {
+    let server = Server::builder()
+        .shards(1)
+        .env("CORELAY_IDLE_TIMEOUT_MS", "1000")
+        .spawn();
+    let path = format!("/p2p?token={}", token("quiet", None));
+    // A client that answers pings (tungstenite does when it reads) stays open.
+    let mut live = ws_connect(server.port, &path).unwrap();
+    let until = Instant::now() + Duration::from_millis(2500);
+    let mut pings = 0;
+    while Instant::now() < until {
+        live.get_mut()
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match live.read() {
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(Message::Close(c)) => panic!("a live client was closed: {c:?}"),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{e}"),
+        }
+        let _ = live.flush();
+    }
+    assert!(pings >= 2, "pinged every half idle timeout: {pings}");
+    live.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    send_text(&mut live, &pkt("connect", "quiet", "r", ""));
+    assert_eq!(recv_json(&mut live)["Header"]["Event"], "connect");
+
+    // A client that sends nothing, pongs included (raw reads: no pong goes back).
+    let mut silent = ws_connect(server.port, &path).unwrap();
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    let _ = std::io::Read::read_to_end(silent.get_mut(), &mut bytes);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "closed after the idle timeout: {took:?}"
+    );
+    // The close frame: 0x88, length, then 1001 (0x03e9).
+    let close = bytes
+        .windows(4)
+        .any(|w| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xe9);
+    assert!(close, "a 1001 close frame in {bytes:?}");
+}

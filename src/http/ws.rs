@@ -99,6 +99,28 @@ pub struct FrameBoundedStream<S> {
     frame_left: u64,
     /// When a write last took bytes (for the write timeout).
     written_at: Rc<Cell<Instant>>,
+    /// Largest frame accepted; a larger one fails with [`FrameTooLarge`] from its header,
+    /// before any of its payload is buffered.
+    max_frame: u64,
+}
+
+/// A frame header announced more than [`FrameBoundedStream::set_max_frame`] allows.
+#[derive(Debug)]
+pub struct FrameTooLarge {
+    pub limit: u64,
+}
+
+impl std::fmt::Display for FrameTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "frame over {} bytes", self.limit)
+    }
+}
+
+impl std::error::Error for FrameTooLarge {}
+
+/// Whether a read error is a [`FrameTooLarge`].
+pub fn is_frame_too_large(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|e| e.is::<FrameTooLarge>())
 }
 
 impl<S> FrameBoundedStream<S> {
@@ -109,7 +131,13 @@ impl<S> FrameBoundedStream<S> {
             buf: already_read,
             frame_left: 0,
             written_at: Rc::new(Cell::new(Instant::now())),
+            max_frame: u64::MAX,
         }
+    }
+
+    /// Refuses frames whose payload is over `limit` bytes from their header on.
+    pub fn set_max_frame(&mut self, limit: u64) {
+        self.max_frame = limit;
     }
 
     /// When a write last took bytes, shared: the session watches it while it writes.
@@ -152,6 +180,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameBoundedStream<S> {
         loop {
             if this.frame_left == 0 {
                 match frame_len(&this.buf) {
+                    Some(len) if len > this.max_frame.saturating_add(14) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            FrameTooLarge {
+                                limit: this.max_frame,
+                            },
+                        )));
+                    }
                     Some(len) => this.frame_left = len,
                     None => {
                         if futures::ready!(this.poll_fill(cx))? == 0 {
@@ -238,6 +274,20 @@ mod tests {
         assert_eq!(frame_len(&frame(&[0; 300])), Some(4 + 4 + 300));
         assert_eq!(frame_len(&frame(&[0; 70_000])), Some(10 + 4 + 70_000));
         assert_eq!(frame_len(&[0x81]), None);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_fails_from_its_header() {
+        let mut header = frame(&[0; 70_000]);
+        header.truncate(14); // the header alone: no payload sent
+        let mut s = FrameBoundedStream::new(futures::io::Cursor::new(header), Vec::new());
+        s.set_max_frame(4096);
+        let mut out = vec![0u8; 1024];
+        let e = futures::executor::block_on(s.read(&mut out)).unwrap_err();
+        assert!(is_frame_too_large(&e), "{e}");
+        let mut s = FrameBoundedStream::new(futures::io::Cursor::new(frame(b"ok")), Vec::new());
+        s.set_max_frame(4096);
+        assert!(futures::executor::block_on(s.read(&mut out)).is_ok());
     }
 
     #[test]

@@ -251,6 +251,8 @@ pub struct Shard {
     pub sockjs_directory: Arc<super::sockjs_handle::Directory>,
     pub pending_stats:
         RefCell<HashMap<u64, futures::channel::oneshot::Sender<super::mesh::Answer>>>,
+    /// Request body bytes being read on this shard (`limits.request_buffer_bytes`).
+    pub request_bytes: Cell<usize>,
     pub(super) next_id: Cell<u64>,
     pub(super) shutdown_tx: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
     pub shutdown: ShutdownSignal,

@@ -92,6 +92,10 @@ enum Event {
     Outgoing(Option<Outbound>),
     Heartbeat,
     Shutdown,
+    /// No `auth` within `limits.auth_timeout_ms`.
+    AuthTimeout,
+    /// Half the idle timeout, or all of it, passed without a frame from the client.
+    Idle,
 }
 
 /// Sleeps until `at`; never wakes for `None`.
@@ -135,21 +139,46 @@ async fn run(
     // What this client may send, and the work done since this task last yielded.
     let mut limit = SenderLimit::new(&shard.config, Instant::now());
     let (mut turn_messages, mut turn_bytes) = (0usize, 0usize);
+    // Until it authenticates, a client sends small frames only, within a deadline.
+    let limits = &shard.config.limits;
+    let mut authenticated = dialect.authenticated();
+    let mut auth_deadline = None;
+    if !authenticated {
+        ws.get_mut()
+            .set_max_frame(limits.unauthenticated_message_bytes as u64);
+        auth_deadline = Some(Instant::now() + limits.auth_timeout);
+    }
+    // Any frame from the client (pongs included) counts as life; a silent one is pinged
+    // after half the idle timeout and closed after all of it.
+    let mut heard_at = Instant::now();
+    let mut pinged = false;
 
     let end = loop {
         let event = match pending.take() {
             Some(text) => Event::Incoming(Some(Ok(Message::text(text)))),
             None => {
                 let beat = sleep_until(next_beat).fuse();
-                futures::pin_mut!(beat);
+                let auth = sleep_until(auth_deadline).fuse();
+                let idle_at = if pinged {
+                    heard_at + limits.idle_timeout
+                } else {
+                    heard_at + limits.idle_timeout / 2
+                };
+                let idle = sleep_until(Some(idle_at)).fuse();
+                futures::pin_mut!(beat, auth, idle);
                 futures::select! {
                     m = ws.next() => Event::Incoming(m),
                     o = rx.next() => Event::Outgoing(o),
                     _ = beat => Event::Heartbeat,
                     _ = shutdown => Event::Shutdown,
+                    _ = auth => Event::AuthTimeout,
+                    _ = idle => Event::Idle,
                 }
             }
         };
+        if let Event::Incoming(Some(_)) = &event {
+            (heard_at, pinged) = (Instant::now(), false);
+        }
         if let Event::Incoming(Some(Ok(m))) = &event {
             if !matches!(m, Message::Close(_)) {
                 let len = m.len();
@@ -223,6 +252,28 @@ async fn run(
                 .await;
                 break End::Closed("message too large");
             }
+            Event::Incoming(Some(Err(WsError::Io(e)))) if ws::is_frame_too_large(&e) => {
+                // Refused from the frame's header: none of its payload was buffered.
+                let reason = format!(
+                    "message too large before authentication (limit {} bytes, \
+                     limits.unauthenticated_message_bytes): authenticate first",
+                    limits.unauthenticated_message_bytes
+                );
+                let _ = within(
+                    CLOSE_WAIT,
+                    ws.send(Message::text(dialect.error_text(&reason))),
+                )
+                .await;
+                if let Some(text) = dialect.closing(CloseCode::Size.into(), "message too large") {
+                    let _ = within(CLOSE_WAIT, ws.send(Message::text(text))).await;
+                }
+                let _ = within(
+                    CLOSE_WAIT,
+                    send_close(&mut ws, CloseCode::Size, "message too large"),
+                )
+                .await;
+                break End::Closed("message too large before authentication");
+            }
             Event::Incoming(Some(Err(_))) => break End::Closed("protocol error"),
             Event::Outgoing(Some(Outbound::Text(text))) => vec![dialect.delivery(&text)],
             Event::Outgoing(Some(Outbound::Notice(n))) => dialect.notice(&n).into_iter().collect(),
@@ -237,11 +288,47 @@ async fn run(
                 break End::Closed("too slow");
             }
             Event::Heartbeat => heartbeat.iter().map(|(_, text)| text.clone()).collect(),
+            Event::AuthTimeout => {
+                let reason = format!(
+                    "not authenticated within {} ms (limits.auth_timeout_ms): send auth first",
+                    limits.auth_timeout.as_millis()
+                );
+                let _ = within(
+                    CLOSE_WAIT,
+                    ws.send(Message::text(dialect.error_text(&reason))),
+                )
+                .await;
+                close(
+                    &mut ws,
+                    &*dialect,
+                    CloseCode::Policy,
+                    "authentication timeout",
+                )
+                .await;
+                break End::Closed("authentication timeout");
+            }
+            Event::Idle if Instant::now() >= heard_at + limits.idle_timeout => {
+                close(&mut ws, &*dialect, CloseCode::Away, "idle timeout").await;
+                break End::Closed("idle timeout");
+            }
+            Event::Idle => {
+                pinged = true;
+                let ping = ws.send(Message::Ping(Vec::new().into()));
+                if !matches!(within(limits.write_timeout, ping).await, Some(Ok(()))) {
+                    break End::Closed("ping failed");
+                }
+                Vec::new()
+            }
             Event::Shutdown => {
                 close(&mut ws, &*dialect, CloseCode::Away, "server shutting down").await;
                 break End::Closed("server shutdown");
             }
         };
+        if !authenticated && dialect.authenticated() {
+            authenticated = true;
+            ws.get_mut().set_max_frame(u64::MAX);
+            auth_deadline = None;
+        }
         if !replies.is_empty() {
             next_beat = beat_after(Instant::now());
         }
