@@ -1,4 +1,5 @@
-//! Per-client rate limits: token buckets of messages and bytes a client may send
+//! Per-client rate limits (WebSocket and SockJS sessions): token buckets of messages and
+//! bytes a client may send
 //! (`limits.messages_per_s`, `limits.message_burst`, `limits.bytes_per_s`), and the bound on
 //! the work one session does per executor turn.
 

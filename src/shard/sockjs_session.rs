@@ -133,6 +133,7 @@ fn spawn(shard: &Rc<Shard>, m: Moving, open_pending: bool) -> Handle {
         closed: None,
         receiver: None,
         detached_at: Instant::now(),
+        limit: super::rate::SenderLimit::new(&shard.config, Instant::now()),
     };
     glommio::spawn_local(session.run(rx, out_rx)).detach();
     handle
@@ -161,6 +162,8 @@ struct Session {
     closed: Option<String>,
     receiver: Option<Attached>,
     detached_at: Instant,
+    /// What this client may send (the same limits as a WebSocket client's).
+    limit: super::rate::SenderLimit,
 }
 
 enum Event {
@@ -248,7 +251,19 @@ impl Session {
             match event {
                 Event::Cmd(Some(Cmd::Send { messages, done })) => {
                     if self.closed.is_none() {
-                        self.inbox.extend(messages);
+                        let now = Instant::now();
+                        let over = messages
+                            .iter()
+                            .find_map(|m| self.limit.admit(m.len(), now).err());
+                        match over {
+                            None => self.inbox.extend(messages),
+                            Some(reason) => {
+                                // Over its rate: none of this batch is relayed; this
+                                // client alone learns why and is closed.
+                                self.outbox.push_back(self.dialect.error_text(&reason));
+                                self.close(1008, "rate limit");
+                            }
+                        }
                         let _ = done.send(());
                     }
                 }
