@@ -102,6 +102,9 @@ pub struct FrameBoundedStream<S> {
     /// Largest frame accepted; a larger one fails with [`FrameTooLarge`] from its header,
     /// before any of its payload is buffered.
     max_frame: u64,
+    /// Bytes of the data frames of the message being received (fragments add up), held
+    /// against `max_frame` too.
+    message_bytes: u64,
 }
 
 /// A frame header announced more than [`FrameBoundedStream::set_max_frame`] allows.
@@ -132,6 +135,7 @@ impl<S> FrameBoundedStream<S> {
             frame_left: 0,
             written_at: Rc::new(Cell::new(Instant::now())),
             max_frame: u64::MAX,
+            message_bytes: 0,
         }
     }
 
@@ -161,6 +165,19 @@ impl<S> FrameBoundedStream<S> {
     }
 }
 
+impl<S> FrameBoundedStream<S> {
+    /// The bytes of the message so far with the frame of `len` starting at `buf[0]`; a
+    /// data frame starts a message, a continuation adds to it, a control frame stands alone.
+    fn message_total(&mut self, len: u64) -> u64 {
+        match self.buf[0] & 0x0f {
+            0x0 => self.message_bytes = self.message_bytes.saturating_add(len),
+            op if op < 0x8 => self.message_bytes = len,
+            _ => return len,
+        }
+        self.message_bytes
+    }
+}
+
 impl<S: AsyncRead + Unpin> FrameBoundedStream<S> {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let mut chunk = [0u8; 4096];
@@ -180,7 +197,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameBoundedStream<S> {
         loop {
             if this.frame_left == 0 {
                 match frame_len(&this.buf) {
-                    Some(len) if len > this.max_frame.saturating_add(14) => {
+                    Some(len)
+                        if this.max_frame != u64::MAX
+                            && this.message_total(len) > this.max_frame.saturating_add(14) =>
+                    {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::InvalidData,
                             FrameTooLarge {
@@ -288,6 +308,24 @@ mod tests {
         let mut s = FrameBoundedStream::new(futures::io::Cursor::new(frame(b"ok")), Vec::new());
         s.set_max_frame(4096);
         assert!(futures::executor::block_on(s.read(&mut out)).is_ok());
+        // Fragments of one message add up: a text frame without FIN, then continuations.
+        let mut fragments = Vec::new();
+        for i in 0..3 {
+            let mut f = frame(&[b'x'; 2000]);
+            f[0] = if i == 0 { 0x01 } else { 0x00 };
+            fragments.extend(f);
+        }
+        let mut s = FrameBoundedStream::new(futures::io::Cursor::new(fragments), Vec::new());
+        s.set_max_frame(4096);
+        let mut big = vec![0u8; 8192];
+        let mut result = Ok(0);
+        for _ in 0..3 {
+            result = futures::executor::block_on(s.read(&mut big));
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(result.is_err_and(|e| is_frame_too_large(&e)));
     }
 
     #[test]
