@@ -77,6 +77,26 @@ pub const KEYS: &[KeySpec] = &[
         "Let peer-to-peer relay clients connect without a token (UserId then comes from the packet)"),
     key!("limits.max_message_bytes", Some("CORELAY_MAX_MESSAGE_BYTES"), "max-message-bytes", Some("1048576"),
         "Largest WebSocket message or HTTP body accepted, in bytes"),
+    key!("limits.session_queue_bytes", Some("CORELAY_SESSION_QUEUE_BYTES"), "session-queue-bytes", Some("4194304"),
+        "Bytes of messages that may wait for one slow client (a WebSocket or SockJS session); beyond them it is closed with 1013 too slow (one message always fits)"),
+    key!("limits.session_lag_ms", Some("CORELAY_SESSION_LAG_MS"), "session-lag-ms", Some("10000"),
+        "A client whose oldest waiting message has waited longer than this when the next one comes is closed with 1013 too slow"),
+    key!("limits.messages_per_s", Some("CORELAY_MESSAGES_PER_S"), "messages-per-s", Some("200"),
+        "Messages one client may send per second on average (WebSocket: every frame, pings included; SockJS: each message of an xhr_send); over it (and the burst) it gets an error and is closed with 1008 rate limit"),
+    key!("limits.message_burst", Some("CORELAY_MESSAGE_BURST"), "message-burst", Some("1000"),
+        "Messages one client may send at once above limits.messages_per_s (the token bucket's size)"),
+    key!("limits.bytes_per_s", Some("CORELAY_BYTES_PER_S"), "bytes-per-s", Some("4194304"),
+        "Message bytes one client may send per second on average (burst: this or limits.max_message_bytes, the larger); over it: an error and close 1008 rate limit"),
+    key!("limits.write_timeout_ms", Some("CORELAY_WRITE_TIMEOUT_MS"), "write-timeout-ms", Some("10000"),
+        "A WebSocket whose client accepts no bytes for this long is closed and leaves its room"),
+    key!("limits.idle_timeout_ms", Some("CORELAY_IDLE_TIMEOUT_MS"), "idle-timeout-ms", Some("60000"),
+        "A WebSocket with no frame from its client (pongs included) for this long is closed with 1001; the server pings every half of it"),
+    key!("limits.auth_timeout_ms", Some("CORELAY_AUTH_TIMEOUT_MS"), "auth-timeout-ms", Some("5000"),
+        "A /pubsub client that did not authenticate (token or auth message) within this time gets an error and is closed with 1008"),
+    key!("limits.unauthenticated_message_bytes", Some("CORELAY_UNAUTHENTICATED_MESSAGE_BYTES"), "unauthenticated-message-bytes", Some("4096"),
+        "Largest WebSocket message accepted on /pubsub before it authenticates, in bytes (over it: error, close 1009)"),
+    key!("limits.request_buffer_bytes", Some("CORELAY_REQUEST_BUFFER_BYTES"), "request-buffer-bytes", Some("67108864"),
+        "Request body bytes one shard may hold at once across its connections; a body that would exceed it gets 503 with Retry-After"),
     key!("tls.cert", Some("CORELAY_TLS_CERT"), "tls-cert", None,
         "PEM certificate chain; with tls.key, the HTTP port speaks HTTPS/WSS only"),
     key!("tls.key", Some("CORELAY_TLS_KEY"), "tls-key", None,
@@ -348,6 +368,27 @@ impl Layers {
                     .filter(|n| (1024..=64 << 20).contains(n))
             },
         )?;
+        let count = |key, lo: u64, hi: u64| {
+            self.required(key, &format!("a number between {lo} and {hi}"), |s| {
+                s.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n))
+            })
+        };
+        let limits = Limits {
+            session_queue_bytes: count("limits.session_queue_bytes", 1024, 1 << 30)? as usize,
+            session_lag: millis("limits.session_lag_ms", 10, 600_000)?,
+            messages_per_s: count("limits.messages_per_s", 1, 1_000_000)? as u32,
+            message_burst: count("limits.message_burst", 1, 10_000_000)? as u32,
+            bytes_per_s: count("limits.bytes_per_s", 1024, 1 << 32)? as usize,
+            write_timeout: millis("limits.write_timeout_ms", 10, 600_000)?,
+            idle_timeout: millis("limits.idle_timeout_ms", 100, 3_600_000)?,
+            auth_timeout: millis("limits.auth_timeout_ms", 10, 600_000)?,
+            unauthenticated_message_bytes: count(
+                "limits.unauthenticated_message_bytes",
+                256,
+                64 << 20,
+            )? as usize,
+            request_buffer_bytes: count("limits.request_buffer_bytes", 1024, 1 << 40)? as usize,
+        };
         let log_level = self.required(
             "log.level",
             "a tracing filter such as info or corelay=debug",
@@ -412,6 +453,7 @@ impl Layers {
             permissions_url,
             permissions_timeout,
             max_message_bytes,
+            limits,
             log_level,
             log_format,
             log_file,
@@ -530,10 +572,27 @@ pub struct Config {
     pub permissions_url: Option<String>,
     pub permissions_timeout: Duration,
     pub max_message_bytes: usize,
+    /// What one client may cost the others (the `limits.*` settings).
+    pub limits: Limits,
     pub log_level: String,
     pub log_format: LogFormat,
     /// Extra log destination, rotated daily; stdout always gets the logs too.
     pub log_file: Option<PathBuf>,
+}
+
+/// The `limits.*` settings beyond `max_message_bytes`: what one client may hold or send.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub session_queue_bytes: usize,
+    pub session_lag: Duration,
+    pub messages_per_s: u32,
+    pub message_burst: u32,
+    pub bytes_per_s: usize,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub auth_timeout: Duration,
+    pub unauthenticated_message_bytes: usize,
+    pub request_buffer_bytes: usize,
 }
 
 impl Config {

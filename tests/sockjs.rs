@@ -795,3 +795,47 @@ fn an_abandoned_session_times_out_and_releases_its_membership() {
     let (status, _) = pat.send(&[pkt("ping", "pat", room, "")]);
     assert_eq!(status, 404);
 }
+
+/// Issue 14, finding 1 over SockJS: an `xhr_send` over the client's message rate relays
+/// nothing of that batch; the sender gets the error packet and `c[1008,"rate limit"]`,
+/// and the room keeps working.
+#[test]
+fn a_flooding_xhr_send_is_rate_limited_alone() {
+    let server = Server::builder()
+        .shards(1)
+        .env("CORELAY_MESSAGES_PER_S", "50")
+        .env("CORELAY_MESSAGE_BURST", "100")
+        .spawn();
+    let q = |user: &str| format!("?token={}", token(user, None));
+    let room = "sockjs-flood";
+    let mut wes = ws_connect(server.port, &format!("/p2p{}", q("wes"))).unwrap();
+    send_text(&mut wes, &pkt("connect", "wes", room, ""));
+    assert_eq!(recv_json(&mut wes)["Payload"], "true");
+    let mut pat = Client::new(server.port, "/echo", "flood", &q("pat"), false);
+    pat.open();
+    pat.send_ok(&[pkt("connect", "pat", room, "")]);
+    assert_eq!(pat.recv()["Header"]["Event"], "connect");
+    assert_eq!(recv_json(&mut wes)["Header"]["UserId"], "pat");
+    let flood: Vec<String> = (0..500)
+        .map(|i| pkt("broadcast", "pat", room, &format!("{i}")))
+        .collect();
+    let (status, _) = pat.send(&flood);
+    assert_eq!(status, 204);
+    let mut frames = Vec::new();
+    while !frames.iter().any(|f: &String| f.starts_with('c')) {
+        frames.extend(pat.receive());
+    }
+    let all = frames.join("\n");
+    assert!(all.contains("limits.messages_per_s"), "{all}");
+    assert!(all.contains(r#"c[1008,"rate limit"]"#), "{all}");
+    // wes got none of the batch and keeps working.
+    let mut other = ws_connect(server.port, &format!("/p2p{}", q("ann"))).unwrap();
+    send_text(&mut other, &pkt("connect", "ann", room, ""));
+    assert_eq!(recv_json(&mut other)["Header"]["Event"], "connect");
+    let next = recv_json(&mut wes);
+    assert_eq!(
+        next["Header"]["Event"], "connect",
+        "no broadcast of the flood: {next}"
+    );
+    assert_eq!(next["Header"]["UserId"], "ann");
+}

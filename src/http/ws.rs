@@ -7,9 +7,12 @@
 //! every byte read from the socket but not yet parsed is in [`FrameBoundedStream::leftover`],
 //! which travels with the socket.
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures::{AsyncRead, AsyncWrite};
 
@@ -94,6 +97,33 @@ pub struct FrameBoundedStream<S> {
     buf: Vec<u8>,
     /// Bytes of the current frame not yet handed out; 0 at a frame boundary.
     frame_left: u64,
+    /// When a write last took bytes (for the write timeout).
+    written_at: Rc<Cell<Instant>>,
+    /// Largest frame accepted; a larger one fails with [`FrameTooLarge`] from its header,
+    /// before any of its payload is buffered.
+    max_frame: u64,
+    /// Bytes of the data frames of the message being received (fragments add up), held
+    /// against `max_frame` too.
+    message_bytes: u64,
+}
+
+/// A frame header announced more than [`FrameBoundedStream::set_max_frame`] allows.
+#[derive(Debug)]
+pub struct FrameTooLarge {
+    pub limit: u64,
+}
+
+impl std::fmt::Display for FrameTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "frame over {} bytes", self.limit)
+    }
+}
+
+impl std::error::Error for FrameTooLarge {}
+
+/// Whether a read error is a [`FrameTooLarge`].
+pub fn is_frame_too_large(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|e| e.is::<FrameTooLarge>())
 }
 
 impl<S> FrameBoundedStream<S> {
@@ -103,7 +133,20 @@ impl<S> FrameBoundedStream<S> {
             inner,
             buf: already_read,
             frame_left: 0,
+            written_at: Rc::new(Cell::new(Instant::now())),
+            max_frame: u64::MAX,
+            message_bytes: 0,
         }
+    }
+
+    /// Refuses frames whose payload is over `limit` bytes from their header on.
+    pub fn set_max_frame(&mut self, limit: u64) {
+        self.max_frame = limit;
+    }
+
+    /// When a write last took bytes, shared: the session watches it while it writes.
+    pub fn written_at(&self) -> Rc<Cell<Instant>> {
+        self.written_at.clone()
     }
 
     pub fn get_ref(&self) -> &S {
@@ -119,6 +162,19 @@ impl<S> FrameBoundedStream<S> {
     pub fn take_leftover(&mut self) -> Vec<u8> {
         debug_assert_eq!(self.frame_left, 0);
         std::mem::take(&mut self.buf)
+    }
+}
+
+impl<S> FrameBoundedStream<S> {
+    /// The bytes of the message so far with the frame of `len` starting at `buf[0]`; a
+    /// data frame starts a message, a continuation adds to it, a control frame stands alone.
+    fn message_total(&mut self, len: u64) -> u64 {
+        match self.buf[0] & 0x0f {
+            0x0 => self.message_bytes = self.message_bytes.saturating_add(len),
+            op if op < 0x8 => self.message_bytes = len,
+            _ => return len,
+        }
+        self.message_bytes
     }
 }
 
@@ -141,6 +197,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameBoundedStream<S> {
         loop {
             if this.frame_left == 0 {
                 match frame_len(&this.buf) {
+                    Some(len)
+                        if this.max_frame != u64::MAX
+                            && this.message_total(len) > this.max_frame.saturating_add(14) =>
+                    {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            FrameTooLarge {
+                                limit: this.max_frame,
+                            },
+                        )));
+                    }
                     Some(len) => this.frame_left = len,
                     None => {
                         if futures::ready!(this.poll_fill(cx))? == 0 {
@@ -171,7 +238,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameBoundedStream<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for FrameBoundedStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, b);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                this.written_at.set(Instant::now());
+            }
+        }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
@@ -220,6 +294,38 @@ mod tests {
         assert_eq!(frame_len(&frame(&[0; 300])), Some(4 + 4 + 300));
         assert_eq!(frame_len(&frame(&[0; 70_000])), Some(10 + 4 + 70_000));
         assert_eq!(frame_len(&[0x81]), None);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_fails_from_its_header() {
+        let mut header = frame(&[0; 70_000]);
+        header.truncate(14); // the header alone: no payload sent
+        let mut s = FrameBoundedStream::new(futures::io::Cursor::new(header), Vec::new());
+        s.set_max_frame(4096);
+        let mut out = vec![0u8; 1024];
+        let e = futures::executor::block_on(s.read(&mut out)).unwrap_err();
+        assert!(is_frame_too_large(&e), "{e}");
+        let mut s = FrameBoundedStream::new(futures::io::Cursor::new(frame(b"ok")), Vec::new());
+        s.set_max_frame(4096);
+        assert!(futures::executor::block_on(s.read(&mut out)).is_ok());
+        // Fragments of one message add up: a text frame without FIN, then continuations.
+        let mut fragments = Vec::new();
+        for i in 0..3 {
+            let mut f = frame(&[b'x'; 2000]);
+            f[0] = if i == 0 { 0x01 } else { 0x00 };
+            fragments.extend(f);
+        }
+        let mut s = FrameBoundedStream::new(futures::io::Cursor::new(fragments), Vec::new());
+        s.set_max_frame(4096);
+        let mut big = vec![0u8; 8192];
+        let mut result = Ok(0);
+        for _ in 0..3 {
+            result = futures::executor::block_on(s.read(&mut big));
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(result.is_err_and(|e| is_frame_too_large(&e)));
     }
 
     #[test]

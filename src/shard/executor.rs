@@ -74,6 +74,7 @@ pub(super) async fn run(
         udp_wake,
         latencies: RefCell::default(),
         outbound: RefCell::default(),
+        request_bytes: Cell::new(0),
         sockjs: RefCell::default(),
         sockjs_directory: init.sockjs_directory,
         pending_stats: RefCell::default(),

@@ -174,6 +174,33 @@ pub(super) async fn serve_http(
             }
         }
         let keep_alive = head.keep_alive() && !shard.is_shutting_down();
+        // The route and the token are checked from the head: a body is read only for a
+        // request that takes one and may send it. Otherwise the answer comes without
+        // reading the body, and the connection then closes (its unread bytes with it).
+        let refused = if takes_body(&shard, &head) {
+            whip::room_of(&head.path).and_then(|_| whip::refuse_before_body(&shard.auth, &head))
+        } else if announces_body(&head) {
+            match route(&shard, &head, &[]).await {
+                Routed::Respond(resp) => Some(resp),
+                Routed::Session(_) => Some(Response::error(
+                    400,
+                    "bad_request",
+                    "a WebSocket upgrade request carries no body",
+                )),
+            }
+        } else {
+            None
+        };
+        if let Some(mut resp) = refused {
+            resp.omit_body = head.method == "HEAD";
+            let _ = resp
+                .write_to(&mut stream, keep_alive && !announces_body(&head))
+                .await;
+            if keep_alive && !announces_body(&head) {
+                continue;
+            }
+            return;
+        }
         let body = match read_request_body(&shard, &mut stream, &mut buf, &head).await {
             Ok(body) => body,
             Err(resp) => {
@@ -194,6 +221,60 @@ pub(super) async fn serve_http(
                 return;
             }
         }
+    }
+}
+
+/// Whether this request's route reads a body: `POST /login` and WHIP/WHEP.
+fn takes_body(shard: &Shard, head: &Head) -> bool {
+    (head.path == "/login" && shard.config.login_enabled) || whip::room_of(&head.path).is_some()
+}
+
+/// Whether the head announces a body (chunked, or a Content-Length that is not 0).
+fn announces_body(head: &Head) -> bool {
+    head.header("transfer-encoding").is_some() || head.content_length().map_or(true, |n| n > 0)
+}
+
+/// Request body bytes a shard holds while reading them, against
+/// `limits.request_buffer_bytes`; released when dropped.
+struct BodyReservation<'a> {
+    shard: &'a Shard,
+    bytes: usize,
+}
+
+impl<'a> BodyReservation<'a> {
+    fn take(shard: &'a Shard, bytes: usize) -> Result<BodyReservation<'a>, Response> {
+        let held = shard.request_bytes.get();
+        let budget = shard.config.limits.request_buffer_bytes;
+        if bytes > 0 && held.saturating_add(bytes) > budget {
+            // Counted (errors by code in /health and /metrics) and logged at debug: under
+            // a flood, a warning per refused request would be a flood of its own.
+            shard.counters.count_error("request_buffer_full");
+            tracing::debug!(
+                shard = shard.id,
+                held,
+                wanted = bytes,
+                budget,
+                "request body refused: the shard's request buffer budget is spent"
+            );
+            return Err(Response::error(
+                503,
+                "busy",
+                &format!(
+                    "too many request bodies in flight on this shard \
+                     (limits.request_buffer_bytes = {budget}); retry shortly"
+                ),
+            )
+            .header("Retry-After", "1"));
+        }
+        shard.request_bytes.set(held + bytes);
+        Ok(BodyReservation { shard, bytes })
+    }
+}
+
+impl Drop for BodyReservation<'_> {
+    fn drop(&mut self) {
+        let held = self.shard.request_bytes.get();
+        self.shard.request_bytes.set(held - self.bytes);
     }
 }
 
@@ -227,6 +308,8 @@ pub(super) async fn read_request_body(
         }
         // Node's http client (sockjs-client's XHR driver there) sends bodies chunked.
         let limit = shard.config.max_message_bytes;
+        // Its length is not known: it holds the most it may grow to.
+        let _held = BodyReservation::take(shard, limit)?;
         return match within(
             shard.config.head_timeout,
             read_chunked_body(stream, buf, limit),
@@ -249,6 +332,7 @@ pub(super) async fn read_request_body(
     if len > shard.config.max_message_bytes {
         return Err(too_large());
     }
+    let _held = BodyReservation::take(shard, len)?;
     match within(shard.config.head_timeout, read_body(stream, buf, len)).await {
         Some(Ok(body)) => Ok(body),
         Some(Err(e)) => Err(Response::error(400, "bad_request", &e.to_string())),

@@ -7,6 +7,7 @@ mod front_door;
 mod join;
 mod mesh;
 mod observe;
+mod rate;
 mod sockets;
 mod sockjs_handle;
 mod sockjs_http;

@@ -25,7 +25,7 @@ use super::timeout::within;
 
 use super::mesh::{MeshMsg, Moving};
 use super::sockjs_handle::{Cmd, Handle, Receiver};
-use super::state::{Outbound, Shard, OUTBOUND_QUEUE};
+use super::state::{outbound_queue, Outbound, OutboundRx, Shard};
 use crate::http::response::{chunk, LAST_CHUNK};
 use crate::http::Response;
 use crate::signal::dialect::BoxedDialect;
@@ -39,9 +39,9 @@ pub const DISCONNECT_DELAY: Duration = Duration::from_secs(5);
 /// A stream (`xhr_streaming`, `eventsource`) ends once this many bytes went out (sockjs-node's
 /// `response_limit`); the client then opens the next one.
 pub const STREAMING_LIMIT: usize = 128 * 1024;
-/// Texts that may wait for the client's next receiving request before the session is
-/// closed as too slow (the same bound as a WebSocket session's queue).
-pub const SESSION_QUEUE: usize = OUTBOUND_QUEUE;
+/// What each text waiting for the client counts beyond its length against
+/// `limits.session_queue_bytes`, the same bound as a WebSocket session's queue.
+const OUTBOX_ENTRY_BYTES: usize = 64;
 /// How long a request waits for a session the directory says is on its way to this shard.
 pub const ARRIVAL_WAIT: Duration = Duration::from_secs(2);
 /// A write to a receiving request that takes longer ends that request.
@@ -118,7 +118,7 @@ fn spawn(shard: &Rc<Shard>, m: Moving, open_pending: bool) -> Handle {
         tracing::warn!(shard = shard.id, session = %m.id, "SockJS session replaced a stale one");
     }
     let conn = shard.next_id();
-    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (out_tx, out_rx) = outbound_queue(&shard.config);
     shard.outbound.borrow_mut().insert(conn, out_tx);
     ShardCounters::add(&shard.counters.connections, 1);
     let session = Session {
@@ -133,6 +133,7 @@ fn spawn(shard: &Rc<Shard>, m: Moving, open_pending: bool) -> Handle {
         closed: None,
         receiver: None,
         detached_at: Instant::now(),
+        limit: super::rate::SenderLimit::new(&shard.config, Instant::now()),
     };
     glommio::spawn_local(session.run(rx, out_rx)).detach();
     handle
@@ -161,6 +162,8 @@ struct Session {
     closed: Option<String>,
     receiver: Option<Attached>,
     detached_at: Instant,
+    /// What this client may send (the same limits as a WebSocket client's).
+    limit: super::rate::SenderLimit,
 }
 
 enum Event {
@@ -190,11 +193,7 @@ async fn read_some(receiver: &mut Option<Attached>) -> std::io::Result<Vec<u8>> 
 }
 
 impl Session {
-    async fn run(
-        mut self,
-        mut cmds: mpsc::UnboundedReceiver<Cmd>,
-        mut out: mpsc::Receiver<Outbound>,
-    ) {
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut out: OutboundRx) {
         let mut shutdown = self.shard.shutdown.clone();
         loop {
             if self.closed.is_none() && !self.inbox.is_empty() {
@@ -219,7 +218,9 @@ impl Session {
                     }
                 }
             }
-            if self.closed.is_none() && self.outbox.len() > SESSION_QUEUE {
+            if self.closed.is_none()
+                && self.outbox_bytes() > self.shard.config.limits.session_queue_bytes
+            {
                 self.outbox.clear();
                 self.close(1013, "too slow");
             }
@@ -250,7 +251,19 @@ impl Session {
             match event {
                 Event::Cmd(Some(Cmd::Send { messages, done })) => {
                     if self.closed.is_none() {
-                        self.inbox.extend(messages);
+                        let now = Instant::now();
+                        let over = messages
+                            .iter()
+                            .find_map(|m| self.limit.admit(m.len(), now).err());
+                        match over {
+                            None => self.inbox.extend(messages),
+                            Some(reason) => {
+                                // Over its rate: none of this batch is relayed; this
+                                // client alone learns why and is closed.
+                                self.outbox.push_back(self.dialect.error_text(&reason));
+                                self.close(1008, "rate limit");
+                            }
+                        }
                         let _ = done.send(());
                     }
                 }
@@ -292,6 +305,14 @@ impl Session {
             tracing::info!(shard = self.shard.id, session = %self.id, code, reason, "SockJS session closed");
             self.closed = Some(sockjs::close(code, reason));
         }
+    }
+
+    /// What the texts waiting for the client count against `limits.session_queue_bytes`.
+    fn outbox_bytes(&self) -> usize {
+        self.outbox
+            .iter()
+            .map(|t| t.len() + OUTBOX_ENTRY_BYTES)
+            .sum()
     }
 
     fn outgoing(&mut self, o: Outbound) {
@@ -388,7 +409,7 @@ impl Session {
         mut self,
         owner: usize,
         mut cmds: mpsc::UnboundedReceiver<Cmd>,
-        mut out: mpsc::Receiver<Outbound>,
+        mut out: OutboundRx,
     ) {
         let shard = self.shard.clone();
         // Nothing new reaches it here from now on; requests follow the directory.
@@ -451,7 +472,7 @@ impl Session {
 
     /// The session ends here: its relay membership is released and requests still queued
     /// for it learn that it is gone.
-    async fn end(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, out: mpsc::Receiver<Outbound>) {
+    async fn end(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, out: OutboundRx) {
         let shard = self.shard.clone();
         shard.sockjs.borrow_mut().remove(&self.id);
         cmds.close();

@@ -31,8 +31,193 @@ pub enum Outbound {
     Notice(Box<crate::sfu::Notice>),
 }
 
-/// How many messages may wait for a slow client before it is disconnected.
-pub const OUTBOUND_QUEUE: usize = 256;
+/// Bytes a notice is counted as in a session's queue (its wording is the dialect's).
+const NOTICE_BYTES: usize = 256;
+/// What each queued message costs beyond its text (the queue entry itself).
+const ENTRY_BYTES: usize = 64;
+
+impl Outbound {
+    /// What this message is counted as against `limits.session_queue_bytes`.
+    fn cost(&self) -> usize {
+        ENTRY_BYTES
+            + match self {
+                Outbound::Text(t) => t.len(),
+                Outbound::Close(r) => r.len(),
+                Outbound::Notice(_) => NOTICE_BYTES,
+            }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Each message with when it was queued and its cost.
+    items: std::collections::VecDeque<(Instant, usize, Outbound)>,
+    bytes: usize,
+    /// The session fell too far behind: its receiver ends now, dropping what waits.
+    cut: bool,
+    /// The sending side is gone (removed from `Shard::outbound`).
+    sender_gone: bool,
+    /// The receiving side closed: nothing more is queued.
+    closed: bool,
+    waker: Option<std::task::Waker>,
+}
+
+/// The sending half of a session's outbound queue, held in [`Shard::outbound`]. The queue
+/// is bounded by bytes and by how long its oldest message has waited
+/// (`limits.session_queue_bytes`, `limits.session_lag_ms`), not by a count of messages
+/// that one burst could fill.
+pub struct OutboundTx {
+    queue: Rc<RefCell<Queue>>,
+    max_bytes: usize,
+    max_lag: Duration,
+}
+
+/// The receiving half, read by the session's task.
+pub struct OutboundRx {
+    queue: Rc<RefCell<Queue>>,
+    /// It answered `None`: the stream is over.
+    done: bool,
+}
+
+/// Why a message was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueueFull {
+    /// The session is too far behind (bytes or lag); it is to be cut loose.
+    TooSlow,
+    /// The receiver is gone.
+    Closed,
+}
+
+/// A fresh outbound queue for one session with the shard's limits.
+pub fn outbound_queue(config: &Config) -> (OutboundTx, OutboundRx) {
+    let queue = Rc::new(RefCell::new(Queue::default()));
+    (
+        OutboundTx {
+            queue: queue.clone(),
+            max_bytes: config.limits.session_queue_bytes,
+            max_lag: config.limits.session_lag,
+        },
+        OutboundRx { queue, done: false },
+    )
+}
+
+impl OutboundTx {
+    /// Queues `msg`, unless the session is too far behind: over the byte budget (an empty
+    /// queue always takes one message) or its oldest message waited over the lag limit.
+    pub fn push(&self, msg: Outbound, now: Instant) -> Result<(), QueueFull> {
+        let mut q = self.queue.borrow_mut();
+        if q.closed || q.cut {
+            return Err(QueueFull::Closed);
+        }
+        let cost = msg.cost();
+        if let Some((oldest, _, _)) = q.items.front() {
+            if q.bytes + cost > self.max_bytes
+                || now.saturating_duration_since(*oldest) > self.max_lag
+            {
+                return Err(QueueFull::TooSlow);
+            }
+        }
+        q.bytes += cost;
+        q.items.push_back((now, cost, msg));
+        if let Some(w) = q.waker.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Ends the receiver now: the session is closed as too slow.
+    pub fn cut(&self) {
+        let mut q = self.queue.borrow_mut();
+        q.cut = true;
+        q.items.clear();
+        q.bytes = 0;
+        if let Some(w) = q.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for OutboundTx {
+    fn drop(&mut self) {
+        let mut q = self.queue.borrow_mut();
+        q.sender_gone = true;
+        if let Some(w) = q.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The receiver found nothing queued.
+#[derive(Debug)]
+pub struct Empty;
+
+impl OutboundRx {
+    /// The next queued message without waiting (also after the sender is gone).
+    pub fn try_recv(&mut self) -> Result<Outbound, Empty> {
+        let mut q = self.queue.borrow_mut();
+        match q.items.pop_front() {
+            Some((_, cost, msg)) => {
+                q.bytes -= cost;
+                Ok(msg)
+            }
+            None => Err(Empty),
+        }
+    }
+
+    /// Resolves once the session is cut loose as too slow (while its task is busy
+    /// writing, so that a write blocked on a client that reads nothing ends too).
+    pub async fn cut(&self) {
+        futures::future::poll_fn(|cx| {
+            let mut q = self.queue.borrow_mut();
+            if q.cut {
+                std::task::Poll::Ready(())
+            } else {
+                q.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Nothing more is queued; what waits can still be taken with [`Self::try_recv`].
+    pub fn close(&mut self) {
+        self.queue.borrow_mut().closed = true;
+    }
+}
+
+impl futures::Stream for OutboundRx {
+    type Item = Outbound;
+
+    /// `None` once the session was cut loose (at once) or its sender is gone (after the
+    /// queued messages).
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Outbound>> {
+        let this = self.get_mut();
+        let mut q = this.queue.borrow_mut();
+        if q.cut {
+            this.done = true;
+            return std::task::Poll::Ready(None);
+        }
+        if let Some((_, cost, msg)) = q.items.pop_front() {
+            q.bytes -= cost;
+            return std::task::Poll::Ready(Some(msg));
+        }
+        if q.sender_gone {
+            this.done = true;
+            return std::task::Poll::Ready(None);
+        }
+        q.waker = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+}
+
+impl futures::stream::FusedStream for OutboundRx {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
 
 /// Resolves when the shard begins shutting down.
 pub type ShutdownSignal = Shared<futures::channel::oneshot::Receiver<()>>;
@@ -59,13 +244,15 @@ pub struct Shard {
     pub udp_wake: local_mpsc::Sender<()>,
     pub latencies: RefCell<Latencies>,
     /// Outbound queues of the relay sessions on this shard.
-    pub outbound: RefCell<HashMap<ConnId, local_mpsc::Sender<Outbound>>>,
+    pub outbound: RefCell<HashMap<ConnId, OutboundTx>>,
     /// The SockJS sessions (HTTP transports) on this shard, by `namespace/session id`.
     pub sockjs: RefCell<HashMap<String, super::sockjs_handle::Handle>>,
     /// Which shard has each SockJS session, for the whole process.
     pub sockjs_directory: Arc<super::sockjs_handle::Directory>,
     pub pending_stats:
         RefCell<HashMap<u64, futures::channel::oneshot::Sender<super::mesh::Answer>>>,
+    /// Request body bytes being read on this shard (`limits.request_buffer_bytes`).
+    pub request_bytes: Cell<usize>,
     pub(super) next_id: Cell<u64>,
     pub(super) shutdown_tx: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
     pub shutdown: ShutdownSignal,
@@ -120,12 +307,14 @@ impl Shard {
         }
     }
 
-    /// Queues a text (or close) for one session; a session whose queue is full is cut
-    /// loose (its queue dropped) rather than letting one slow client hold up a room.
+    /// Queues a text (or close) for one session; a session too far behind (by bytes or
+    /// by time, see [`OutboundTx::push`]) is cut loose (closed with 1013) rather than
+    /// letting one slow client hold up a room.
     pub fn send_to_conn(&self, conn: ConnId, msg: Outbound) {
         let mut outbound = self.outbound.borrow_mut();
-        if let Some(tx) = outbound.get_mut(&conn) {
-            if tx.try_send(msg).is_err() {
+        if let Some(tx) = outbound.get(&conn) {
+            if tx.push(msg, Instant::now()).is_err() {
+                tx.cut();
                 outbound.remove(&conn);
             }
         }

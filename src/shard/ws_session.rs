@@ -13,7 +13,8 @@ use tungstenite::{Error as WsError, Message};
 
 use super::conn::Conn;
 use super::mesh::{Handover, MeshMsg};
-use super::state::{Outbound, Shard, OUTBOUND_QUEUE};
+use super::rate::{SenderLimit, BYTES_PER_TURN, MESSAGES_PER_TURN};
+use super::state::{outbound_queue, Outbound, OutboundRx, Shard};
 use super::timeout::within;
 use crate::http::ws::{self, FrameBoundedStream};
 use crate::http::Head;
@@ -47,12 +48,20 @@ pub(super) async fn start(
             let _ = resp.write_to(&mut stream, false).await;
         }
         Ok(reply) => {
-            if stream.write_all(&reply).await.is_err() || stream.flush().await.is_err() {
+            let write_timeout = shard.config.limits.write_timeout;
+            let upgrade = async {
+                stream.write_all(&reply).await?;
+                stream.flush().await
+            };
+            if !matches!(within(write_timeout, upgrade).await, Some(Ok(()))) {
                 return;
             }
             let mut ws = websocket(&shard, stream, leftover).await;
             if let Some(text) = dialect.opening() {
-                if ws.send(Message::text(text)).await.is_err() {
+                if !matches!(
+                    within(write_timeout, ws.send(Message::text(text))).await,
+                    Some(Ok(()))
+                ) {
                     return;
                 }
             }
@@ -83,6 +92,10 @@ enum Event {
     Outgoing(Option<Outbound>),
     Heartbeat,
     Shutdown,
+    /// No `auth` within `limits.auth_timeout_ms`.
+    AuthTimeout,
+    /// Half the idle timeout, or all of it, passed without a frame from the client.
+    Idle,
 }
 
 /// Sleeps until `at`; never wakes for `None`.
@@ -107,7 +120,7 @@ async fn run(
 ) {
     let conn = shard.next_id();
     ShardCounters::add(&shard.counters.connections, 1);
-    let (tx, mut rx) = futures::channel::mpsc::channel(OUTBOUND_QUEUE);
+    let (tx, mut rx) = outbound_queue(&shard.config);
     shard.outbound.borrow_mut().insert(conn, tx);
     let mut shutdown = shard.shutdown.clone();
     let name = dialect.name();
@@ -123,28 +136,77 @@ async fn run(
     let heartbeat = dialect.heartbeat();
     let beat_after = |now: Instant| heartbeat.as_ref().map(|(every, _)| now + *every);
     let mut next_beat = beat_after(Instant::now());
+    // What this client may send, and the work done since this task last yielded.
+    let mut limit = SenderLimit::new(&shard.config, Instant::now());
+    let (mut turn_messages, mut turn_bytes) = (0usize, 0usize);
+    // Until it authenticates, a client sends small frames only, within a deadline.
+    let limits = &shard.config.limits;
+    let mut authenticated = dialect.authenticated();
+    let mut auth_deadline = None;
+    if !authenticated {
+        ws.get_mut()
+            .set_max_frame(limits.unauthenticated_message_bytes as u64);
+        auth_deadline = Some(Instant::now() + limits.auth_timeout);
+    }
+    // Any frame from the client (pongs included) counts as life; a silent one is pinged
+    // after half the idle timeout and closed after all of it.
+    let mut heard_at = Instant::now();
+    let mut pinged = false;
 
     let end = loop {
         let event = match pending.take() {
             Some(text) => Event::Incoming(Some(Ok(Message::text(text)))),
             None => {
                 let beat = sleep_until(next_beat).fuse();
-                futures::pin_mut!(beat);
+                let auth = sleep_until(auth_deadline).fuse();
+                let idle_at = if pinged {
+                    heard_at + limits.idle_timeout
+                } else {
+                    heard_at + limits.idle_timeout / 2
+                };
+                let idle = sleep_until(Some(idle_at)).fuse();
+                futures::pin_mut!(beat, auth, idle);
                 futures::select! {
                     m = ws.next() => Event::Incoming(m),
                     o = rx.next() => Event::Outgoing(o),
                     _ = beat => Event::Heartbeat,
                     _ = shutdown => Event::Shutdown,
+                    _ = auth => Event::AuthTimeout,
+                    _ = idle => Event::Idle,
                 }
             }
         };
+        if let Event::Incoming(Some(_)) = &event {
+            (heard_at, pinged) = (Instant::now(), false);
+        }
+        if let Event::Incoming(Some(Ok(m))) = &event {
+            if !matches!(m, Message::Close(_)) {
+                let len = m.len();
+                if let Err(reason) = limit.admit(len, Instant::now()) {
+                    // Over its rate: this client alone learns why and is closed.
+                    let error = Message::text(dialect.error_text(&reason));
+                    let _ = within(CLOSE_WAIT, ws.send(error)).await;
+                    close(&mut ws, &*dialect, CloseCode::Policy, "rate limit").await;
+                    break End::Closed("rate limit");
+                }
+                turn_messages += 1;
+                turn_bytes += len;
+                if turn_messages >= MESSAGES_PER_TURN || turn_bytes >= BYTES_PER_TURN {
+                    // A burst read at once is handled a slice at a time, so the sessions
+                    // it delivers to drain their queues in between.
+                    glommio::executor().yield_now().await;
+                    (turn_messages, turn_bytes) = (0, 0);
+                }
+            }
+        }
         let replies = match event {
             Event::Incoming(Some(Ok(Message::Text(text)))) => {
                 match shard.with_context(conn, |cx| dialect.on_text(cx, text.as_str())) {
                     Step::Reply(replies) => replies,
                     Step::Close(texts, code) => {
                         for t in texts {
-                            let _ = ws.send(Message::text(t)).await;
+                            let write_timeout = shard.config.limits.write_timeout;
+                            let _ = within(write_timeout, ws.send(Message::text(t))).await;
                         }
                         close(&mut ws, &*dialect, close_code(code), "").await;
                         break End::Closed("closed by the dialect");
@@ -177,9 +239,10 @@ async fn run(
                     "message too large: {e} (limit {} bytes)",
                     shard.config.max_message_bytes
                 );
-                let _ = ws.send(Message::text(dialect.error_text(&reason))).await;
+                let error = Message::text(dialect.error_text(&reason));
+                let _ = within(CLOSE_WAIT, ws.send(error)).await;
                 if let Some(text) = dialect.closing(CloseCode::Size.into(), "message too large") {
-                    let _ = ws.send(Message::text(text)).await;
+                    let _ = within(CLOSE_WAIT, ws.send(Message::text(text))).await;
                 }
                 // No wait for the client's Close: the rest of its frame cannot be parsed.
                 let _ = within(
@@ -189,6 +252,28 @@ async fn run(
                 .await;
                 break End::Closed("message too large");
             }
+            Event::Incoming(Some(Err(WsError::Io(e)))) if ws::is_frame_too_large(&e) => {
+                // Refused from the frame's header: none of its payload was buffered.
+                let reason = format!(
+                    "message too large before authentication (limit {} bytes, \
+                     limits.unauthenticated_message_bytes): authenticate first",
+                    limits.unauthenticated_message_bytes
+                );
+                let _ = within(
+                    CLOSE_WAIT,
+                    ws.send(Message::text(dialect.error_text(&reason))),
+                )
+                .await;
+                if let Some(text) = dialect.closing(CloseCode::Size.into(), "message too large") {
+                    let _ = within(CLOSE_WAIT, ws.send(Message::text(text))).await;
+                }
+                let _ = within(
+                    CLOSE_WAIT,
+                    send_close(&mut ws, CloseCode::Size, "message too large"),
+                )
+                .await;
+                break End::Closed("message too large before authentication");
+            }
             Event::Incoming(Some(Err(_))) => break End::Closed("protocol error"),
             Event::Outgoing(Some(Outbound::Text(text))) => vec![dialect.delivery(&text)],
             Event::Outgoing(Some(Outbound::Notice(n))) => dialect.notice(&n).into_iter().collect(),
@@ -197,28 +282,77 @@ async fn run(
                 break End::Closed("closed by server");
             }
             Event::Outgoing(None) => {
-                // Our queue was dropped: this client fell too far behind.
+                // Our queue was cut loose: this client fell too far behind (bytes or time
+                // waiting, limits.session_queue_bytes / limits.session_lag_ms).
                 close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
                 break End::Closed("too slow");
             }
             Event::Heartbeat => heartbeat.iter().map(|(_, text)| text.clone()).collect(),
+            Event::AuthTimeout => {
+                let reason = format!(
+                    "not authenticated within {} ms (limits.auth_timeout_ms): send auth first",
+                    limits.auth_timeout.as_millis()
+                );
+                let _ = within(
+                    CLOSE_WAIT,
+                    ws.send(Message::text(dialect.error_text(&reason))),
+                )
+                .await;
+                close(
+                    &mut ws,
+                    &*dialect,
+                    CloseCode::Policy,
+                    "authentication timeout",
+                )
+                .await;
+                break End::Closed("authentication timeout");
+            }
+            Event::Idle if Instant::now() >= heard_at + limits.idle_timeout => {
+                close(&mut ws, &*dialect, CloseCode::Away, "idle timeout").await;
+                break End::Closed("idle timeout");
+            }
+            Event::Idle => {
+                pinged = true;
+                let ping = ws.send(Message::Ping(Vec::new().into()));
+                if !matches!(within(limits.write_timeout, ping).await, Some(Ok(()))) {
+                    break End::Closed("ping failed");
+                }
+                Vec::new()
+            }
             Event::Shutdown => {
                 close(&mut ws, &*dialect, CloseCode::Away, "server shutting down").await;
                 break End::Closed("server shutdown");
             }
         };
+        if !authenticated && dialect.authenticated() {
+            authenticated = true;
+            ws.get_mut().set_max_frame(u64::MAX);
+            auth_deadline = None;
+        }
         if !replies.is_empty() {
             next_beat = beat_after(Instant::now());
         }
-        let mut failed = false;
+        let mut failed = None;
         for text in replies {
-            if ws.send(Message::text(text)).await.is_err() {
-                failed = true;
+            let write_timeout = shard.config.limits.write_timeout;
+            if let Err(why) = deliver(&mut ws, &rx, Message::text(text), write_timeout).await {
+                failed = Some(why);
                 break;
             }
         }
-        if failed {
-            break End::Closed("send failed");
+        match failed {
+            None => {}
+            Some(Undelivered::Failed) => break End::Closed("send failed"),
+            Some(Undelivered::Stalled) => {
+                // Its socket took nothing for limits.write_timeout_ms: the client is gone
+                // or reads nothing; the session ends and leaves its room.
+                close(&mut ws, &*dialect, CloseCode::Policy, "write timeout").await;
+                break End::Closed("write timeout");
+            }
+            Some(Undelivered::TooSlow) => {
+                close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
+                break End::Closed("too slow");
+            }
         }
     };
 
@@ -241,6 +375,48 @@ async fn run(
         End::Relocate { owner, pending } => {
             relocate(&shard, ws, dialect, pending, owner, peer).await
         }
+    }
+}
+
+/// Why a message did not go out.
+enum Undelivered {
+    Failed,
+    /// The session was cut loose (too far behind) while the write waited.
+    TooSlow,
+    /// The write made no progress for `limits.write_timeout_ms`.
+    Stalled,
+}
+
+/// Sends one message; a write still blocked when the session is cut loose as too slow
+/// (its queue over its bytes or lag) gives up, so that a client which reads nothing cannot
+/// hold its session, and its room membership, open; so does one whose socket takes no
+/// byte for `write_timeout`.
+async fn deliver(
+    ws: &mut Ws,
+    rx: &OutboundRx,
+    msg: Message,
+    write_timeout: Duration,
+) -> Result<(), Undelivered> {
+    let written_at = ws.get_ref().written_at();
+    written_at.set(Instant::now());
+    let send = ws.send(msg).fuse();
+    let cut = rx.cut().fuse();
+    // Stalled: no byte taken for `write_timeout` (a slow link that takes bytes is not).
+    let stalled = async {
+        loop {
+            let deadline = written_at.get() + write_timeout;
+            if Instant::now() >= deadline {
+                break;
+            }
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        }
+    }
+    .fuse();
+    futures::pin_mut!(send, cut, stalled);
+    futures::select! {
+        r = send => r.map_err(|_| Undelivered::Failed),
+        _ = cut => Err(Undelivered::TooSlow),
+        _ = stalled => Err(Undelivered::Stalled),
     }
 }
 
@@ -276,7 +452,10 @@ async fn relocate(
     owner: usize,
     peer: Option<std::net::SocketAddr>,
 ) {
-    if ws.flush().await.is_err() {
+    if !matches!(
+        within(shard.config.limits.write_timeout, ws.flush()).await,
+        Some(Ok(()))
+    ) {
         return;
     }
     let leftover = ws.get_mut().take_leftover();

@@ -122,6 +122,12 @@ pub trait Dialect: Send {
     // Framing hooks: a dialect that wraps another in a framing (SockJS) words what the
     // runtime sends on its own. The defaults send nothing extra and texts as they are.
 
+    /// Whether the client has authenticated. A session that has not gets small messages
+    /// only (`limits.unauthenticated_message_bytes`) and `limits.auth_timeout_ms` to do it.
+    fn authenticated(&self) -> bool {
+        true
+    }
+
     /// A text to send once, when a new session opens (not again after a relocation).
     fn opening(&self) -> Option<String> {
         None

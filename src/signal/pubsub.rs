@@ -294,6 +294,10 @@ impl Dialect for Session {
         "pubsub"
     }
 
+    fn authenticated(&self) -> bool {
+        self.identity.is_some()
+    }
+
     fn on_text(&mut self, cx: &mut Context<'_>, text: &str) -> Step {
         // The peer is the connection on the shard that serves it.
         self.peer = cx.conn;

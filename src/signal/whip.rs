@@ -68,6 +68,38 @@ fn identity(cx: &Context<'_>, head: &Head, room: &str) -> Result<Identity, Respo
     Ok(id)
 }
 
+/// The token check of a WHIP/WHEP request from its head alone, before its body is read:
+/// `Some(response)` (401/403 or 404) when the request is to be refused without reading it.
+pub fn refuse_before_body(auth: &crate::auth::Authenticator, head: &Head) -> Option<Response> {
+    let Some(t) = target(&head.path) else {
+        return Some(cors(Response::error(
+            404,
+            "not_found",
+            "no such WHIP/WHEP path",
+        )));
+    };
+    let served = match head.method.as_str() {
+        "POST" => !t.whip || t.rest.is_none(),
+        "DELETE" | "PATCH" => t.rest.is_some(),
+        _ => false,
+    };
+    if !served {
+        return None;
+    }
+    let check = || -> Result<(), Response> {
+        let token = head.token().ok_or_else(|| {
+            Response::error(
+                401,
+                "unauthorized",
+                "missing token: send Authorization: Bearer JWT",
+            )
+        })?;
+        let id = auth.verify(token).map_err(|e| Response::auth_error(&e))?;
+        id.check_room(t.room).map_err(|e| Response::auth_error(&e))
+    };
+    check().err().map(cors)
+}
+
 fn sfu_error(e: SfuError) -> Response {
     match e {
         SfuError::UnknownId(_) => Response::error(404, e.code(), &e.to_string()),
