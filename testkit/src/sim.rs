@@ -2,7 +2,8 @@
 //! clock, and datagrams passed by hand. Scenario tests and the forward-path benchmark run
 //! on it; nothing here sleeps or opens a socket.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -21,6 +22,9 @@ pub struct World {
     pub clients: Vec<Client>,
     /// Client addresses cut off the network: their datagrams are lost both ways.
     pub offline: Vec<SocketAddr>,
+    /// Where each client made by `add_client_with` sits in `clients` (checked before use,
+    /// so clients moved or removed by hand are still found by their address).
+    by_addr: HashMap<SocketAddr, usize>,
 }
 
 /// A subscribing peer: its client, its consumer id, its peer id.
@@ -44,6 +48,7 @@ impl World {
             engine: Engine::new(1 << 48, SERVER.parse().unwrap()).unwrap(),
             clients: Vec::new(),
             offline: Vec::new(),
+            by_addr: HashMap::new(),
         }
     }
 
@@ -53,12 +58,23 @@ impl World {
 
     /// A client that sends with its own payload types and extension ids.
     pub fn add_client_with(&mut self, numbering: Numbering) -> usize {
-        let addr: SocketAddr = format!("10.0.1.{}:5000", self.clients.len() + 1)
-            .parse()
-            .unwrap();
+        // 10.0.1.1, 10.0.1.2, ...; past 255 clients the third byte counts on.
+        let n = self.clients.len() + 1;
+        let ip = Ipv4Addr::new(10, 0, 1 + (n / 256) as u8, (n % 256) as u8);
+        let addr = SocketAddr::from((ip, 5000));
         self.clients
             .push(Client::with_numbering(self.now, addr, numbering));
+        self.by_addr.insert(addr, self.clients.len() - 1);
         self.clients.len() - 1
+    }
+
+    /// The client with this address.
+    fn client_at(&mut self, addr: SocketAddr) -> Option<&mut Client> {
+        let i = match self.by_addr.get(&addr) {
+            Some(&i) if self.clients.get(i).is_some_and(|c| c.addr == addr) => i,
+            _ => self.clients.iter().position(|c| c.addr == addr)?,
+        };
+        self.clients.get_mut(i)
     }
 
     /// Moves datagrams both ways until none are left.
@@ -80,8 +96,9 @@ impl World {
                 if self.offline.contains(&t.destination) {
                     continue;
                 }
-                if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
-                    c.handle_datagram(self.now, server, &t.contents);
+                let now = self.now;
+                if let Some(c) = self.client_at(t.destination) {
+                    c.handle_datagram(now, server, &t.contents);
                 }
             }
             if !moved {
