@@ -154,14 +154,24 @@ impl World {
         (c, t.id)
     }
 
-    /// A peer that publishes VP8 on ssrc 1000+peer.
+    /// A peer that publishes VP8 on ssrc 1000+peer (RTX on 1500+peer) in "room".
     pub fn publisher(&mut self, peer: u64) -> (usize, String, u32) {
+        self.publish(peer, "room", true)
+    }
+
+    /// A peer that publishes VP8 on ssrc 1000+peer in `room`, with RTX on 1500+peer if
+    /// `rtx`. (A str0m sender with RTX keeps writing the mid into every packet: it takes a
+    /// receiver report for its RTX SSRC only as acknowledgement. Without RTX it stops once
+    /// the server's first receiver report acknowledges the SSRC, as browsers do; str0m
+    /// reports a stream without RTX every 5 s, taking it for audio.)
+    pub fn publish(&mut self, peer: u64, room: &str, rtx: bool) -> (usize, String, u32) {
         self.engine
-            .join(self.now, peer, "room", &format!("u{peer}"), "Pub", None)
+            .join(self.now, peer, room, &format!("u{peer}"), "Pub", None)
             .unwrap();
         let (c, tid) = self.transport(peer, Direction::Send);
         let ssrc = 1000 + peer as u32;
-        let params = self.clients[c].add_sender(&VP8, ssrc, Some(ssrc + 500));
+        let rtx = rtx.then_some(ssrc + 500);
+        let params = self.clients[c].add_sender(&VP8, ssrc, rtx);
         let params: RtpParameters = serde_json::from_value(params).unwrap();
         let pid = self
             .engine

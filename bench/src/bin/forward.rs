@@ -10,7 +10,9 @@
 //! clients are dropped) and that heap by allocation size.
 //!
 //! Run: `cargo run --release -p corelay-bench --bin forward [-- --seconds 20]
-//! [--subs 1,10,100,1000] [--memory 1000]`. Built with `--features system-alloc` it
+//! [--subs 1,10,100,1000] [--idle-producers 500] [--no-rtx] [--memory 1000]`.
+//! `--idle-producers` adds publishers nobody subscribes to; `--no-rtx` makes the publisher
+//! stop sending the mid once acknowledged (as browsers do), so packets are demuxed by SSRC. Built with `--features system-alloc` it
 //! allocates from the system allocator, for heap profilers that hook malloc (heaptrack);
 //! `--exit-after idle` (or `active`) then ends the memory run with only the engine's heap
 //! live, which such a profiler reports as leaked, by call stack.
@@ -88,11 +90,27 @@ struct Result {
     allocs_per_packet: f64,
 }
 
+/// How the forwarding world is set up besides its subscribers.
+#[derive(Clone, Copy)]
+struct Setup {
+    /// Other publishers of the shard (in another room, nobody subscribed), one producer
+    /// each: what a demux that scans producers has to look through.
+    idle_producers: u64,
+    /// The publisher declares RTX. A str0m sender with RTX never stops writing the mid (it
+    /// only takes a receiver report for its RTX SSRC as acknowledgement); without RTX it
+    /// stops after the first receiver report, as browsers do.
+    rtx: bool,
+}
+
 /// A world with one publisher and `subscribers` connected subscribers, the first frames
 /// (a keyframe first) already forwarded.
-fn world(subscribers: u64) -> (World, Video) {
+fn world(subscribers: u64, setup: Setup) -> (World, Video) {
     let mut w = World::new();
-    let (pc, pid, ssrc) = w.publisher(1);
+    let (pc, pid, ssrc) = w.publish(1, "room", setup.rtx);
+    for i in 0..setup.idle_producers {
+        w.publish(1_000_000 + i, "idle", true);
+        forget_notices(&mut w);
+    }
     for i in 0..subscribers {
         w.subscriber(10 + i, &pid);
         forget_notices(&mut w);
@@ -166,8 +184,8 @@ fn send_video(w: &mut World, video: &mut Video, packets: u64) -> (Duration, u64,
     (busy, forwarded, allocs)
 }
 
-fn run(subscribers: u64, seconds: u64) -> Result {
-    let (mut w, mut video) = world(subscribers);
+fn run(subscribers: u64, seconds: u64, setup: Setup) -> Result {
+    let (mut w, mut video) = world(subscribers, setup);
     let (busy, forwarded, allocs) = send_video(&mut w, &mut video, PACKETS_PER_SECOND * seconds);
     Result {
         subscribers,
@@ -286,7 +304,11 @@ fn memory(n: u64, seconds: u64) {
 
     // Active: the same with 1 Mbit/s of video for `seconds` (past str0m's 3 s RTX cache).
     let heap0 = Heap::now();
-    let (mut w, mut video) = world(n);
+    let setup = Setup {
+        idle_producers: 0,
+        rtx: true,
+    };
+    let (mut w, mut video) = world(n, setup);
     send_video(&mut w, &mut video, PACKETS_PER_SECOND * seconds);
     let heap1 = Heap::now();
     w.clients.truncate(1);
@@ -319,13 +341,30 @@ fn main() {
     let subs: Vec<u64> = arg("--subs")
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 10, 100, 1000]);
+    let setup = Setup {
+        idle_producers: arg("--idle-producers")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        rtx: !std::env::args().any(|a| a == "--no-rtx"),
+    };
     println!("forward path, 1 publisher at 1 Mbit/s VP8 ({PACKETS_PER_SECOND} packets/s), {seconds} s virtual time");
+    if setup.idle_producers > 0 || !setup.rtx {
+        println!(
+            "  {} idle producers on the shard; publisher {}",
+            setup.idle_producers,
+            if setup.rtx {
+                "with RTX (sends the mid in every packet)"
+            } else {
+                "without RTX (stops sending the mid after the first receiver report)"
+            }
+        );
+    }
     println!(
         "{:>12} {:>12} {:>16} {:>18}",
         "subscribers", "forwarded", "ns/packet", "allocs/packet"
     );
     for subs in subs {
-        let r = run(subs, seconds);
+        let r = run(subs, seconds, setup);
         println!(
             "{:>12} {:>12} {:>16.0} {:>18.2}",
             r.subscribers, r.forwarded, r.ns_per_packet, r.allocs_per_packet
