@@ -12,6 +12,7 @@ use crate::client::{Client, ClientEvent, Numbering};
 use corelay::sfu::engine::Engine;
 use corelay::sfu::ortc::{Kind, RtpParameters, VP8};
 use corelay::sfu::transport::Direction;
+use str0m::net::Transmit;
 
 pub const SERVER: &str = "10.0.0.1:40000";
 
@@ -25,6 +26,8 @@ pub struct World {
     /// Where each client made by `add_client_with` sits in `clients` (checked before use,
     /// so clients moved or removed by hand are still found by their address).
     by_addr: HashMap<SocketAddr, usize>,
+    /// The engine's outbox is drained into this, reused.
+    out: Vec<Transmit>,
 }
 
 /// A subscribing peer: its client, its consumer id, its peer id.
@@ -49,6 +52,7 @@ impl World {
             clients: Vec::new(),
             offline: Vec::new(),
             by_addr: HashMap::new(),
+            out: Vec::new(),
         }
     }
 
@@ -91,7 +95,9 @@ impl World {
                     self.engine.handle_datagram(self.now, c.addr, &t.contents);
                 }
             }
-            for t in self.engine.take_outbox() {
+            let mut out = std::mem::take(&mut self.out);
+            self.engine.drain_outbox_into(&mut out);
+            for t in out.drain(..) {
                 moved = true;
                 if self.offline.contains(&t.destination) {
                     continue;
@@ -101,6 +107,7 @@ impl World {
                     c.handle_datagram(now, server, &t.contents);
                 }
             }
+            self.out = out;
             if !moved {
                 return;
             }
