@@ -102,6 +102,9 @@ impl Transport {
             .set_local_ice_credentials(creds.clone())
             // Stats events are not used; skip computing them.
             .set_stats_interval(None)
+            // What str0m keeps per video stream for resends, for streams it makes itself
+            // (SDP); consumers also get a shorter window (`consumer::size_resend_cache`).
+            .set_send_buffer_video(super::consumer::VIDEO_RESEND_PACKETS)
             .build(now);
         let host =
             Candidate::host(candidate, "udp").map_err(|e| SfuError::Internal(e.to_string()))?;
