@@ -73,6 +73,9 @@ pub(super) struct Consumer {
     pub(super) rewriter: Rewriter,
     /// A loudest-speaker slot (`/connect`): its producer changes; 0 when it carries none.
     pub(super) slot: Option<Option<Held>>,
+    /// It has forwarded a packet, so its subscriber's first media is on record (the
+    /// forward path then skips the peer lookup).
+    pub(super) media_noted: bool,
 }
 
 /// One received packet of a producer's forwarded layer, as each of its consumers sees it.
@@ -213,6 +216,7 @@ impl Engine {
             wait_keyframe: kind == Kind::Video,
             rewriter: Rewriter::default(),
             slot: None,
+            media_noted: false,
         });
         self.drain(now, tid);
         Ok(ConsumerInfo {
@@ -326,6 +330,7 @@ mod tests {
             wait_keyframe: true,
             rewriter: Rewriter::default(),
             slot: None,
+            media_noted: false,
         }
     }
 

@@ -656,7 +656,10 @@ impl Engine {
                 .nackable(video);
             tx.write_rtp(write);
             counters.rtp_out += 1;
-            note_first_media(peers, join_times, c.peer, now);
+            if !c.media_noted {
+                c.media_noted = true;
+                note_first_media(peers, join_times, c.peer, now);
+            }
             if !t.dirty {
                 t.dirty = true;
                 dirty.push(t.id);

@@ -472,6 +472,7 @@ impl Engine {
             wait_keyframe: codec.kind == Kind::Video,
             rewriter: Rewriter::default(),
             slot: matches!(what, Slot::Speakers).then_some(None),
+            media_noted: false,
         });
         // No keyframe request here: one asked for before this transport is up would arrive
         // before the subscriber can decode it; the forward path asks once it can.
