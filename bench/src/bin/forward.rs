@@ -1,7 +1,9 @@
 //! The in-memory forward path: one publisher sending 1 Mbit/s of VP8 to 1, 10, 100 and
-//! 1000 subscribers through one engine on a virtual clock. Reports the engine's CPU time
-//! and heap allocations per forwarded packet (decrypt once, rewrite + encrypt per
-//! subscriber, drain). Client-side work (the subscribers' decryption) is not counted.
+//! 1000 subscribers through one engine on a virtual clock. Reports the engine's time and
+//! heap allocations per forwarded packet taking the publisher's packets (decrypt once,
+//! rewrite + encrypt per subscriber, drain), and its time for everything per forwarded
+//! packet: also the subscribers' RTCP (receiver reports, TWCC feedback) and the
+//! timeouts. Client-side work (the subscribers' decryption) is not counted.
 //!
 //! With `--memory N` it measures memory instead: N subscriber transports (each with one
 //! video consumer) connected in the sim world and idle, then the same with the video
@@ -18,11 +20,13 @@
 //! live, which such a profiler reports as leaked, by call stack.
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use corelay::sfu::ortc::VP8;
-use corelay_testkit::sim::{Video, World};
+use corelay_testkit::sim::{Video, World, SERVER};
 
 /// Counts allocations while `COUNTING` is set, and live heap by size while `TRACKING` is;
 /// everything goes to mimalloc (or the system allocator, feature `system-alloc`).
@@ -87,6 +91,7 @@ struct Result {
     subscribers: u64,
     forwarded: u64,
     ns_per_packet: f64,
+    all_ns_per_packet: f64,
     allocs_per_packet: f64,
 }
 
@@ -140,9 +145,72 @@ fn forget_events(w: &mut World) {
     }
 }
 
-/// Sends `packets` packets of 1 Mbit/s video, measuring the engine taking each of them:
-/// (engine time, packets forwarded, allocations while forwarding).
-fn send_video(w: &mut World, video: &mut Video, packets: u64) -> (Duration, u64, u64) {
+/// What the engine spent while the video went out.
+struct Spent {
+    /// Taking the publisher's datagrams (the forward path).
+    forward: Duration,
+    /// Every engine call: those, the subscribers' datagrams and the timeouts.
+    all: Duration,
+    /// Packets forwarded.
+    forwarded: u64,
+    /// Allocations while taking the publisher's datagrams.
+    allocs: u64,
+}
+
+/// `World::step`, timing every call into the engine (into `all`).
+fn step_timed(
+    w: &mut World,
+    dt: Duration,
+    by_addr: &HashMap<SocketAddr, usize>,
+    all: &mut Duration,
+) {
+    w.now += dt;
+    if w.engine.next_timeout().is_some_and(|t| t <= w.now) {
+        let start = Instant::now();
+        w.engine.handle_timeout(w.now);
+        *all += start.elapsed();
+    }
+    let now = w.now;
+    for c in w.clients.iter_mut() {
+        if c.deadline <= now {
+            c.handle_timeout(now);
+        }
+    }
+    // `World::exchange`: datagrams both ways until none are left.
+    let server: SocketAddr = SERVER.parse().unwrap();
+    loop {
+        let mut moved = false;
+        for i in 0..w.clients.len() {
+            let addr = w.clients[i].addr;
+            for t in std::mem::take(&mut w.clients[i].outbox) {
+                moved = true;
+                let start = Instant::now();
+                w.engine.handle_datagram(now, addr, &t.contents);
+                *all += start.elapsed();
+            }
+        }
+        for t in w.engine.take_outbox() {
+            moved = true;
+            if let Some(&i) = by_addr.get(&t.destination) {
+                w.clients[i].handle_datagram(now, server, &t.contents);
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+/// Sends `packets` packets of 1 Mbit/s video, measuring the engine taking each of them,
+/// and all it does meanwhile.
+fn send_video(w: &mut World, video: &mut Video, packets: u64) -> Spent {
+    let by_addr: HashMap<SocketAddr, usize> = w
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.addr, i))
+        .collect();
+    let mut all = Duration::ZERO;
     let pc = video.client;
     let publisher_addr = w.clients[pc].addr;
     let gap = Duration::from_micros(1_000_000 / PACKETS_PER_SECOND);
@@ -178,20 +246,27 @@ fn send_video(w: &mut World, video: &mut Video, packets: u64) -> (Duration, u64,
                 allocs += ALLOCS.load(Ordering::Relaxed);
             }
         }
-        w.step(gap);
+        step_timed(w, gap, &by_addr, &mut all);
         forget_events(w);
     }
-    (busy, forwarded, allocs)
+    Spent {
+        forward: busy,
+        all: all + busy,
+        forwarded,
+        allocs,
+    }
 }
 
 fn run(subscribers: u64, seconds: u64, setup: Setup) -> Result {
     let (mut w, mut video) = world(subscribers, setup);
-    let (busy, forwarded, allocs) = send_video(&mut w, &mut video, PACKETS_PER_SECOND * seconds);
+    let spent = send_video(&mut w, &mut video, PACKETS_PER_SECOND * seconds);
+    let per = |x: f64| x / spent.forwarded.max(1) as f64;
     Result {
         subscribers,
-        forwarded,
-        ns_per_packet: busy.as_nanos() as f64 / forwarded.max(1) as f64,
-        allocs_per_packet: allocs as f64 / forwarded.max(1) as f64,
+        forwarded: spent.forwarded,
+        ns_per_packet: per(spent.forward.as_nanos() as f64),
+        all_ns_per_packet: per(spent.all.as_nanos() as f64),
+        allocs_per_packet: per(spent.allocs as f64),
     }
 }
 
@@ -360,14 +435,14 @@ fn main() {
         );
     }
     println!(
-        "{:>12} {:>12} {:>16} {:>18}",
-        "subscribers", "forwarded", "ns/packet", "allocs/packet"
+        "{:>12} {:>12} {:>16} {:>20} {:>18}",
+        "subscribers", "forwarded", "ns/packet", "all engine ns/pkt", "allocs/packet"
     );
     for subs in subs {
         let r = run(subs, seconds, setup);
         println!(
-            "{:>12} {:>12} {:>16.0} {:>18.2}",
-            r.subscribers, r.forwarded, r.ns_per_packet, r.allocs_per_packet
+            "{:>12} {:>12} {:>16.0} {:>20.0} {:>18.2}",
+            r.subscribers, r.forwarded, r.ns_per_packet, r.all_ns_per_packet, r.allocs_per_packet
         );
     }
 }
