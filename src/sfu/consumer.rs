@@ -2,10 +2,10 @@
 //! with its own SSRC, payload type and sequence/timestamp numbering, and the keyframe gate
 //! that holds video until the subscriber can decode it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Mid};
-use str0m::rtp::Ssrc;
+use str0m::rtp::{Ssrc, StreamTx};
 
 use super::engine::{parse_id, wire_id, Engine, Notice, PeerId};
 use super::ortc::{self, ConsumerRtpParameters, Kind, RtpCapabilities};
@@ -13,6 +13,29 @@ use super::rewrite::Rewriter;
 use super::speakers::Held;
 use super::transport::Direction;
 use super::SfuError;
+
+/// How long a video packet sent to a subscriber is kept for resending on its NACK (str0m
+/// keeps 3 s). A receiver NACKs a gap as soon as the next packet shows it (within a frame
+/// interval) and repeats every round trip; a resend older than this misses the playout
+/// of an interactive stream, whose jitter buffer holds a few hundred milliseconds at
+/// most. 500 ms is a first NACK at a round trip up to about 400 ms, or three tries at
+/// 150 ms.
+pub(super) const VIDEO_RESEND_WINDOW: Duration = Duration::from_millis(500);
+
+/// The most video packets kept per consumer for resending (str0m keeps up to 1000 per
+/// stream, about 430 bytes each besides the payload the consumers share): 500 ms at
+/// 4 Mbit/s in 1200-byte packets is about 210, rounded up for keyframe bursts.
+pub(super) const VIDEO_RESEND_PACKETS: usize = 256;
+
+/// Queued resends are dropped when resends pass this share of what is sent (str0m's own
+/// default, kept).
+const RESEND_RATIO_CAP: Option<f32> = Some(0.15);
+
+/// Sizes a video consumer's resend (RTX) cache. Audio needs nothing: it is sent without
+/// RTX and not nackable, so str0m caches none of it.
+pub(super) fn size_resend_cache(tx: &mut StreamTx) {
+    tx.set_rtx_cache(VIDEO_RESEND_PACKETS, VIDEO_RESEND_WINDOW, RESEND_RATIO_CAP);
+}
 
 /// What `consume` answers: everything mediasoup-client's `consume()` needs.
 pub struct ConsumerInfo {
@@ -50,6 +73,9 @@ pub(super) struct Consumer {
     pub(super) rewriter: Rewriter,
     /// A loudest-speaker slot (`/connect`): its producer changes; 0 when it carries none.
     pub(super) slot: Option<Option<Held>>,
+    /// It has forwarded a packet, so its subscriber's first media is on record (the
+    /// forward path then skips the peer lookup).
+    pub(super) media_noted: bool,
 }
 
 /// One received packet of a producer's forwarded layer, as each of its consumers sees it.
@@ -173,7 +199,10 @@ impl Engine {
             };
             api.declare_media(mid, media_kind);
             let rtx_ssrc = (kind == Kind::Video).then_some(rtx);
-            api.declare_stream_tx(ssrc, rtx_ssrc, mid, None);
+            let tx = api.declare_stream_tx(ssrc, rtx_ssrc, mid, None);
+            if kind == Kind::Video {
+                size_resend_cache(tx);
+            }
             (ssrc, rtx)
         };
         let id = self.add_consumer(Consumer {
@@ -187,6 +216,7 @@ impl Engine {
             wait_keyframe: kind == Kind::Video,
             rewriter: Rewriter::default(),
             slot: None,
+            media_noted: false,
         });
         self.drain(now, tid);
         Ok(ConsumerInfo {
@@ -300,6 +330,7 @@ mod tests {
             wait_keyframe: true,
             rewriter: Rewriter::default(),
             slot: None,
+            media_noted: false,
         }
     }
 

@@ -8,11 +8,12 @@
 //! [`transport`](super::transport), [`producer`](super::producer),
 //! [`consumer`](super::consumer), [`slots`](super::slots), and the SDP bridge in
 //! [`sdp`](super::sdp)). This module keeps the engine itself: id allocation, the demux
-//! tables (by ICE ufrag, by source address, by mid), datagrams and timeouts in, draining
-//! each str0m `Rtc`, the fan-out of a received packet to its consumers, and the outbox and
-//! notices.
+//! tables (by ICE ufrag, by source address, by mid; each transport keeps its own by SSRC),
+//! datagrams and timeouts in (the transports' deadlines in a heap), draining each str0m
+//! `Rtc`, the fan-out of a received packet to its consumers, and the outbox and notices.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -119,8 +120,9 @@ pub struct Engine {
     pub(super) peers: HashMap<PeerId, Peer>,
     /// Rooms by name, while they have peers.
     pub(super) rooms: HashMap<String, Room>,
-    /// Transports by id.
-    pub(super) transports: HashMap<u64, Transport>,
+    /// Transports by id (boxed: a `Transport` is about 10 KB, and a map of them inline
+    /// would keep that much again per free slot).
+    pub(super) transports: HashMap<u64, Box<Transport>>,
     /// Producers by id.
     pub(super) producers: HashMap<u64, Producer>,
     /// Consumers by id.
@@ -133,9 +135,14 @@ pub struct Engine {
     pub(super) producer_by_mid: HashMap<(u64, Mid), u64>,
     /// The consumer of each (transport, mid).
     pub(super) consumer_by_mid: HashMap<(u64, Mid), u64>,
-    /// No transport's deadline is earlier than this (it may be earlier than needed: an
-    /// early wake-up finds nothing due and recomputes it).
-    pub(super) earliest: Option<Instant>,
+    /// The transports' wake-ups, earliest first: `(at, transport)`. An entry counts only
+    /// while it is its transport's [`Transport::timer`]; others are stale and skipped when
+    /// they come up (lazy invalidation). The top is never stale between calls, so it is
+    /// the engine's next timeout: no later than any transport's deadline, perhaps earlier
+    /// (an early wake-up finds its transport not due and re-arms it at the deadline).
+    pub(super) timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Reused by `handle_timeout` for the transports that are due.
+    pub(super) scratch_due: Vec<u64>,
     /// Transports written to since their last drain.
     pub(super) dirty: Vec<u64>,
     /// Rooms whose speaker slots are due for review.
@@ -183,7 +190,8 @@ impl Engine {
             by_source: HashMap::default(),
             producer_by_mid: HashMap::default(),
             consumer_by_mid: HashMap::default(),
-            earliest: None,
+            timers: BinaryHeap::new(),
+            scratch_due: Vec::new(),
             dirty: Vec::new(),
             scratch_events: Vec::new(),
             join_times: Vec::new(),
@@ -229,9 +237,25 @@ impl Engine {
 
     // ------------------------------------------------------------------ outputs
 
-    /// Datagrams to send, oldest first.
+    /// Datagrams to send, oldest first. The engine's next outbox starts with room for as
+    /// many as this one held; [`Engine::drain_outbox_into`] allocates nothing at all.
     pub fn take_outbox(&mut self) -> Vec<Transmit> {
-        std::mem::take(&mut self.outbox)
+        if self.outbox.is_empty() {
+            return Vec::new();
+        }
+        let room = self.outbox.len();
+        std::mem::replace(&mut self.outbox, Vec::with_capacity(room))
+    }
+
+    /// Moves the datagrams to send into `out`, after what it holds, oldest first. Buffers
+    /// are exchanged, not allocated: a driver that empties `out` (keeping its capacity)
+    /// and hands it back each flush allocates nothing for the outbox.
+    pub fn drain_outbox_into(&mut self, out: &mut Vec<Transmit>) {
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.outbox);
+        } else {
+            out.append(&mut self.outbox);
+        }
     }
 
     /// How many datagrams wait to be sent.
@@ -254,9 +278,11 @@ impl Engine {
         self.notices.pop_front()
     }
 
-    /// The earliest time any transport wants `handle_timeout`.
+    /// When to call `handle_timeout` next: no later than the earliest time any transport
+    /// wants it (perhaps earlier: such a wake-up finds nothing due). `None` without
+    /// transports.
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.earliest
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     // ------------------------------------------------------------------ transports
@@ -266,6 +292,9 @@ impl Engine {
     pub(super) fn add_transport(&mut self, t: Transport) -> u64 {
         let (id, peer) = (t.id, t.peer);
         self.by_ufrag.insert(t.ufrag.clone(), id);
+        let mut t = Box::new(t);
+        let deadline = t.deadline;
+        arm(&mut self.timers, &mut t, deadline);
         self.transports.insert(id, t);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.transports.push(id);
@@ -288,6 +317,8 @@ impl Engine {
         if let Some(p) = self.peers.get_mut(&t.peer) {
             p.transports.retain(|&x| x != id);
         }
+        // Its timer entry is stale now (its SSRC routes went with it).
+        self.settle_timers();
     }
 
     /// A transport failed: its peer leaves and is told why.
@@ -364,24 +395,65 @@ impl Engine {
         Some(tid)
     }
 
-    /// Feeds timeouts to every transport that is due.
+    /// Feeds timeouts to every transport that is due: pops the due wake-ups off the heap
+    /// (O(due log n), not a visit of every transport), once per transport per call.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.earliest.is_none_or(|t| t > now) {
-            return;
+        let mut due = std::mem::take(&mut self.scratch_due);
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(t) = self.transports.get_mut(&id) else {
+                continue;
+            };
+            if t.timer != Some(at) {
+                continue; // stale: superseded by an earlier wake-up
+            }
+            t.timer = None;
+            if t.deadline <= now {
+                due.push(id);
+            } else {
+                // Woken early (the deadline moved later since): wait for the deadline.
+                let deadline = t.deadline;
+                arm(&mut self.timers, t, deadline);
+            }
         }
-        let due: Vec<u64> = self
-            .transports
-            .values()
-            .filter(|t| t.deadline <= now)
-            .map(|t| t.id)
-            .collect();
-        for id in due {
+        // Wake-ups armed while these drain (even ones already due) wait for the next call.
+        for &id in &due {
             if let Some(t) = self.transports.get_mut(&id) {
                 let _ = t.rtc.handle_input(Input::Timeout(now));
             }
             self.drain(now, id);
         }
-        self.earliest = self.transports.values().map(|t| t.deadline).min();
+        due.clear();
+        self.scratch_due = due;
+        self.settle_timers();
+    }
+
+    /// Drops stale wake-ups off the top of the heap, so that its top is the next timeout;
+    /// rebuilds the heap when stale entries are most of it.
+    fn settle_timers(&mut self) {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if self
+                .transports
+                .get(&id)
+                .is_some_and(|t| t.timer == Some(at))
+            {
+                break;
+            }
+            self.timers.pop();
+        }
+        if self.timers.len() > 2 * self.transports.len() + 64 {
+            let mut entries = std::mem::take(&mut self.timers).into_vec();
+            entries.clear();
+            entries.extend(
+                self.transports
+                    .values()
+                    .filter_map(|t| t.timer.map(|at| Reverse((at, t.id)))),
+            );
+            self.timers = BinaryHeap::from(entries);
+        }
     }
 
     /// Queues a transport for draining (once).
@@ -423,9 +495,7 @@ impl Engine {
                             continue;
                         }
                         t.deadline = at;
-                        if self.earliest.is_none_or(|e| at < e) {
-                            self.earliest = Some(at);
-                        }
+                        arm(&mut self.timers, t, at);
                         break;
                     }
                     Ok(Output::Transmit(tx)) => {
@@ -451,6 +521,11 @@ impl Engine {
                 }
             }
             if let Some(reason) = failed {
+                // Still woken if it outlives the failure (its entry goes stale if not).
+                if let Some(t) = self.transports.get_mut(&id) {
+                    let deadline = t.deadline;
+                    arm(&mut self.timers, t, deadline);
+                }
                 self.fail_transport(now, id, reason);
                 continue;
             }
@@ -471,32 +546,40 @@ impl Engine {
         self.review_due_slots(now);
     }
 
-    /// The producer a received packet belongs to: by its mid, or, for a packet without
-    /// one, by its SSRC.
-    fn producer_of(&self, tid: u64, header: &RtpHeader) -> Option<u64> {
-        match header.ext_vals.mid {
-            Some(mid) => self.producer_by_mid.get(&(tid, mid)).copied(),
-            None => self
-                .producers
-                .values()
-                .find(|p| p.transport == tid && p.has_ssrc(header.ssrc))
-                .map(|p| p.id),
+    /// The producer and layer a received packet belongs to: by its SSRC in the
+    /// transport's table (browsers stop sending the mid once the SSRC is acknowledged),
+    /// else by its mid, learning the SSRC of a rid layer (or of the one unnamed layer)
+    /// into the table. A packet whose mid names another producer than its SSRC goes by
+    /// its mid.
+    fn route(&mut self, tid: u64, header: &RtpHeader) -> Option<(u64, usize)> {
+        let t = self.transports.get_mut(&tid)?;
+        let mid = header.ext_vals.mid;
+        if let Some(&(pid, layer)) = t.ssrc_routes.get(&header.ssrc) {
+            let its_mid = || self.producers.get(&pid).map(|p| p.mid);
+            if mid.is_none() || mid == its_mid() {
+                return Some((pid, layer));
+            }
         }
+        let pid = *self.producer_by_mid.get(&(tid, mid?))?;
+        let layer = self
+            .producers
+            .get_mut(&pid)?
+            .layer_of(header.ssrc, &header.ext_vals)?;
+        t.ssrc_routes.insert(header.ssrc, (pid, layer));
+        Some((pid, layer))
     }
 
     /// The heart of the SFU: one received packet to every consumer of its producer.
     fn forward(&mut self, now: Instant, tid: u64, pkt: RtpPacket) {
         self.counters.rtp_in += 1;
         self.counters.bytes_in += pkt.payload.len() as u64;
-        let Some(pid) = self.producer_of(tid, &pkt.header) else {
+        let Some((pid, layer)) = self.route(tid, &pkt.header) else {
             return;
         };
         let Some(p) = self.producers.get_mut(&pid) else {
             return;
         };
-        let Some(layer) = p.receive(now, pkt.header.ssrc, &pkt.header.ext_vals) else {
-            return;
-        };
+        p.note_packet(now, layer, &pkt.header.ext_vals);
         // Forward the highest active layer; switching waits for a keyframe.
         let switched = p.select_layer(now, layer);
         let selected = layer == p.selected;
@@ -573,7 +656,10 @@ impl Engine {
                 .nackable(video);
             tx.write_rtp(write);
             counters.rtp_out += 1;
-            note_first_media(peers, join_times, c.peer, now);
+            if !c.media_noted {
+                c.media_noted = true;
+                note_first_media(peers, join_times, c.peer, now);
+            }
             if !t.dirty {
                 t.dirty = true;
                 dirty.push(t.id);
@@ -582,5 +668,202 @@ impl Engine {
         if want_keyframe {
             self.request_keyframe(now, pid);
         }
+    }
+}
+
+/// Arms a transport's wake-up for `at`, unless one no later is armed already (that one
+/// comes first and re-arms for the deadline then). A superseded entry stays in the heap,
+/// stale.
+#[inline]
+fn arm(timers: &mut BinaryHeap<Reverse<(Instant, u64)>>, t: &mut Transport, at: Instant) {
+    if t.timer.is_none_or(|armed| at < armed) {
+        t.timer = Some(at);
+        timers.push(Reverse((at, t.id)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::ortc::{RtpParameters, EXT_MID, EXT_RID};
+    use crate::sfu::transport::Direction;
+
+    fn engine() -> Engine {
+        Engine::new(1 << 40, "10.0.0.1:40000".parse().unwrap()).unwrap()
+    }
+
+    /// A joined peer's transport, by id.
+    fn transport(e: &mut Engine, now: Instant, peer: PeerId, dir: Direction) -> u64 {
+        e.join(now, peer, "r", &format!("u{peer}"), "U", None)
+            .unwrap();
+        let t = e.create_transport(now, peer, dir).unwrap();
+        parse_id("t", &t.id).unwrap()
+    }
+
+    /// Every transport has exactly one live wake-up, no later than its deadline; the top
+    /// is live; stale entries never pile up.
+    fn check_timers(e: &Engine) {
+        let live = e
+            .timers
+            .iter()
+            .filter(|Reverse((at, id))| e.transports.get(id).is_some_and(|t| t.timer == Some(*at)))
+            .count();
+        assert_eq!(live, e.transports.len());
+        assert!(e
+            .transports
+            .values()
+            .all(|t| t.timer.is_some_and(|at| at <= t.deadline)));
+        if let Some(Reverse((at, id))) = e.timers.peek() {
+            assert_eq!(e.transports[id].timer, Some(*at), "the top is live");
+        }
+        assert!(e.timers.len() <= 2 * e.transports.len() + 64);
+    }
+
+    #[test]
+    fn an_earlier_deadline_supersedes_the_wake_up_and_stale_ones_are_dropped() {
+        let t0 = Instant::now();
+        let mut e = engine();
+        let id = transport(&mut e, t0, 1, Direction::Recv);
+        check_timers(&e);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        {
+            let Engine {
+                timers, transports, ..
+            } = &mut e;
+            timers.clear();
+            let t = transports.get_mut(&id).unwrap();
+            t.timer = None;
+            t.deadline = at(20);
+            arm(timers, t, at(10));
+            arm(timers, t, at(20)); // later: the wake-up at 10 s stays
+            assert_eq!(timers.len(), 1);
+            arm(timers, t, at(5)); // earlier: the one at 10 s is stale now
+            assert_eq!(timers.len(), 2);
+        }
+        assert_eq!(e.next_timeout(), Some(at(5)));
+        // Woken at 6 s, not due (the deadline is 20 s): re-armed for the deadline, and
+        // the stale entry at 10 s is gone from the top.
+        e.handle_timeout(at(6));
+        assert_eq!(e.next_timeout(), Some(at(20)));
+        assert_eq!(e.timers.len(), 1);
+        check_timers(&e);
+        // Many superseded entries behind a live top: the heap is rebuilt.
+        for s in (0..200).rev() {
+            let Engine {
+                timers, transports, ..
+            } = &mut e;
+            arm(
+                timers,
+                transports.get_mut(&id).unwrap(),
+                at(7) + Duration::from_millis(s),
+            );
+        }
+        e.settle_timers();
+        assert_eq!(e.timers.len(), 1);
+        check_timers(&e);
+        e.leave(at(7), 1);
+        assert_eq!(e.next_timeout(), None);
+        assert!(e.timers.is_empty());
+    }
+
+    #[test]
+    fn wake_ups_follow_their_transports() {
+        let t0 = Instant::now();
+        let mut e = engine();
+        for peer in 1..=40 {
+            transport(&mut e, t0, peer, Direction::Recv);
+        }
+        check_timers(&e);
+        let mut now = t0;
+        for round in 0..600 {
+            now += Duration::from_millis(50);
+            if e.next_timeout().is_some_and(|t| t <= now) {
+                e.handle_timeout(now);
+            }
+            if round % 30 == 0 {
+                e.leave(now, 1 + round / 30);
+            }
+            check_timers(&e);
+        }
+        for peer in 1..=40 {
+            e.leave(now, peer);
+        }
+        assert_eq!(e.transports(), 0);
+        assert_eq!(e.next_timeout(), None);
+        assert!(e.timers.is_empty());
+    }
+
+    fn params(v: serde_json::Value) -> RtpParameters {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn header(ssrc: u32, mid: Option<&str>, rid: Option<&str>) -> RtpHeader {
+        RtpHeader {
+            ssrc: ssrc.into(),
+            ext_vals: ExtensionValues {
+                mid: mid.map(Mid::from),
+                rid: rid.map(Into::into),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ssrc_routes_are_declared_learnt_and_forgotten_with_their_producer() {
+        let now = Instant::now();
+        let mut e = engine();
+        let tid = transport(&mut e, now, 1, Direction::Send);
+        let tw = wire_id("t", tid);
+        let exts = serde_json::json!([{"uri": EXT_MID, "id": 4}, {"uri": EXT_RID, "id": 10}]);
+        let vp8 =
+            serde_json::json!([{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}]);
+        let declared = params(serde_json::json!({
+            "mid": "0", "codecs": vp8, "headerExtensions": exts,
+            "encodings": [{"ssrc": 1234}], "rtcp": {"cname": "c"}
+        }));
+        let p0 = e.produce(now, 1, &tw, Kind::Video, &declared).unwrap();
+        let p0 = parse_id("p", &p0).unwrap();
+        let routes = |e: &Engine| {
+            let mut r: Vec<(u32, (u64, usize))> = e.transports[&tid]
+                .ssrc_routes
+                .iter()
+                .map(|(s, r)| (**s, *r))
+                .collect();
+            r.sort_unstable();
+            r
+        };
+        assert_eq!(routes(&e), vec![(1234, (p0, 0))], "declared");
+        let simulcast = params(serde_json::json!({
+            "mid": "1", "codecs": vp8, "headerExtensions": exts,
+            "encodings": [{"rid": "l"}, {"rid": "h"}], "rtcp": {"cname": "c"}
+        }));
+        let p1 = e.produce(now, 1, &tw, Kind::Video, &simulcast).unwrap();
+        let p1 = parse_id("p", &p1).unwrap();
+        assert_eq!(routes(&e).len(), 1, "rid layers are learnt, not declared");
+
+        // Learnt from mid + rid, then found by SSRC alone.
+        assert_eq!(
+            e.route(tid, &header(7, Some("1"), Some("h"))),
+            Some((p1, 1))
+        );
+        assert_eq!(e.route(tid, &header(7, None, None)), Some((p1, 1)));
+        assert_eq!(e.route(tid, &header(1234, None, None)), Some((p0, 0)));
+        // Unknown SSRC without a mid: nobody's.
+        assert_eq!(e.route(tid, &header(8, None, None)), None);
+        // Another producer's mid on a known SSRC goes by the mid (and is not its layer).
+        assert_eq!(e.route(tid, &header(1234, Some("1"), None)), None);
+        assert_eq!(routes(&e), vec![(7, (p1, 1)), (1234, (p0, 0))]);
+
+        // Closing a producer forgets its SSRCs, and only its own.
+        e.close_producer(now, 1, &wire_id("p", p1)).unwrap();
+        assert_eq!(routes(&e), vec![(1234, (p0, 0))]);
+        assert_eq!(e.route(tid, &header(7, None, None)), None);
+        // The SSRC used again by a new producer routes to it.
+        e.close_producer(now, 1, &wire_id("p", p0)).unwrap();
+        assert!(routes(&e).is_empty());
+        let p2 = e.produce(now, 1, &tw, Kind::Video, &declared).unwrap();
+        let p2 = parse_id("p", &p2).unwrap();
+        assert_eq!(e.route(tid, &header(1234, None, None)), Some((p2, 0)));
     }
 }

@@ -88,20 +88,17 @@ pub(super) struct Producer {
 }
 
 impl Producer {
-    /// Whether packets with this SSRC are one of its layers.
-    pub(super) fn has_ssrc(&self, ssrc: Ssrc) -> bool {
-        self.layers.iter().any(|l| l.ssrc == Some(ssrc))
+    /// The SSRCs it knows (declared or learnt), with their layers.
+    pub(super) fn ssrcs(&self) -> impl Iterator<Item = (Ssrc, usize)> + '_ {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.ssrc.map(|s| (s, i)))
     }
 
-    /// Takes one received packet: finds its layer (learning the SSRC of a rid layer, or of
-    /// the one unnamed layer, from its first packet), notes the layer as active and, for
-    /// audio, feeds the packet's level. `None`: the packet is none of its layers.
-    pub(super) fn receive(
-        &mut self,
-        now: Instant,
-        ssrc: Ssrc,
-        ext: &ExtensionValues,
-    ) -> Option<usize> {
+    /// The layer of a packet with this SSRC, learning the SSRC of a rid layer (or of the
+    /// one unnamed layer) from its first packet. `None`: the packet is none of its layers.
+    pub(super) fn layer_of(&mut self, ssrc: Ssrc, ext: &ExtensionValues) -> Option<usize> {
         let layer = match self.layers.iter().position(|l| l.ssrc == Some(ssrc)) {
             Some(i) => i,
             None => {
@@ -118,11 +115,16 @@ impl Producer {
                 fresh
             }
         };
+        Some(layer)
+    }
+
+    /// A packet of `layer` arrived: the layer is active and, for audio, the packet's level
+    /// is fed.
+    pub(super) fn note_packet(&mut self, now: Instant, layer: usize, ext: &ExtensionValues) {
         self.layers[layer].last_packet = Some(now);
         if self.kind == Kind::Audio {
             self.level.update(now, ext.audio_level);
         }
-        Some(layer)
     }
 
     /// Selects the highest active layer (`layer`, the one that just got a packet, when
@@ -215,6 +217,13 @@ impl Engine {
     ) -> u64 {
         let id = self.fresh_id();
         let selected = layers.len().saturating_sub(1);
+        if let Some(t) = self.transports.get_mut(&tid) {
+            for (i, l) in layers.iter().enumerate() {
+                if let Some(ssrc) = l.ssrc {
+                    t.ssrc_routes.insert(ssrc, (id, i));
+                }
+            }
+        }
         self.producers.insert(
             id,
             Producer {
@@ -320,6 +329,12 @@ impl Engine {
             self.remove_consumer(now, *cid, true);
         }
         if let Some(t) = self.transports.get_mut(&p.transport) {
+            for (ssrc, _) in p.ssrcs() {
+                // Unless a newer producer of the transport took the SSRC over.
+                if t.ssrc_routes.get(&ssrc).is_some_and(|r| r.0 == id) {
+                    t.ssrc_routes.remove(&ssrc);
+                }
+            }
             t.rtc.direct_api().remove_media(p.mid);
             self.mark_dirty(p.transport);
         }
@@ -373,6 +388,21 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::sfu::ortc::VP8;
+
+    impl Producer {
+        /// Whether packets with this SSRC are one of its layers.
+        fn has_ssrc(&self, ssrc: Ssrc) -> bool {
+            self.layers.iter().any(|l| l.ssrc == Some(ssrc))
+        }
+
+        /// Takes one received packet as the engine does: its layer (learning the SSRC),
+        /// then the packet noted. `None`: the packet is none of its layers.
+        fn receive(&mut self, now: Instant, ssrc: Ssrc, ext: &ExtensionValues) -> Option<usize> {
+            let layer = self.layer_of(ssrc, ext)?;
+            self.note_packet(now, layer, ext);
+            Some(layer)
+        }
+    }
 
     fn producer(now: Instant, layers: Vec<Layer>) -> Producer {
         Producer {

@@ -9,7 +9,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction as MediaDirection, MediaKind, Mid};
 use str0m::Candidate;
 
-use super::consumer::Consumer;
+use super::consumer::{size_resend_cache, Consumer};
 use super::engine::{parse_id, wire_id, Engine, PeerId};
 use super::ortc::{Kind, ProducerSpec, RouterCodec, OPUS};
 use super::producer::Layer;
@@ -455,6 +455,11 @@ impl Engine {
                 ssrc
             }
         };
+        if codec.kind == Kind::Video {
+            if let Some(tx) = api.stream_tx(&ssrc) {
+                size_resend_cache(tx);
+            }
+        }
         let peer = t.peer;
         self.add_consumer(Consumer {
             peer,
@@ -467,6 +472,7 @@ impl Engine {
             wait_keyframe: codec.kind == Kind::Video,
             rewriter: Rewriter::default(),
             slot: matches!(what, Slot::Speakers).then_some(None),
+            media_noted: false,
         });
         // No keyframe request here: one asked for before this transport is up would arrive
         // before the subscriber can decode it; the forward path asks once it can.

@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap as HashMap;
 use str0m::change::SdpOffer;
 use str0m::config::{DtlsCert, Fingerprint};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::Ssrc;
 use str0m::{Candidate, IceCreds, Input, Rtc, RtcConfig};
 
 use super::engine::{parse_id, wire_id, Engine, PeerId};
@@ -52,6 +54,12 @@ pub struct Transport {
     pub next_mid: u32,
     /// When str0m next wants `handle_timeout`.
     pub deadline: Instant,
+    /// The wake-up armed in the engine's timer heap (no later than `deadline`); `None`
+    /// while it is being handled.
+    pub(super) timer: Option<Instant>,
+    /// Demux by SSRC: the producer and layer of every SSRC its producers declared or
+    /// learnt (mediasoup's RtpListener keeps the same table).
+    pub(super) ssrc_routes: HashMap<Ssrc, (u64, usize)>,
     /// Queued for draining (the engine's dirty list holds it once).
     pub dirty: bool,
     /// Source addresses seen for this transport, to forget them on close.
@@ -94,6 +102,9 @@ impl Transport {
             .set_local_ice_credentials(creds.clone())
             // Stats events are not used; skip computing them.
             .set_stats_interval(None)
+            // What str0m keeps per video stream for resends, for streams it makes itself
+            // (SDP); consumers also get a shorter window (`consumer::size_resend_cache`).
+            .set_send_buffer_video(super::consumer::VIDEO_RESEND_PACKETS)
             .build(now);
         let host =
             Candidate::host(candidate, "udp").map_err(|e| SfuError::Internal(e.to_string()))?;
@@ -118,6 +129,8 @@ impl Transport {
             sdp: false,
             next_mid: 0,
             deadline: now,
+            timer: None,
+            ssrc_routes: HashMap::default(),
             dirty: false,
             sources: Vec::new(),
             early_dtls: Vec::new(),

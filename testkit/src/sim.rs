@@ -2,7 +2,8 @@
 //! clock, and datagrams passed by hand. Scenario tests and the forward-path benchmark run
 //! on it; nothing here sleeps or opens a socket.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -11,6 +12,7 @@ use crate::client::{Client, ClientEvent, Numbering};
 use corelay::sfu::engine::Engine;
 use corelay::sfu::ortc::{Kind, RtpParameters, VP8};
 use corelay::sfu::transport::Direction;
+use str0m::net::Transmit;
 
 pub const SERVER: &str = "10.0.0.1:40000";
 
@@ -21,6 +23,11 @@ pub struct World {
     pub clients: Vec<Client>,
     /// Client addresses cut off the network: their datagrams are lost both ways.
     pub offline: Vec<SocketAddr>,
+    /// Where each client made by `add_client_with` sits in `clients` (checked before use,
+    /// so clients moved or removed by hand are still found by their address).
+    by_addr: HashMap<SocketAddr, usize>,
+    /// The engine's outbox is drained into this, reused.
+    out: Vec<Transmit>,
 }
 
 /// A subscribing peer: its client, its consumer id, its peer id.
@@ -44,6 +51,8 @@ impl World {
             engine: Engine::new(1 << 48, SERVER.parse().unwrap()).unwrap(),
             clients: Vec::new(),
             offline: Vec::new(),
+            by_addr: HashMap::new(),
+            out: Vec::new(),
         }
     }
 
@@ -53,12 +62,23 @@ impl World {
 
     /// A client that sends with its own payload types and extension ids.
     pub fn add_client_with(&mut self, numbering: Numbering) -> usize {
-        let addr: SocketAddr = format!("10.0.1.{}:5000", self.clients.len() + 1)
-            .parse()
-            .unwrap();
+        // 10.0.1.1, 10.0.1.2, ...; past 255 clients the third byte counts on.
+        let n = self.clients.len() + 1;
+        let ip = Ipv4Addr::new(10, 0, 1 + (n / 256) as u8, (n % 256) as u8);
+        let addr = SocketAddr::from((ip, 5000));
         self.clients
             .push(Client::with_numbering(self.now, addr, numbering));
+        self.by_addr.insert(addr, self.clients.len() - 1);
         self.clients.len() - 1
+    }
+
+    /// The client with this address.
+    fn client_at(&mut self, addr: SocketAddr) -> Option<&mut Client> {
+        let i = match self.by_addr.get(&addr) {
+            Some(&i) if self.clients.get(i).is_some_and(|c| c.addr == addr) => i,
+            _ => self.clients.iter().position(|c| c.addr == addr)?,
+        };
+        self.clients.get_mut(i)
     }
 
     /// Moves datagrams both ways until none are left.
@@ -75,15 +95,19 @@ impl World {
                     self.engine.handle_datagram(self.now, c.addr, &t.contents);
                 }
             }
-            for t in self.engine.take_outbox() {
+            let mut out = std::mem::take(&mut self.out);
+            self.engine.drain_outbox_into(&mut out);
+            for t in out.drain(..) {
                 moved = true;
                 if self.offline.contains(&t.destination) {
                     continue;
                 }
-                if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
-                    c.handle_datagram(self.now, server, &t.contents);
+                let now = self.now;
+                if let Some(c) = self.client_at(t.destination) {
+                    c.handle_datagram(now, server, &t.contents);
                 }
             }
+            self.out = out;
             if !moved {
                 return;
             }
@@ -137,14 +161,24 @@ impl World {
         (c, t.id)
     }
 
-    /// A peer that publishes VP8 on ssrc 1000+peer.
+    /// A peer that publishes VP8 on ssrc 1000+peer (RTX on 1500+peer) in "room".
     pub fn publisher(&mut self, peer: u64) -> (usize, String, u32) {
+        self.publish(peer, "room", true)
+    }
+
+    /// A peer that publishes VP8 on ssrc 1000+peer in `room`, with RTX on 1500+peer if
+    /// `rtx`. (A str0m sender with RTX keeps writing the mid into every packet: it takes a
+    /// receiver report for its RTX SSRC only as acknowledgement. Without RTX it stops once
+    /// the server's first receiver report acknowledges the SSRC, as browsers do; str0m
+    /// reports a stream without RTX every 5 s, taking it for audio.)
+    pub fn publish(&mut self, peer: u64, room: &str, rtx: bool) -> (usize, String, u32) {
         self.engine
-            .join(self.now, peer, "room", &format!("u{peer}"), "Pub", None)
+            .join(self.now, peer, room, &format!("u{peer}"), "Pub", None)
             .unwrap();
         let (c, tid) = self.transport(peer, Direction::Send);
         let ssrc = 1000 + peer as u32;
-        let params = self.clients[c].add_sender(&VP8, ssrc, Some(ssrc + 500));
+        let rtx = rtx.then_some(ssrc + 500);
+        let params = self.clients[c].add_sender(&VP8, ssrc, rtx);
         let params: RtpParameters = serde_json::from_value(params).unwrap();
         let pid = self
             .engine
