@@ -265,10 +265,10 @@ fn transports_removed_leave_no_wake_up_behind() {
     for i in 0..30 {
         frame(&mut w, pc, ssrc, &mut seq, i == 0, &mut seen);
     }
-    assert!(w.engine.next_timeout().is_some());
+    assert!(w.engine.poll_timeout().is_some());
     // One subscriber leaves: the others still wake up and receive.
     w.engine.leave(w.now, subs[0].peer);
-    assert!(w.engine.next_timeout().is_some());
+    assert!(w.engine.poll_timeout().is_some());
     for _ in 0..10 {
         frame(&mut w, pc, ssrc, &mut seq, false, &mut seen);
     }
@@ -279,7 +279,7 @@ fn transports_removed_leave_no_wake_up_behind() {
     w.engine.leave(w.now, 1);
     assert_eq!(w.engine.transports(), 0);
     assert_eq!(
-        w.engine.next_timeout(),
+        w.engine.poll_timeout(),
         None,
         "no wake-up for transports gone"
     );

@@ -237,20 +237,10 @@ impl Engine {
 
     // ------------------------------------------------------------------ outputs
 
-    /// Datagrams to send, oldest first. The engine's next outbox starts with room for as
-    /// many as this one held; [`Engine::drain_outbox_into`] allocates nothing at all.
-    pub fn take_outbox(&mut self) -> Vec<Transmit> {
-        if self.outbox.is_empty() {
-            return Vec::new();
-        }
-        let room = self.outbox.len();
-        std::mem::replace(&mut self.outbox, Vec::with_capacity(room))
-    }
-
     /// Moves the datagrams to send into `out`, after what it holds, oldest first. Buffers
     /// are exchanged, not allocated: a driver that empties `out` (keeping its capacity)
     /// and hands it back each flush allocates nothing for the outbox.
-    pub fn drain_outbox_into(&mut self, out: &mut Vec<Transmit>) {
+    pub fn poll_transmits(&mut self, out: &mut Vec<Transmit>) {
         if out.is_empty() {
             std::mem::swap(out, &mut self.outbox);
         } else {
@@ -281,7 +271,7 @@ impl Engine {
     /// When to call `handle_timeout` next: no later than the earliest time any transport
     /// wants it (perhaps earlier: such a wake-up finds nothing due). `None` without
     /// transports.
-    pub fn next_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
@@ -740,11 +730,11 @@ mod tests {
             arm(timers, t, at(5)); // earlier: the one at 10 s is stale now
             assert_eq!(timers.len(), 2);
         }
-        assert_eq!(e.next_timeout(), Some(at(5)));
+        assert_eq!(e.poll_timeout(), Some(at(5)));
         // Woken at 6 s, not due (the deadline is 20 s): re-armed for the deadline, and
         // the stale entry at 10 s is gone from the top.
         e.handle_timeout(at(6));
-        assert_eq!(e.next_timeout(), Some(at(20)));
+        assert_eq!(e.poll_timeout(), Some(at(20)));
         assert_eq!(e.timers.len(), 1);
         check_timers(&e);
         // Many superseded entries behind a live top: the heap is rebuilt.
@@ -762,7 +752,7 @@ mod tests {
         assert_eq!(e.timers.len(), 1);
         check_timers(&e);
         e.leave(at(7), 1);
-        assert_eq!(e.next_timeout(), None);
+        assert_eq!(e.poll_timeout(), None);
         assert!(e.timers.is_empty());
     }
 
@@ -777,7 +767,7 @@ mod tests {
         let mut now = t0;
         for round in 0..600 {
             now += Duration::from_millis(50);
-            if e.next_timeout().is_some_and(|t| t <= now) {
+            if e.poll_timeout().is_some_and(|t| t <= now) {
                 e.handle_timeout(now);
             }
             if round % 30 == 0 {
@@ -789,7 +779,7 @@ mod tests {
             e.leave(now, peer);
         }
         assert_eq!(e.transports(), 0);
-        assert_eq!(e.next_timeout(), None);
+        assert_eq!(e.poll_timeout(), None);
         assert!(e.timers.is_empty());
     }
 

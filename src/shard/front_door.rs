@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures::future::FutureExt;
-use futures::AsyncReadExt;
+use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use super::conn::Conn;
@@ -199,6 +199,7 @@ pub(super) async fn serve_http(
             if keep_alive && !announces_body(&head) {
                 continue;
             }
+            discard_unread_body(&mut stream, &head, buf.len()).await;
             return;
         }
         let body = match read_request_body(&shard, &mut stream, &mut buf, &head).await {
@@ -230,6 +231,34 @@ fn takes_body(shard: &Shard, head: &Head) -> bool {
 }
 
 /// Whether the head announces a body (chunked, or a Content-Length that is not 0).
+/// How long an early answer waits for the rest of a body it did not read.
+const LINGER: Duration = Duration::from_secs(2);
+/// The most body bytes an early answer reads and throws away before it closes.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// After an answer sent without reading the request's body: reads and throws away what the
+/// client still sends of it (bounded in bytes and time, into a small buffer, so nothing is
+/// held), so that closing does not reset the connection before the client read the answer
+/// (a close with unread data sends RST, which makes clients lose the response).
+async fn discard_unread_body(stream: &mut Conn, head: &Head, already: usize) {
+    let _ = stream.flush().await;
+    let announced = head.content_length().unwrap_or(LINGER_BYTES);
+    let mut left = announced.min(LINGER_BYTES).saturating_sub(already);
+    if head.header("transfer-encoding").is_some() {
+        left = LINGER_BYTES;
+    }
+    let mut scratch = [0u8; 4096];
+    let _ = within(LINGER, async {
+        while left > 0 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
 fn announces_body(head: &Head) -> bool {
     head.header("transfer-encoding").is_some() || head.content_length().map_or(true, |n| n > 0)
 }

@@ -46,15 +46,18 @@ pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiv
     futures::pin_mut!(pending);
     let mut shutdown = shard.shutdown.clone();
     let mut gso = true;
+    // One outbox buffer, exchanged with the engine's at every flush: no allocation.
+    let mut out = Vec::new();
     loop {
-        let outbox = shard.engine.borrow_mut().take_outbox();
-        if !outbox.is_empty() {
-            send_all(&socket, io, &outbox, &mut gso).await;
+        shard.engine.borrow_mut().poll_transmits(&mut out);
+        if !out.is_empty() {
+            send_all(&socket, io, &out, &mut gso).await;
+            out.clear();
         }
         let wait = shard
             .engine
             .borrow()
-            .next_timeout()
+            .poll_timeout()
             .map_or(IDLE_WAKE, |t| t.saturating_duration_since(Instant::now()));
         let slept_from = Instant::now();
         futures::select! {
@@ -69,14 +72,14 @@ pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiv
                 // large fan-out is sent as soon as it is ready.
                 for _ in 1..RECV_BATCH {
                     if shard.engine.borrow().outbox_len() >= FLUSH_AT {
-                        batch.flush(&shard, &socket, io, &mut gso).await;
+                        batch.flush(&shard, &socket, io, &mut gso, &mut out).await;
                     }
                     match io.try_recv_from(&mut buf) {
                         Ok((n, from)) => batch.handle(&shard, from, &buf[..n]),
                         Err(_) => break,
                     }
                 }
-                batch.flush(&shard, &socket, io, &mut gso).await;
+                batch.flush(&shard, &socket, io, &mut gso, &mut out).await;
             }
             _ = glommio::timer::sleep(wait).fuse() => {
                 let now = Instant::now();
@@ -116,10 +119,18 @@ impl Batch {
 
     /// Sends what the engine produced and records, for every packet forwarded since the
     /// last flush, the time since the oldest datagram of the batch arrived.
-    async fn flush(&mut self, shard: &Shard, socket: &UdpSocket, io: UdpIo<'_>, gso: &mut bool) {
-        let outbox = shard.engine.borrow_mut().take_outbox();
-        if !outbox.is_empty() {
-            send_all(socket, io, &outbox, gso).await;
+    async fn flush(
+        &mut self,
+        shard: &Shard,
+        socket: &UdpSocket,
+        io: UdpIo<'_>,
+        gso: &mut bool,
+        out: &mut Vec<Transmit>,
+    ) {
+        shard.engine.borrow_mut().poll_transmits(out);
+        if !out.is_empty() {
+            send_all(socket, io, out, gso).await;
+            out.clear();
         }
         let now_forwarded = shard.engine.borrow().counters().rtp_out;
         let forwarded = now_forwarded - self.forwarded_before;

@@ -96,7 +96,7 @@ impl World {
                 }
             }
             let mut out = std::mem::take(&mut self.out);
-            self.engine.drain_outbox_into(&mut out);
+            self.engine.poll_transmits(&mut out);
             for t in out.drain(..) {
                 moved = true;
                 if self.offline.contains(&t.destination) {
@@ -117,7 +117,7 @@ impl World {
 
     pub fn step(&mut self, dt: Duration) {
         self.now += dt;
-        if self.engine.next_timeout().is_some_and(|t| t <= self.now) {
+        if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
             self.engine.handle_timeout(self.now);
         }
         for c in self.clients.iter_mut() {

@@ -165,7 +165,7 @@ fn step_timed(
     all: &mut Duration,
 ) {
     w.now += dt;
-    if w.engine.next_timeout().is_some_and(|t| t <= w.now) {
+    if w.engine.poll_timeout().is_some_and(|t| t <= w.now) {
         let start = Instant::now();
         w.engine.handle_timeout(w.now);
         *all += start.elapsed();
@@ -189,7 +189,9 @@ fn step_timed(
                 *all += start.elapsed();
             }
         }
-        for t in w.engine.take_outbox() {
+        let mut out = Vec::new();
+        w.engine.poll_transmits(&mut out);
+        for t in out {
             moved = true;
             if let Some(&i) = by_addr.get(&t.destination) {
                 w.clients[i].handle_datagram(now, server, &t.contents);
