@@ -99,12 +99,14 @@ fn rtp_count(w: &mut World, c: usize) -> usize {
     n
 }
 
-#[test]
-fn sdp_publisher_reaches_whep_offered_and_mediasoup_subscribers() {
-    let mut w = World::new();
-    let (pc, ssrc) = sdp_publisher(&mut w, 1);
-    assert_eq!(w.engine.producers(), 1);
-    let whep = whep_subscriber(&mut w, 2);
+/// A WHEP, a server-offered and a mediasoup subscriber of the room's one producer, all
+/// connected, after 40 frames of the publisher's video: (name, client) of each.
+fn every_kind_of_subscriber_after_video(
+    w: &mut World,
+    pc: usize,
+    ssrc: u32,
+) -> [(&'static str, usize); 3] {
+    let whep = whep_subscriber(w, 2);
     let producers: Vec<String> = w
         .engine
         .room_producers(2)
@@ -113,7 +115,7 @@ fn sdp_publisher_reaches_whep_offered_and_mediasoup_subscribers() {
         .map(|(p, _)| p)
         .collect();
     assert_eq!(producers.len(), 1);
-    let offered = offered_subscriber(&mut w, 3, &producers);
+    let offered = offered_subscriber(w, 3, &producers);
     let msc = w.subscriber(4, &producers[0]);
     w.connect_all();
     let mut video = Video {
@@ -122,13 +124,22 @@ fn sdp_publisher_reaches_whep_offered_and_mediasoup_subscribers() {
         seq: 1,
         ts: 0,
     };
-    video.frames(&mut w, 40);
+    video.frames(w, 40);
     w.run(Duration::from_millis(100));
-    for (name, c) in [
+    [
         ("whep", whep),
         ("offered", offered),
         ("mediasoup", msc.client),
-    ] {
+    ]
+}
+
+#[test]
+fn sdp_publisher_reaches_whep_offered_and_mediasoup_subscribers() {
+    let mut w = World::new();
+    let (pc, ssrc) = sdp_publisher(&mut w, 1);
+    assert_eq!(w.engine.producers(), 1);
+    let subscribers = every_kind_of_subscriber_after_video(&mut w, pc, ssrc);
+    for (name, c) in subscribers {
         let n = rtp_count(&mut w, c);
         assert!(n >= 100, "{name} subscriber got {n} packets");
     }
@@ -145,31 +156,9 @@ fn an_sdp_publisher_numbering_its_own_way_reaches_every_kind_of_subscriber() {
     };
     let mut w = World::new();
     let (pc, ssrc) = sdp_publisher_with(&mut w, 1, numbering);
-    let whep = whep_subscriber(&mut w, 2);
-    let producers: Vec<String> = w
-        .engine
-        .room_producers(2)
-        .unwrap()
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    let offered = offered_subscriber(&mut w, 3, &producers);
-    let msc = w.subscriber(4, &producers[0]);
-    w.connect_all();
-    let mut video = Video {
-        client: pc,
-        ssrc,
-        seq: 1,
-        ts: 0,
-    };
-    video.frames(&mut w, 40);
-    w.run(Duration::from_millis(100));
+    let subscribers = every_kind_of_subscriber_after_video(&mut w, pc, ssrc);
     let mut pts = Vec::new();
-    for (name, c) in [
-        ("whep", whep),
-        ("offered", offered),
-        ("mediasoup", msc.client),
-    ] {
+    for (name, c) in subscribers {
         let mut n = 0;
         while let Some(e) = w.clients[c].events.pop_front() {
             if let ClientEvent::Rtp(p) = e {
