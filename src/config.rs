@@ -97,6 +97,12 @@ pub const KEYS: &[KeySpec] = &[
         "Largest WebSocket message accepted on /pubsub before it authenticates, in bytes (over it: error, close 1009)"),
     key!("limits.request_buffer_bytes", Some("CORELAY_REQUEST_BUFFER_BYTES"), "request-buffer-bytes", Some("67108864"),
         "Request body bytes one shard may hold at once across its connections; a body that would exceed it gets 503 with Retry-After"),
+    key!("limits.connect_timeout_ms", Some("CORELAY_CONNECT_TIMEOUT_MS"), "connect-timeout-ms", Some("30000"),
+        "A WebRTC transport (any dialect) whose ICE and DTLS are not up this long after it was made is released with its producers and consumers (mediasoup: transport-closed event; WHIP/WHEP and /connect: the session ends)"),
+    key!("limits.sources_per_transport", Some("CORELAY_SOURCES_PER_TRANSPORT"), "sources-per-transport", Some("8"),
+        "Client addresses one transport receives from, each bound by a STUN request whose MESSAGE-INTEGRITY checks out; requests from further addresses are dropped"),
+    key!("limits.unbound_packets_per_s", Some("CORELAY_UNBOUND_PACKETS_PER_S"), "unbound-packets-per-s", Some("50"),
+        "UDP datagrams per second (burst: the same) a source address not bound to a transport may send, i.e. its ICE checks; over it they are dropped and counted; 0 = no limit"),
     key!("tls.cert", Some("CORELAY_TLS_CERT"), "tls-cert", None,
         "PEM certificate chain; with tls.key, the HTTP port speaks HTTPS/WSS only"),
     key!("tls.key", Some("CORELAY_TLS_KEY"), "tls-key", None,
@@ -388,6 +394,9 @@ impl Layers {
                 64 << 20,
             )? as usize,
             request_buffer_bytes: count("limits.request_buffer_bytes", 1024, 1 << 40)? as usize,
+            connect_timeout: millis("limits.connect_timeout_ms", 100, 3_600_000)?,
+            sources_per_transport: count("limits.sources_per_transport", 1, 64)? as usize,
+            unbound_packets_per_s: count("limits.unbound_packets_per_s", 0, 1_000_000)? as u32,
         };
         let log_level = self.required(
             "log.level",
@@ -593,6 +602,23 @@ pub struct Limits {
     pub auth_timeout: Duration,
     pub unauthenticated_message_bytes: usize,
     pub request_buffer_bytes: usize,
+    /// A transport not connected this long after it was made is released.
+    pub connect_timeout: Duration,
+    /// Client addresses one transport may have bound.
+    pub sources_per_transport: usize,
+    /// Datagrams per second from one source not bound to a transport (0: no limit).
+    pub unbound_packets_per_s: u32,
+}
+
+impl Limits {
+    /// The media core's share of these limits.
+    pub fn transport_limits(&self) -> crate::sfu::TransportLimits {
+        crate::sfu::TransportLimits {
+            connect_timeout: self.connect_timeout,
+            sources_per_transport: self.sources_per_transport,
+            unbound_packets_per_s: self.unbound_packets_per_s,
+        }
+    }
 }
 
 impl Config {

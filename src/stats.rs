@@ -156,6 +156,19 @@ pub struct ShardSnapshot {
     pub relocated_in: u64,
     pub relocated_out: u64,
     pub datagrams_dropped: u64,
+    /// Transports released because they did not connect within
+    /// `limits.connect_timeout_ms`.
+    pub connect_timeouts: u64,
+    /// STUN requests naming a transport's ufrag whose MESSAGE-INTEGRITY failed.
+    pub stun_forged: u64,
+    /// Datagrams from sources not bound to a transport beyond
+    /// `limits.unbound_packets_per_s`.
+    pub unbound_dropped: u64,
+    /// Good STUN requests from a new address of a transport that has
+    /// `limits.sources_per_transport` addresses bound already.
+    pub sources_refused: u64,
+    /// Client addresses bound to transports.
+    pub bound_sources: u64,
     pub transports: u64,
     pub producers: u64,
     pub consumers: u64,

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
 use str0m::config::DtlsCert;
+use str0m::crypto::Sha1HmacProvider;
 use str0m::ice::StunMessage;
 use str0m::media::Mid;
 use str0m::net::{Protocol, Receive, Transmit};
@@ -31,6 +32,7 @@ use super::ortc::Kind;
 use super::producer::Producer;
 use super::room::{note_first_media, Peer, Room};
 use super::transport::Transport;
+use super::unbound::UnboundRates;
 use super::SfuError;
 
 pub use super::consumer::ConsumerInfo;
@@ -88,6 +90,41 @@ pub enum Notice {
         /// What happened, for logs and the client.
         reason: String,
     },
+    /// One of the peer's transports was released by the media core (it did not connect
+    /// within `limits.connect_timeout_ms`), with its producers and consumers; the peer
+    /// stays in its room.
+    TransportClosed {
+        /// The transport's wire id.
+        transport_id: String,
+        /// Why, naming the setting.
+        reason: String,
+    },
+}
+
+/// What one transport may hold and how long it may take to connect (the
+/// `limits.connect_timeout_ms`, `limits.sources_per_transport` and
+/// `limits.unbound_packets_per_s` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// A transport whose ICE and DTLS are not up this long after it was made is released.
+    pub connect_timeout: Duration,
+    /// Client addresses one transport may have bound (each by a STUN binding request
+    /// that passed its MESSAGE-INTEGRITY check).
+    pub sources_per_transport: usize,
+    /// Datagrams per second a source address not bound to a transport may send; 0 means
+    /// no limit.
+    pub unbound_packets_per_s: u32,
+}
+
+impl Default for TransportLimits {
+    /// The defaults of the configuration table: 30 s, 8 sources, 50 datagrams/s.
+    fn default() -> Self {
+        TransportLimits {
+            connect_timeout: Duration::from_secs(30),
+            sources_per_transport: 8,
+            unbound_packets_per_s: 50,
+        }
+    }
 }
 
 /// Counters the shard reports.
@@ -102,8 +139,18 @@ pub struct EngineCounters {
     /// Bytes of every datagram sent (media, RTCP, ICE, DTLS).
     pub bytes_out: u64,
     /// Datagrams that belong to no transport, do not parse, or that their transport
-    /// refuses.
+    /// refuses (the three below included).
     pub datagrams_dropped: u64,
+    /// Transports released because they did not connect within the connect timeout.
+    pub connect_timeouts: u64,
+    /// STUN binding requests naming a transport's ufrag whose MESSAGE-INTEGRITY does not
+    /// check out with that transport's password: dropped, nothing bound.
+    pub stun_forged: u64,
+    /// Datagrams from a source not bound to a transport beyond its packet rate.
+    pub unbound_dropped: u64,
+    /// Good STUN requests from a new address, dropped because their transport has
+    /// `sources_per_transport` addresses bound already.
+    pub sources_refused: u64,
 }
 
 /// One shard's media core: see the [module documentation](self).
@@ -129,7 +176,8 @@ pub struct Engine {
     pub(super) consumers: HashMap<u64, Consumer>,
     /// Demux before ICE: the transport of each local ICE ufrag.
     pub(super) by_ufrag: HashMap<String, u64>,
-    /// Demux after a STUN request: the transport of each client address.
+    /// Demux after a STUN request that passed its integrity check: the transport of each
+    /// client address.
     pub(super) by_source: HashMap<SocketAddr, u64>,
     /// The producer of each (transport, mid).
     pub(super) producer_by_mid: HashMap<(u64, Mid), u64>,
@@ -141,6 +189,15 @@ pub struct Engine {
     /// the engine's next timeout: no later than any transport's deadline, perhaps earlier
     /// (an early wake-up finds its transport not due and re-arms it at the deadline).
     pub(super) timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Transports that must connect by then: `(at, transport)`, an entry counting only
+    /// while it is its transport's [`Transport::connect_by`] (stale ones are skipped).
+    pub(super) connect_deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// What transports may hold and how long they may take to connect.
+    pub(super) limits: TransportLimits,
+    /// Packet rates of sources not bound to a transport.
+    pub(super) unbound: UnboundRates,
+    /// HMAC-SHA1 for the STUN integrity check (str0m's provider).
+    pub(super) hmac: &'static dyn Sha1HmacProvider,
     /// Reused by `handle_timeout` for the transports that are due.
     pub(super) scratch_due: Vec<u64>,
     /// Transports written to since their last drain.
@@ -172,10 +229,12 @@ pub(super) fn parse_id(prefix: &str, s: &str) -> Option<u64> {
 impl Engine {
     /// `id_base` keeps ids unique across shards; `candidate` is what ICE advertises.
     pub fn new(id_base: u64, candidate: SocketAddr) -> Result<Engine, SfuError> {
-        let cert = str0m::crypto::from_feature_flags()
+        let crypto = str0m::crypto::from_feature_flags();
+        let cert = crypto
             .dtls_provider
             .generate_certificate()
             .ok_or_else(|| SfuError::Internal("cannot generate a DTLS certificate".into()))?;
+        let limits = TransportLimits::default();
         Ok(Engine {
             id_base,
             next_id: 0,
@@ -191,6 +250,10 @@ impl Engine {
             producer_by_mid: HashMap::default(),
             consumer_by_mid: HashMap::default(),
             timers: BinaryHeap::new(),
+            connect_deadlines: BinaryHeap::new(),
+            limits,
+            unbound: UnboundRates::new(limits.unbound_packets_per_s),
+            hmac: crypto.sha1_hmac_provider,
             scratch_due: Vec::new(),
             dirty: Vec::new(),
             scratch_events: Vec::new(),
@@ -200,6 +263,18 @@ impl Engine {
             notices: VecDeque::new(),
             counters: EngineCounters::default(),
         })
+    }
+
+    /// Sets what transports may hold and how long they may take to connect (applies to
+    /// transports made from now on; the unbound sources' buckets start afresh).
+    pub fn set_transport_limits(&mut self, limits: TransportLimits) {
+        self.limits = limits;
+        self.unbound = UnboundRates::new(limits.unbound_packets_per_s);
+    }
+
+    /// What transports may hold and how long they may take to connect.
+    pub fn transport_limits(&self) -> TransportLimits {
+        self.limits
     }
 
     /// A new id for a transport, producer or consumer, unique across shards.
@@ -225,6 +300,10 @@ impl Engine {
     /// Open consumers.
     pub fn consumers(&self) -> usize {
         self.consumers.len()
+    }
+    /// Client addresses bound to transports.
+    pub fn bound_sources(&self) -> usize {
+        self.by_source.len()
     }
     /// The counters so far.
     pub fn counters(&self) -> EngineCounters {
@@ -272,19 +351,28 @@ impl Engine {
     /// wants it (perhaps earlier: such a wake-up finds nothing due). `None` without
     /// transports.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let rtc = self.timers.peek().map(|Reverse((at, _))| *at);
+        let connect = self.connect_deadlines.peek().map(|Reverse((at, _))| *at);
+        match (rtc, connect) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ------------------------------------------------------------------ transports
 
-    /// Registers a new transport with its peer and the ufrag demux table. Shared by the
-    /// mediasoup dialect and the SDP bridge.
-    pub(super) fn add_transport(&mut self, t: Transport) -> u64 {
+    /// Registers a new transport with its peer and the ufrag demux table, and gives it
+    /// until `now` + the connect timeout to connect. Shared by the mediasoup dialect and
+    /// the SDP bridge.
+    pub(super) fn add_transport(&mut self, now: Instant, t: Transport) -> u64 {
         let (id, peer) = (t.id, t.peer);
         self.by_ufrag.insert(t.ufrag.clone(), id);
         let mut t = Box::new(t);
         let deadline = t.deadline;
         arm(&mut self.timers, &mut t, deadline);
+        let connect_by = now + self.limits.connect_timeout;
+        t.connect_by = Some(connect_by);
+        self.connect_deadlines.push(Reverse((connect_by, id)));
         self.transports.insert(id, t);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.transports.push(id);
@@ -311,6 +399,64 @@ impl Engine {
         self.settle_timers();
     }
 
+    /// Releases a transport with its producers (the room is told `ProducerClosed`, their
+    /// consumers' owners `ConsumerClosed`) and its consumers (their owner is told
+    /// `ConsumerClosed` if `tell_owner`). The peer stays.
+    pub(super) fn release_transport(&mut self, now: Instant, id: u64, tell_owner: bool) {
+        let Some(peer) = self.transports.get(&id).map(|t| t.peer) else {
+            return;
+        };
+        let (producers, consumers): (Vec<u64>, Vec<u64>) = match self.peers.get(&peer) {
+            Some(p) => (
+                p.producers
+                    .iter()
+                    .copied()
+                    .filter(|pid| self.producers.get(pid).is_some_and(|x| x.transport == id))
+                    .collect(),
+                p.consumers
+                    .iter()
+                    .copied()
+                    .filter(|cid| self.consumers.get(cid).is_some_and(|x| x.transport == id))
+                    .collect(),
+            ),
+            None => Default::default(),
+        };
+        for p in producers {
+            self.remove_producer(now, p);
+        }
+        for c in consumers {
+            self.remove_consumer(now, c, tell_owner);
+        }
+        self.remove_transport(id);
+    }
+
+    /// A transport that did not connect in time: released with what it carries. A peer
+    /// that lives for its transports alone (WHIP, WHEP, `/connect`) leaves its room and is
+    /// told `MediaFailed`; any other is told `TransportClosed` and stays.
+    fn expire_unconnected(&mut self, now: Instant, id: u64) {
+        let Some(peer) = self.transports.get(&id).map(|t| t.peer) else {
+            return;
+        };
+        self.counters.connect_timeouts += 1;
+        let reason = format!(
+            "transport not connected (ICE and DTLS) within {} ms (limits.connect_timeout_ms)",
+            self.limits.connect_timeout.as_millis()
+        );
+        if self.peers.get(&peer).is_some_and(|p| p.one_shot) {
+            self.fail_transport(now, id, reason);
+            return;
+        }
+        tracing::info!(transport = id, "{reason}");
+        self.release_transport(now, id, true);
+        self.notices.push_back((
+            peer,
+            Notice::TransportClosed {
+                transport_id: wire_id("t", id),
+                reason,
+            },
+        ));
+    }
+
     /// A transport failed: its peer leaves and is told why.
     fn fail_transport(&mut self, now: Instant, id: u64, reason: String) {
         let Some(peer) = self.transports.get(&id).map(|t| t.peer) else {
@@ -329,13 +475,20 @@ impl Engine {
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> bool {
         let tid = match self.by_source.get(&source) {
             Some(&t) => t,
-            None => match self.route_stun(source, data) {
-                Some(t) => t,
-                None => {
+            None => {
+                if !self.unbound.admit(now, source) {
+                    self.counters.unbound_dropped += 1;
                     self.counters.datagrams_dropped += 1;
                     return false;
                 }
-            },
+                match self.route_stun(source, data) {
+                    Some(t) => t,
+                    None => {
+                        self.counters.datagrams_dropped += 1;
+                        return false;
+                    }
+                }
+            }
         };
         let Ok(receive) = Receive::new(Protocol::Udp, source, self.candidate, data) else {
             self.counters.datagrams_dropped += 1;
@@ -366,7 +519,9 @@ impl Engine {
     }
 
     /// Before ICE completes, a STUN request's USERNAME (server:client ufrag) names the
-    /// transport; its source address is remembered for the datagrams that follow.
+    /// transport. Only a request whose MESSAGE-INTEGRITY checks out with that transport's
+    /// ICE password binds its source address (up to `sources_per_transport` of them), for
+    /// the datagrams that follow; forged ones bind nothing and teach nothing.
     fn route_stun(&mut self, source: SocketAddr, data: &[u8]) -> Option<u64> {
         let msg = StunMessage::parse(data).ok()?;
         if !msg.is_binding_request() {
@@ -375,11 +530,22 @@ impl Engine {
         let (local, remote) = msg.split_username()?;
         let tid = *self.by_ufrag.get(local)?;
         let t = self.transports.get_mut(&tid)?;
-        if !t.sdp {
-            t.learn_remote_ufrag(remote);
+        let hmac = self.hmac;
+        if !msg.verify(t.ice_pass.as_bytes(), |key, parts| {
+            hmac.sha1_hmac(key, parts)
+        }) {
+            self.counters.stun_forged += 1;
+            return None;
         }
         if !t.sources.contains(&source) {
+            if t.sources.len() >= self.limits.sources_per_transport {
+                self.counters.sources_refused += 1;
+                return None;
+            }
             t.sources.push(source);
+        }
+        if !t.sdp {
+            t.learn_remote_ufrag(remote);
         }
         self.by_source.insert(source, tid);
         Some(tid)
@@ -389,6 +555,27 @@ impl Engine {
     /// (O(due log n), not a visit of every transport), once per transport per call.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut due = std::mem::take(&mut self.scratch_due);
+        // Transports that did not connect in time go first (they need no timeout fed).
+        while let Some(&Reverse((at, id))) = self.connect_deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.connect_deadlines.pop();
+            let Some(t) = self.transports.get_mut(&id) else {
+                continue;
+            };
+            if t.connect_by != Some(at) {
+                continue; // stale: connected, or re-armed
+            }
+            t.connect_by = None;
+            if !t.rtc.is_connected() {
+                due.push(id);
+            }
+        }
+        for &id in &due {
+            self.expire_unconnected(now, id);
+        }
+        due.clear();
         while let Some(&Reverse((at, id))) = self.timers.peek() {
             if at > now {
                 break;
@@ -444,6 +631,27 @@ impl Engine {
             );
             self.timers = BinaryHeap::from(entries);
         }
+        // The same for the connect deadlines.
+        while let Some(&Reverse((at, id))) = self.connect_deadlines.peek() {
+            if self
+                .transports
+                .get(&id)
+                .is_some_and(|t| t.connect_by == Some(at))
+            {
+                break;
+            }
+            self.connect_deadlines.pop();
+        }
+        if self.connect_deadlines.len() > 2 * self.transports.len() + 64 {
+            let mut entries = std::mem::take(&mut self.connect_deadlines).into_vec();
+            entries.clear();
+            entries.extend(
+                self.transports
+                    .values()
+                    .filter_map(|t| t.connect_by.map(|at| Reverse((at, t.id)))),
+            );
+            self.connect_deadlines = BinaryHeap::from(entries);
+        }
     }
 
     /// Queues a transport for draining (once).
@@ -497,6 +705,7 @@ impl Engine {
                             // Forward right away: the Rtc holds one pending packet.
                             events.push((id, RtcEvent::RtpPacket(pkt)));
                         }
+                        RtcEvent::Connected => t.connect_by = None,
                         RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                             failed =
                                 Some("ICE disconnected (consent expired or failed)".to_string());
@@ -781,6 +990,159 @@ mod tests {
         assert_eq!(e.transports(), 0);
         assert_eq!(e.poll_timeout(), None);
         assert!(e.timers.is_empty());
+    }
+
+    /// A STUN binding request for `ufrag`, its MESSAGE-INTEGRITY made with `pass`.
+    fn stun(ufrag: &str, pass: &str) -> Vec<u8> {
+        let user = format!("{ufrag}:client");
+        let msg = StunMessage::binding_request(
+            &user,
+            str0m::ice::TransId::new(),
+            true,
+            7,
+            1_845_501_695,
+            true,
+        );
+        let hmac = str0m::crypto::from_feature_flags().sha1_hmac_provider;
+        let mut buf = vec![0u8; 1500];
+        let n = msg
+            .to_bytes(Some(pass.as_bytes()), &mut buf, |k, p| hmac.sha1_hmac(k, p))
+            .unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn addr(i: u32) -> SocketAddr {
+        SocketAddr::from((
+            [10, 9, (i >> 16) as u8, (i >> 8) as u8],
+            1024 + (i & 0xff) as u16,
+        ))
+    }
+
+    #[test]
+    fn forged_stun_binds_nothing_and_good_stun_binds_up_to_the_cap() {
+        let now = Instant::now();
+        let mut e = engine();
+        e.set_transport_limits(TransportLimits {
+            sources_per_transport: 3,
+            ..TransportLimits::default()
+        });
+        let id = transport(&mut e, now, 1, Direction::Recv);
+        let (ufrag, pass) = {
+            let t = &e.transports[&id];
+            (t.ufrag.clone(), t.ice_pass.clone())
+        };
+        // Forged: the right ufrag, the wrong password, each from a new address.
+        let forged = stun(&ufrag, "not-the-password-at-all");
+        for i in 0..20_000 {
+            assert!(!e.handle_datagram(now, addr(i), &forged));
+        }
+        let c = e.counters();
+        assert_eq!(c.stun_forged, 20_000);
+        assert_eq!(e.bound_sources(), 0);
+        assert!(e.transports[&id].sources.is_empty());
+        assert_eq!(e.transports[&id].remote_ufrag, None, "nothing learnt");
+        // From one address, only its packet rate is even looked at.
+        for _ in 0..1000 {
+            e.handle_datagram(now, addr(99_999), &forged);
+        }
+        let c = e.counters();
+        assert_eq!(c.stun_forged, 20_000 + 50);
+        assert_eq!(c.unbound_dropped, 950);
+        // Good requests bind, up to the cap; the rest are refused and counted.
+        let good = stun(&ufrag, &pass);
+        for i in 0..5 {
+            e.handle_datagram(now, addr(200_000 + i), &good);
+        }
+        assert_eq!(e.bound_sources(), 3);
+        assert_eq!(e.counters().sources_refused, 2);
+        assert_eq!(e.transports[&id].sources.len(), 3);
+        assert_eq!(e.transports[&id].remote_ufrag.as_deref(), Some("client"));
+        // A bound address goes by the address table from now on.
+        let before = e.counters();
+        assert!(e.handle_datagram(now, addr(200_000), &forged));
+        assert_eq!(e.counters().stun_forged, before.stun_forged);
+        // A restart's new password: the old one no longer binds.
+        let ice = e.restart_ice(now, 1, &wire_id("t", id)).unwrap();
+        let stale = stun(&ice.username_fragment, &pass);
+        e.handle_datagram(now, addr(300_000), &stale);
+        assert_eq!(e.counters().stun_forged, before.stun_forged + 1);
+        e.leave(now, 1);
+        assert_eq!(e.bound_sources(), 0);
+    }
+
+    #[test]
+    fn a_transport_that_does_not_connect_in_time_is_released() {
+        let t0 = Instant::now();
+        let mut e = engine();
+        e.set_transport_limits(TransportLimits {
+            connect_timeout: Duration::from_secs(2),
+            ..TransportLimits::default()
+        });
+        // Peer 1 publishes on a send transport that never connects; peer 2 watches.
+        let tid = transport(&mut e, t0, 1, Direction::Send);
+        e.join(t0, 2, "r", "u2", "U", None).unwrap();
+        let vp8 =
+            serde_json::json!([{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}]);
+        let declared = params(serde_json::json!({
+            "mid": "0", "codecs": vp8, "encodings": [{"ssrc": 1234}], "rtcp": {"cname": "c"}
+        }));
+        let pid = e
+            .produce(t0, 1, &wire_id("t", tid), Kind::Video, &declared)
+            .unwrap();
+        // Peer 3 lives for its transport alone (as a WHIP peer does).
+        let one_shot = transport(&mut e, t0, 3, Direction::Send);
+        e.set_one_shot(3);
+        while e.poll_notice().is_some() {}
+        assert!(e
+            .poll_timeout()
+            .is_some_and(|t| t <= t0 + Duration::from_secs(2)));
+
+        // Stepped on a virtual clock: nothing happens before the deadline.
+        let mut now = t0;
+        while now < t0 + Duration::from_millis(1990) {
+            now += Duration::from_millis(10);
+            if e.poll_timeout().is_some_and(|t| t <= now) {
+                e.handle_timeout(now);
+            }
+        }
+        assert_eq!(e.transports(), 2);
+        assert_eq!(e.counters().connect_timeouts, 0);
+        while now < t0 + Duration::from_millis(2100) {
+            now += Duration::from_millis(10);
+            if e.poll_timeout().is_some_and(|t| t <= now) {
+                e.handle_timeout(now);
+            }
+        }
+        assert_eq!(e.transports(), 0);
+        assert_eq!(e.producers(), 0);
+        assert_eq!(e.counters().connect_timeouts, 2);
+        let notices: Vec<_> = std::iter::from_fn(|| e.poll_notice()).collect();
+        let closed =
+            |n: &Notice| matches!(n, Notice::ProducerClosed { producer_id } if *producer_id == pid);
+        assert!(
+            notices.iter().any(|(to, n)| *to == 2 && closed(n)),
+            "{notices:?}"
+        );
+        assert!(notices.iter().any(|(to, n)| *to == 1
+            && matches!(n, Notice::TransportClosed { transport_id, reason }
+                if *transport_id == wire_id("t", tid) && reason.contains("limits.connect_timeout_ms"))));
+        // Peer 1 stays in the room; peer 3 left it.
+        assert!(e.peers.contains_key(&1));
+        assert!(!e.peers.contains_key(&3));
+        assert!(notices
+            .iter()
+            .any(|(to, n)| *to == 3 && matches!(n, Notice::MediaFailed { .. })));
+        assert!(notices
+            .iter()
+            .any(|(to, n)| *to == 2 && matches!(n, Notice::PeerLeft { peer: 3, .. })));
+        assert!(!notices
+            .iter()
+            .any(|(_, n)| matches!(n, Notice::PeerLeft { peer: 1, .. })));
+        assert!(e.own_transport(1, &wire_id("t", tid)).is_err());
+        assert!(e.own_transport(3, &wire_id("t", one_shot)).is_err());
+        assert_eq!(e.poll_timeout(), None, "no wake-up left behind");
+        assert!(e.connect_deadlines.is_empty());
     }
 
     fn params(v: serde_json::Value) -> RtpParameters {

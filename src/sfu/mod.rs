@@ -12,7 +12,8 @@
 //! - [`slots`]: loudest-speaker slots for `/connect` (the math in [`speakers`]);
 //! - [`sdp`]: the SDP bridge, offers and answers to producers and consumers;
 //! - [`ortc`] and [`send_offer`]: mediasoup's RTP parameters, and a send transport's
-//!   producers as the SDP offer str0m negotiates.
+//!   producers as the SDP offer str0m negotiates;
+//! - [`unbound`]: packet rates of source addresses not bound to a transport.
 //!
 //! Nothing here reads a clock, touches a socket or uses `unsafe`.
 
@@ -31,8 +32,9 @@ pub mod send_offer;
 pub mod slots;
 pub mod speakers;
 pub mod transport;
+pub mod unbound;
 
-pub use engine::{Engine, Notice, PeerId};
+pub use engine::{Engine, Notice, PeerId, TransportLimits};
 
 /// Errors of the media core, mapped once to each dialect's wire error.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -631,6 +631,53 @@ pub struct DtlsFingerprint {
     pub value: String,
 }
 
+/// The DTLS fingerprint algorithms corelay recognises, with their digest lengths in
+/// bytes (RFC 8122's hash names). str0m verifies a certificate against sha-256 or sha-1
+/// only; the others are checked for their shape and otherwise ignored.
+pub const FINGERPRINT_ALGORITHMS: &[(&str, usize)] = &[
+    ("sha-1", 20),
+    ("sha-224", 28),
+    ("sha-256", 32),
+    ("sha-384", 48),
+    ("sha-512", 64),
+];
+
+/// Checks a DTLS fingerprint (from `dtlsParameters` or an SDP `a=fingerprint`): a
+/// recognised algorithm (any case) and exactly its digest length in two-digit hex pairs
+/// separated by `:`. Returns the algorithm in lower case and the digest.
+pub fn check_fingerprint(algorithm: &str, value: &str) -> Result<(String, Vec<u8>), String> {
+    let algorithm = algorithm.trim().to_ascii_lowercase();
+    let Some(&(_, len)) = FINGERPRINT_ALGORITHMS
+        .iter()
+        .find(|(name, _)| *name == algorithm)
+    else {
+        let shown: String = algorithm.chars().take(32).collect();
+        return Err(format!(
+            "unknown fingerprint algorithm {shown:?}: use sha-256 (sha-1, sha-224, sha-384 \
+             and sha-512 are also recognised)"
+        ));
+    };
+    let value = value.trim();
+    let n = value.split(':').count();
+    if n != len {
+        return Err(format!(
+            "a {algorithm} fingerprint is {len} bytes (hex pairs separated by ':'), not {n}"
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len);
+    for pair in value.split(':') {
+        let b = pair.as_bytes();
+        if b.len() != 2 || !b.iter().all(u8::is_ascii_hexdigit) {
+            return Err(format!(
+                "a {algorithm} fingerprint is {len} two-digit hex pairs separated by ':' \
+                 (AB:CD:...)"
+            ));
+        }
+        bytes.push(u8::from_str_radix(pair, 16).expect("two hex digits"));
+    }
+    Ok((algorithm, bytes))
+}
+
 /// `dtlsParameters`: the server's (role auto) in create-transport, the client's in
 /// connect-transport.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -648,6 +695,39 @@ mod tests {
 
     fn params(v: Value) -> RtpParameters {
         serde_json::from_value(v).unwrap()
+    }
+
+    fn hex(n: usize) -> String {
+        (0..n)
+            .map(|i| format!("{:02X}", i))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    #[test]
+    fn fingerprints_have_their_algorithms_digest_length() {
+        for (alg, len) in FINGERPRINT_ALGORITHMS {
+            let (a, bytes) = check_fingerprint(&alg.to_ascii_uppercase(), &hex(*len)).unwrap();
+            assert_eq!((a.as_str(), bytes.len()), (*alg, *len));
+            for wrong in [1, 2, len - 1, len + 1] {
+                let e = check_fingerprint(alg, &hex(wrong)).unwrap_err();
+                assert!(e.contains(&format!("{len} bytes")), "{alg} {wrong}: {e}");
+            }
+        }
+        let e = check_fingerprint("md5", &hex(16)).unwrap_err();
+        assert!(e.contains("unknown fingerprint algorithm \"md5\""), "{e}");
+        for bad in [
+            hex(31) + ":A",
+            hex(31) + ":+A",
+            hex(31) + ":ABC",
+            hex(31) + ":zz",
+            hex(31) + "::",
+            hex(32).replace(':', "-"),
+            String::new(),
+        ] {
+            assert!(check_fingerprint("sha-256", &bad).is_err(), "{bad:?}");
+        }
+        assert!(check_fingerprint("sha-256", &hex(32).to_lowercase()).is_ok());
     }
 
     #[test]

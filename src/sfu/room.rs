@@ -49,6 +49,9 @@ pub(super) struct Peer {
     pub(super) producers: Vec<u64>,
     /// Its consumers.
     pub(super) consumers: Vec<u64>,
+    /// It lives for its transports alone (WHIP, WHEP, `/connect`: no signaling session
+    /// holds it): when the media core releases one (not connected in time), it leaves.
+    pub(super) one_shot: bool,
 }
 
 impl Peer {
@@ -156,9 +159,20 @@ impl Engine {
                 transports: Vec::new(),
                 producers: Vec::new(),
                 consumers: Vec::new(),
+                one_shot: false,
             },
         );
         Ok(JoinInfo { producers, peers })
+    }
+
+    /// Marks a peer as living for its transports alone (WHIP, WHEP, `/connect`: no
+    /// signaling session holds it). When the media core releases one of its transports
+    /// for not connecting within the connect timeout, such a peer leaves its room (and is
+    /// told `MediaFailed`) instead of staying without it.
+    pub fn set_one_shot(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.one_shot = true;
+        }
     }
 
     /// The RTP capabilities a peer's consumers are checked against by default.

@@ -11,7 +11,7 @@ use str0m::Candidate;
 
 use super::consumer::{size_resend_cache, Consumer};
 use super::engine::{parse_id, wire_id, Engine, PeerId};
-use super::ortc::{Kind, ProducerSpec, RouterCodec, OPUS};
+use super::ortc::{check_fingerprint, Kind, ProducerSpec, RouterCodec, OPUS};
 use super::producer::Layer;
 use super::rewrite::Rewriter;
 use super::transport::{Direction, Transport};
@@ -31,6 +31,19 @@ fn sdp_error(e: &dyn std::fmt::Display) -> String {
     } else {
         lines.join("; ")
     }
+}
+
+/// Checks every `a=fingerprint` of an SDP document (session or media level): a
+/// recognised algorithm and exactly its digest length (see [`check_fingerprint`]).
+fn check_sdp_fingerprints(sdp: &str) -> Result<(), String> {
+    for line in sdp.lines() {
+        let Some(rest) = line.trim().strip_prefix("a=fingerprint:") else {
+            continue;
+        };
+        let (algorithm, value) = rest.trim().split_once(' ').unwrap_or((rest, ""));
+        check_fingerprint(algorithm, value).map_err(|e| format!("a=fingerprint: {e}"))?;
+    }
+    Ok(())
 }
 
 /// What a consumer on a negotiated section carries.
@@ -60,7 +73,7 @@ impl Engine {
         let mut t = Transport::new(now, id, peer, direction, &self.cert, self.candidate)?;
         t.sdp = true;
         t.connected = true;
-        Ok(self.add_transport(t))
+        Ok(self.add_transport(now, t))
     }
 
     fn transport_producers(&self, tid: u64) -> usize {
@@ -88,6 +101,8 @@ impl Engine {
         offer_text: &str,
         offered: Vec<u64>,
     ) -> Result<(u64, String), SfuError> {
+        check_sdp_fingerprints(offer_text)
+            .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {e}")))?;
         let offer = SdpOffer::from_sdp_string(offer_text)
             .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {}", sdp_error(&e))))?;
         let id = self.new_sdp_transport(now, peer, direction)?;
@@ -204,6 +219,8 @@ impl Engine {
         answer: &str,
     ) -> Result<(), SfuError> {
         let id = self.own_sdp_transport(peer, transport)?;
+        check_sdp_fingerprints(answer)
+            .map_err(|e| SfuError::BadRequest(format!("invalid SDP answer: {e}")))?;
         let answer = SdpAnswer::from_sdp_string(answer)
             .map_err(|e| SfuError::BadRequest(format!("invalid SDP answer: {}", sdp_error(&e))))?;
         let t = self.transports.get_mut(&id).expect("checked");
@@ -282,25 +299,7 @@ impl Engine {
         transport: &str,
     ) -> Result<(), SfuError> {
         let id = self.own_sdp_transport(peer, transport)?;
-        let producers: Vec<u64> = self
-            .producers
-            .values()
-            .filter(|p| p.transport == id)
-            .map(|p| p.id)
-            .collect();
-        for p in producers {
-            self.remove_producer(now, p);
-        }
-        let consumers: Vec<u64> = self
-            .consumer_by_mid
-            .iter()
-            .filter(|((t, _), _)| *t == id)
-            .map(|(_, c)| *c)
-            .collect();
-        for c in consumers {
-            self.remove_consumer(now, c, false);
-        }
-        self.remove_transport(id);
+        self.release_transport(now, id, false);
         Ok(())
     }
 

@@ -13,7 +13,9 @@ use str0m::{Candidate, IceCreds, Input, Rtc, RtcConfig};
 
 use super::engine::{parse_id, wire_id, Engine, PeerId};
 
-use super::ortc::{DtlsFingerprint, DtlsParameters, IceCandidate, IceParameters};
+use super::ortc::{
+    check_fingerprint, DtlsFingerprint, DtlsParameters, IceCandidate, IceParameters,
+};
 use super::send_offer::{
     self, check_numbering, SendSection, REMOTE_ICE_PASSWORD, REMOTE_ICE_UFRAG_UNKNOWN,
 };
@@ -44,6 +46,9 @@ pub struct Transport {
     pub rtc: Rtc,
     /// The local ICE ufrag, the key of the engine's ufrag demux table.
     pub ufrag: String,
+    /// The local ICE password: a client's STUN request binds its address only if its
+    /// MESSAGE-INTEGRITY checks out with it.
+    pub(super) ice_pass: String,
     /// The one host candidate: announced IP and the shard's UDP port.
     pub candidate: SocketAddr,
     /// DTLS started (connect-transport received, or SDP negotiated).
@@ -57,12 +62,15 @@ pub struct Transport {
     /// The wake-up armed in the engine's timer heap (no later than `deadline`); `None`
     /// while it is being handled.
     pub(super) timer: Option<Instant>,
+    /// When it is released unless ICE and DTLS are up by then; `None` once connected.
+    pub connect_by: Option<Instant>,
     /// Demux by SSRC: the producer and layer of every SSRC its producers declared or
     /// learnt (mediasoup's RtpListener keeps the same table).
     pub(super) ssrc_routes: HashMap<Ssrc, (u64, usize)>,
     /// Queued for draining (the engine's dirty list holds it once).
     pub dirty: bool,
-    /// Source addresses seen for this transport, to forget them on close.
+    /// Source addresses bound to this transport (at most the engine's
+    /// `sources_per_transport`), to forget them on close.
     pub sources: Vec<SocketAddr>,
     /// DTLS datagrams that arrived before connect-transport, replayed then.
     pub early_dtls: Vec<(SocketAddr, Vec<u8>)>,
@@ -124,12 +132,14 @@ impl Transport {
             direction,
             rtc,
             ufrag: creds.ufrag,
+            ice_pass: creds.pass,
             candidate,
             connected: false,
             sdp: false,
             next_mid: 0,
             deadline: now,
             timer: None,
+            connect_by: None,
             ssrc_routes: HashMap::default(),
             dirty: false,
             sources: Vec::new(),
@@ -230,6 +240,7 @@ impl Transport {
             .direct_api()
             .set_local_ice_credentials(creds.clone());
         self.ufrag = creds.ufrag.clone();
+        self.ice_pass = creds.pass;
         creds.ufrag
     }
 
@@ -314,7 +325,7 @@ impl Engine {
             ice_candidates: t.ice_candidates(),
             dtls_parameters: t.dtls_parameters(),
         };
-        self.add_transport(t);
+        self.add_transport(now, t);
         self.drain(now, id);
         Ok(info)
     }
@@ -338,16 +349,22 @@ impl Engine {
         dtls: &DtlsParameters,
     ) -> Result<(), SfuError> {
         let id = self.own_transport(peer, transport)?;
+        // Every entry has its algorithm's digest length.
+        for (i, f) in dtls.fingerprints.iter().enumerate() {
+            check_fingerprint(&f.algorithm, &f.value).map_err(|e| {
+                SfuError::BadRequest(format!("dtlsParameters.fingerprints[{i}]: {e}"))
+            })?;
+        }
         // str0m verifies sha-256 and sha-1 only; sha-256 is what browsers send.
         let fp = dtls
             .fingerprints
             .iter()
-            .find(|f| f.algorithm.eq_ignore_ascii_case("sha-256"))
+            .find(|f| f.algorithm.trim().eq_ignore_ascii_case("sha-256"))
             .ok_or_else(|| {
                 SfuError::BadRequest("dtlsParameters.fingerprints has no sha-256 entry".into())
             })?;
         let t = self.transports.get_mut(&id).expect("checked");
-        t.connect("sha-256", &fp.value)?;
+        t.connect("sha-256", fp.value.trim())?;
         for (source, data) in std::mem::take(&mut t.early_dtls) {
             if let Ok(r) = Receive::new(Protocol::Udp, source, self.candidate, &data) {
                 let _ = t.rtc.handle_input(Input::Receive(now, r));

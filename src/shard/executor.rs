@@ -50,7 +50,10 @@ pub(super) async fn run(
     let (shutdown_tx, shutdown_rx) = futures::channel::oneshot::channel();
     let candidate = std::net::SocketAddr::new(config.announced_ip, init.udp_port);
     let engine = match Engine::new((init.id as u64) << 40, candidate) {
-        Ok(e) => e,
+        Ok(mut e) => {
+            e.set_transport_limits(config.limits.transport_limits());
+            e
+        }
         Err(e) => {
             tracing::error!(shard = init.id, "cannot start the media engine: {e}");
             return;

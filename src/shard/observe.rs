@@ -186,7 +186,7 @@ pub async fn metrics(shard: &Rc<Shard>) -> Response {
         &'static str,
         fn(&ShardSnapshot) -> u64,
     );
-    let counters: [Series; 14] = [
+    let counters: [Series; 19] = [
         (
             "corelay_connections",
             "gauge",
@@ -230,6 +230,36 @@ pub async fn metrics(shard: &Rc<Shard>) -> Response {
             "counter",
             "UDP datagrams dropped (no transport or unparsable)",
             |s| s.datagrams_dropped,
+        ),
+        (
+            "corelay_transports_connect_timeout_total",
+            "counter",
+            "Transports released because ICE and DTLS were not up within limits.connect_timeout_ms",
+            |s| s.connect_timeouts,
+        ),
+        (
+            "corelay_stun_forged_dropped_total",
+            "counter",
+            "STUN requests naming a transport whose MESSAGE-INTEGRITY failed (dropped, nothing bound)",
+            |s| s.stun_forged,
+        ),
+        (
+            "corelay_udp_unbound_dropped_total",
+            "counter",
+            "Datagrams from sources not bound to a transport dropped over limits.unbound_packets_per_s",
+            |s| s.unbound_dropped,
+        ),
+        (
+            "corelay_stun_sources_refused_total",
+            "counter",
+            "Good STUN requests from a new address dropped: the transport has limits.sources_per_transport bound",
+            |s| s.sources_refused,
+        ),
+        (
+            "corelay_bound_sources",
+            "gauge",
+            "Client addresses bound to transports",
+            |s| s.bound_sources,
         ),
         (
             "corelay_relocations_in_total",

@@ -92,7 +92,11 @@ impl ConnectDialect {
         let engine = &mut *cx.engine;
         let result = engine
             .join(now, conn, &t.conversation, &t.user_id, &t.user_name, None)
-            .and_then(|_| engine.connect_offer(now, conn, sdp))
+            .and_then(|_| {
+                // The peer connection outlives the socket: the peer ends with it.
+                engine.set_one_shot(conn);
+                engine.connect_offer(now, conn, sdp)
+            })
             .inspect_err(|_| engine.leave(now, conn));
         match result {
             Ok((transport, answer)) => {

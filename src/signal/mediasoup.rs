@@ -345,6 +345,13 @@ pub fn event_text(notice: &Notice) -> String {
             ("consumer-closed", json!({"consumerId": consumer_id}))
         }
         Notice::MediaFailed { reason } => ("media-failed", json!({"reason": reason})),
+        Notice::TransportClosed {
+            transport_id,
+            reason,
+        } => (
+            "transport-closed",
+            json!({"transportId": transport_id, "reason": reason}),
+        ),
     };
     json!({"type": kind, "data": data}).to_string()
 }

@@ -279,6 +279,32 @@ pub fn event_text(s: &mut Session, notice: &Notice) -> Option<String> {
             .announced
             .insert(*publisher)
             .then(|| new_publisher(&room, *publisher, user_name)),
+        // A transport that never connected was released: the publish or the subscription
+        // it carried is over, and the client may ask again.
+        Notice::TransportClosed {
+            transport_id,
+            reason,
+        } => {
+            if s.publish.as_deref() == Some(transport_id.as_str()) {
+                s.publish = None;
+                return Some(
+                    json!({"type": "error", "message": reason, "requestType": "publish-offer",
+                        "roomName": room})
+                    .to_string(),
+                );
+            }
+            let publisher = s
+                .subscriptions
+                .iter()
+                .find(|(_, t)| **t == *transport_id)
+                .map(|(p, _)| *p)?;
+            s.subscriptions.remove(&publisher);
+            Some(
+                json!({"type": "error", "message": reason, "requestType": "subscribe-request",
+                    "roomName": room, "publisherId": publisher})
+                .to_string(),
+            )
+        }
         Notice::PeerLeft { peer, .. } => {
             s.subscriptions.remove(peer);
             s.announced.remove(peer).then(|| {

@@ -181,6 +181,9 @@ fn publish(cx: &mut Context<'_>, head: &Head, body: &[u8], room: &str) -> Respon
     if let Err(e) = engine.join(now, peer, room, &id.user_id, &id.user_name, None) {
         return sfu_error(e);
     }
+    // No session holds the peer: it ends with its transport (a DELETE, failed media, or
+    // no connection within limits.connect_timeout_ms).
+    engine.set_one_shot(peer);
     match engine.publish_offer(now, peer, offer) {
         Ok((transport, answer)) => {
             tracing::info!(shard, room, user = %id.user_id, "WHIP session created");
@@ -219,6 +222,7 @@ fn view(
     if let Err(e) = engine.join(now, peer, room, &id.user_id, &id.user_name, None) {
         return sfu_error(e);
     }
+    engine.set_one_shot(peer);
     let producers = match publisher {
         None => engine
             .room_producers(peer)
