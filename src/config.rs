@@ -755,6 +755,37 @@ mod tests {
     }
 
     #[test]
+    fn transport_limits_have_defaults_and_ranges() {
+        let c = Config::defaults();
+        assert_eq!(
+            c.limits.transport_limits(),
+            crate::sfu::TransportLimits::default(),
+            "the table's defaults are the media core's"
+        );
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[
+            ("CORELAY_CONNECT_TIMEOUT_MS", "1500"),
+            ("CORELAY_SOURCES_PER_TRANSPORT", "2"),
+            ("CORELAY_UNBOUND_PACKETS_PER_S", "0"),
+        ]));
+        let t = l.build().unwrap().limits.transport_limits();
+        assert_eq!(t.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(t.sources_per_transport, 2);
+        assert_eq!(t.unbound_packets_per_s, 0);
+        for (key, bad) in [
+            ("limits.connect_timeout_ms", "10"),
+            ("limits.sources_per_transport", "0"),
+            ("limits.sources_per_transport", "65"),
+            ("limits.unbound_packets_per_s", "-1"),
+        ] {
+            let mut l = Layers::with_defaults();
+            l.apply_flags([(key, bad.to_string())]);
+            let err = l.build().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}={bad}: {err}");
+        }
+    }
+
+    #[test]
     fn tls_needs_cert_and_key_together() {
         let mut l = Layers::with_defaults();
         l.apply_flags([("tls.cert", "/x/cert.pem".to_string())]);
