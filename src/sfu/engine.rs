@@ -265,8 +265,9 @@ impl Engine {
         })
     }
 
-    /// Sets what transports may hold and how long they may take to connect (applies to
-    /// transports made from now on; the unbound sources' buckets start afresh).
+    /// Sets what transports may hold and how long they may take to connect: the connect
+    /// timeout counts for transports made from now on, the source cap at once, and the
+    /// unbound sources' buckets start afresh.
     pub fn set_transport_limits(&mut self, limits: TransportLimits) {
         self.limits = limits;
         self.unbound = UnboundRates::new(limits.unbound_packets_per_s);
