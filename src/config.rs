@@ -98,7 +98,7 @@ pub const KEYS: &[KeySpec] = &[
     key!("limits.request_buffer_bytes", Some("CORELAY_REQUEST_BUFFER_BYTES"), "request-buffer-bytes", Some("67108864"),
         "Request body bytes one shard may hold at once across its connections; a body that would exceed it gets 503 with Retry-After"),
     key!("limits.connect_timeout_ms", Some("CORELAY_CONNECT_TIMEOUT_MS"), "connect-timeout-ms", Some("30000"),
-        "A WebRTC transport (any dialect) whose ICE and DTLS are not up this long after it was made is released with its producers and consumers (mediasoup: transport-closed event; WHIP/WHEP and /connect: the session ends)"),
+        "A WebRTC transport (any dialect) whose ICE and DTLS are not up this long after it was made (mediasoup: after its first connect-transport, produce or consume) is released with its producers and consumers (mediasoup: transport-closed event; WHIP/WHEP and /connect: the session ends)"),
     key!("limits.sources_per_transport", Some("CORELAY_SOURCES_PER_TRANSPORT"), "sources-per-transport", Some("8"),
         "Client addresses one transport receives from, each bound by a STUN request whose MESSAGE-INTEGRITY checks out; requests from further addresses are dropped"),
     key!("limits.unbound_packets_per_s", Some("CORELAY_UNBOUND_PACKETS_PER_S"), "unbound-packets-per-s", Some("50"),

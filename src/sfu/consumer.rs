@@ -164,7 +164,7 @@ impl Engine {
         producer: &str,
         rtp_capabilities: Option<&RtpCapabilities>,
     ) -> Result<ConsumerInfo, SfuError> {
-        let tid = self.own_transport(peer, transport)?;
+        let tid = self.used_transport(now, peer, transport)?;
         let pid = self.producer_in_room(peer, producer)?;
         let p = self.peer(peer)?;
         let caps = rtp_capabilities.or(p.rtp_capabilities.as_ref());

@@ -371,14 +371,26 @@ impl Engine {
         let mut t = Box::new(t);
         let deadline = t.deadline;
         arm(&mut self.timers, &mut t, deadline);
-        let connect_by = now + self.limits.connect_timeout;
-        t.connect_by = Some(connect_by);
-        self.connect_deadlines.push(Reverse((connect_by, id)));
         self.transports.insert(id, t);
+        self.arm_connect_deadline(now, id);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.transports.push(id);
         }
         id
+    }
+
+    /// Gives a transport that is not connected (and not yet on the clock) until `now` +
+    /// the connect timeout to connect.
+    pub(super) fn arm_connect_deadline(&mut self, now: Instant, id: u64) {
+        let Some(t) = self.transports.get_mut(&id) else {
+            return;
+        };
+        if t.connect_by.is_some() || t.rtc.is_connected() {
+            return;
+        }
+        let connect_by = now + self.limits.connect_timeout;
+        t.connect_by = Some(connect_by);
+        self.connect_deadlines.push(Reverse((connect_by, id)));
     }
 
     /// Closes a transport and forgets its demux entries (its producers and consumers are
@@ -1073,6 +1085,41 @@ mod tests {
     }
 
     #[test]
+    fn a_mediasoup_transport_is_on_the_clock_from_its_first_use() {
+        let t0 = Instant::now();
+        let mut e = engine();
+        e.set_transport_limits(TransportLimits {
+            connect_timeout: Duration::from_secs(2),
+            ..TransportLimits::default()
+        });
+        let tid = transport(&mut e, t0, 1, Direction::Recv);
+        let step = |e: &mut Engine, from: Instant, to: Instant| {
+            let mut now = from;
+            while now < to {
+                now += Duration::from_millis(50);
+                if e.poll_timeout().is_some_and(|t| t <= now) {
+                    e.handle_timeout(now);
+                }
+            }
+        };
+        // Made at join and not used: held as long as its session wants.
+        let t1 = t0 + Duration::from_secs(10);
+        step(&mut e, t0, t1);
+        assert_eq!(e.transports(), 1);
+        // First use (here a consume of nothing: the request fails, the use counts).
+        let _ = e.consume(t1, 1, &wire_id("t", tid), "p999", None);
+        step(&mut e, t1, t1 + Duration::from_millis(1900));
+        assert_eq!(e.transports(), 1);
+        step(
+            &mut e,
+            t1 + Duration::from_millis(1900),
+            t1 + Duration::from_millis(2200),
+        );
+        assert_eq!(e.transports(), 0);
+        assert_eq!(e.counters().connect_timeouts, 1);
+    }
+
+    #[test]
     fn a_transport_that_does_not_connect_in_time_is_released() {
         let t0 = Instant::now();
         let mut e = engine();
@@ -1094,6 +1141,8 @@ mod tests {
         // Peer 3 lives for its transport alone (as a WHIP peer does).
         let one_shot = transport(&mut e, t0, 3, Direction::Send);
         e.set_one_shot(3);
+        // As the SDP bridge's transports are: on the clock from the start.
+        e.arm_connect_deadline(t0, one_shot);
         while e.poll_notice().is_some() {}
         assert!(e
             .poll_timeout()

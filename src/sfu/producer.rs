@@ -171,7 +171,7 @@ impl Engine {
         kind: Kind,
         params: &RtpParameters,
     ) -> Result<String, SfuError> {
-        let tid = self.own_transport(peer, transport)?;
+        let tid = self.used_transport(now, peer, transport)?;
         self.peer(peer)?;
         let t = self.transports.get_mut(&tid).expect("checked");
         if t.direction != Direction::Send {

@@ -326,8 +326,27 @@ impl Engine {
             dtls_parameters: t.dtls_parameters(),
         };
         self.add_transport(now, t);
+        // mediasoup-client makes its transports at join and connects each at its first
+        // produce or consume, maybe much later: the clock starts at first use
+        // (`used_transport`). Until then the session holds it, within its caps.
+        if let Some(t) = self.transports.get_mut(&id) {
+            t.connect_by = None;
+        }
         self.drain(now, id);
         Ok(info)
+    }
+
+    /// One of the caller's own transports, by wire id, now in use (connect-transport,
+    /// produce, consume): from here it has the connect timeout to connect.
+    pub(super) fn used_transport(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        transport: &str,
+    ) -> Result<u64, SfuError> {
+        let id = self.own_transport(peer, transport)?;
+        self.arm_connect_deadline(now, id);
+        Ok(id)
     }
 
     /// One of the caller's own transports, by wire id.
@@ -348,7 +367,7 @@ impl Engine {
         transport: &str,
         dtls: &DtlsParameters,
     ) -> Result<(), SfuError> {
-        let id = self.own_transport(peer, transport)?;
+        let id = self.used_transport(now, peer, transport)?;
         // Every entry has its algorithm's digest length.
         for (i, f) in dtls.fingerprints.iter().enumerate() {
             check_fingerprint(&f.algorithm, &f.value).map_err(|e| {
