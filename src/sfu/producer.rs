@@ -352,7 +352,13 @@ impl Engine {
         };
         self.producer_by_mid.remove(&(p.transport, p.mid));
         for cid in &p.consumers {
-            self.remove_consumer(now, *cid, true);
+            if self.consumers.get(cid).is_some_and(|c| c.slot.is_some()) {
+                // A loudest-speaker slot outlives its speaker: it carries nobody until
+                // the room's next review puts another speaker on it.
+                self.move_slot(*cid, None);
+            } else {
+                self.remove_consumer(now, *cid, true);
+            }
         }
         if let Some(t) = self.transports.get_mut(&p.transport) {
             for (ssrc, _) in p.ssrcs() {
