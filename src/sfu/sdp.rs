@@ -62,8 +62,8 @@ fn media_kind(kind: Kind) -> MediaKind {
 /// and no SSRC in two media sections.
 fn check_sdp(caps: &Caps, what: &str, text: &str) -> Result<(), SfuError> {
     let mut sections = 0usize;
-    // Each SSRC with the section it was first seen in.
-    let mut ssrcs: Vec<(u32, usize)> = Vec::new();
+    // Each SSRC with the section it was first seen in (a map: an offer may hold many).
+    let mut ssrcs: rustc_hash::FxHashMap<u32, usize> = Default::default();
     for (n, line) in text.lines().enumerate() {
         caps.string(&format!("line {} of the {what}", n + 1), line)?;
         let line = line.trim_end();
@@ -89,15 +89,12 @@ fn check_sdp(caps: &Caps, what: &str, text: &str) -> Result<(), SfuError> {
             continue;
         };
         for ssrc in numbers.into_iter().filter_map(|n| n.parse::<u32>().ok()) {
-            match ssrcs.iter().find(|(s, _)| *s == ssrc) {
-                Some((_, first)) if *first != sections => {
-                    return Err(SfuError::BadRequest(format!(
-                        "SSRC {ssrc} is used by two media sections of the {what} \
-                         ({first} and {sections})"
-                    )));
-                }
-                Some(_) => {}
-                None => ssrcs.push((ssrc, sections)),
+            let first = *ssrcs.entry(ssrc).or_insert(sections);
+            if first != sections {
+                return Err(SfuError::BadRequest(format!(
+                    "SSRC {ssrc} is used by two media sections of the {what} \
+                     ({first} and {sections})"
+                )));
             }
         }
     }
