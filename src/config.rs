@@ -103,6 +103,30 @@ pub const KEYS: &[KeySpec] = &[
         "Client addresses one transport receives from, each bound by a STUN request whose MESSAGE-INTEGRITY checks out; requests from further addresses are dropped"),
     key!("limits.unbound_packets_per_s", Some("CORELAY_UNBOUND_PACKETS_PER_S"), "unbound-packets-per-s", Some("50"),
         "UDP datagrams per second (burst: the same) a source address not bound to a transport may send, i.e. its ICE checks; over it they are dropped and counted; 0 = no limit"),
+    key!("limits.transports_per_session", Some("CORELAY_TRANSPORTS_PER_SESSION"), "transports-per-session", Some("64"),
+        "Media transports one session may hold (mediasoup create-transport; /pubsub takes one per publisher it subscribes to, plus its own); over it: that request's error naming this setting"),
+    key!("limits.producers_per_session", Some("CORELAY_PRODUCERS_PER_SESSION"), "producers-per-session", Some("32"),
+        "Producers (published tracks) one session may hold; over it: that request's error"),
+    key!("limits.producers_per_transport", Some("CORELAY_PRODUCERS_PER_TRANSPORT"), "producers-per-transport", Some("16"),
+        "Producers on one transport (mediasoup produce, the sending sections of one SDP offer); over it: that request's error"),
+    key!("limits.consumers_per_session", Some("CORELAY_CONSUMERS_PER_SESSION"), "consumers-per-session", Some("256"),
+        "Consumers (received tracks) one session may hold; over it: that request's error"),
+    key!("limits.sessions_per_user", Some("CORELAY_SESSIONS_PER_USER"), "sessions-per-user", Some("16"),
+        "Sessions of one userId in one media room; the room dialects keep one per user (a newer session replaces the older), so this counts WHIP/WHEP resources; over it: 429"),
+    key!("limits.members_per_room", Some("CORELAY_MEMBERS_PER_ROOM"), "members-per-room", Some("1000"),
+        "Sessions in one room (media rooms and relay rooms); one more is refused with an error naming this setting"),
+    key!("limits.rooms_per_shard", Some("CORELAY_ROOMS_PER_SHARD"), "rooms-per-shard", Some("10000"),
+        "Rooms one shard holds (media rooms and relay rooms, each); a session that would open one more is refused"),
+    key!("limits.encodings_per_request", Some("CORELAY_ENCODINGS_PER_REQUEST"), "encodings-per-request", Some("8"),
+        "Entries of rtpParameters.encodings in one produce"),
+    key!("limits.codecs_per_request", Some("CORELAY_CODECS_PER_REQUEST"), "codecs-per-request", Some("64"),
+        "Entries of a codec list in one request (rtpParameters.codecs, rtpCapabilities.codecs) and of each codec's rtcpFeedback"),
+    key!("limits.header_extensions_per_request", Some("CORELAY_HEADER_EXTENSIONS_PER_REQUEST"), "header-extensions-per-request", Some("32"),
+        "Entries of rtpParameters.headerExtensions in one produce (each id 1-255, RFC 8285, used once)"),
+    key!("limits.media_sections_per_offer", Some("CORELAY_MEDIA_SECTIONS_PER_OFFER"), "media-sections-per-offer", Some("64"),
+        "Media sections (m= lines) of one SDP offer or answer (WHIP, WHEP, /pubsub, /connect)"),
+    key!("limits.max_string_bytes", Some("CORELAY_MAX_STRING_BYTES"), "max-string-bytes", Some("512"),
+        "Longest string a client may give: a CNAME, mid, rid, MIME type, codec parameters (fmtp), header extension URI, DTLS fingerprint, ICE candidate, or one line of an SDP document"),
     key!("tls.cert", Some("CORELAY_TLS_CERT"), "tls-cert", None,
         "PEM certificate chain; with tls.key, the HTTP port speaks HTTPS/WSS only"),
     key!("tls.key", Some("CORELAY_TLS_KEY"), "tls-key", None,
@@ -397,6 +421,20 @@ impl Layers {
             connect_timeout: millis("limits.connect_timeout_ms", 100, 3_600_000)?,
             sources_per_transport: count("limits.sources_per_transport", 1, 64)? as usize,
             unbound_packets_per_s: count("limits.unbound_packets_per_s", 0, 1_000_000)? as u32,
+            transports_per_session: count("limits.transports_per_session", 1, 1_000_000)? as usize,
+            producers_per_session: count("limits.producers_per_session", 1, 1_000_000)? as usize,
+            producers_per_transport: count("limits.producers_per_transport", 1, 1_000_000)?
+                as usize,
+            consumers_per_session: count("limits.consumers_per_session", 1, 1_000_000)? as usize,
+            sessions_per_user: count("limits.sessions_per_user", 1, 1_000_000)? as usize,
+            members_per_room: count("limits.members_per_room", 1, 1_000_000)? as usize,
+            rooms_per_shard: count("limits.rooms_per_shard", 1, 1_000_000)? as usize,
+            encodings_per_request: count("limits.encodings_per_request", 1, 1024)? as usize,
+            codecs_per_request: count("limits.codecs_per_request", 1, 4096)? as usize,
+            header_extensions_per_request: count("limits.header_extensions_per_request", 1, 255)?
+                as usize,
+            media_sections_per_offer: count("limits.media_sections_per_offer", 1, 4096)? as usize,
+            max_string_bytes: count("limits.max_string_bytes", 64, 1 << 20)? as usize,
         };
         let log_level = self.required(
             "log.level",
@@ -608,6 +646,18 @@ pub struct Limits {
     pub sources_per_transport: usize,
     /// Datagrams per second from one source not bound to a transport (0: no limit).
     pub unbound_packets_per_s: u32,
+    pub transports_per_session: usize,
+    pub producers_per_session: usize,
+    pub producers_per_transport: usize,
+    pub consumers_per_session: usize,
+    pub sessions_per_user: usize,
+    pub members_per_room: usize,
+    pub rooms_per_shard: usize,
+    pub encodings_per_request: usize,
+    pub codecs_per_request: usize,
+    pub header_extensions_per_request: usize,
+    pub media_sections_per_offer: usize,
+    pub max_string_bytes: usize,
 }
 
 impl Limits {
@@ -617,6 +667,24 @@ impl Limits {
             connect_timeout: self.connect_timeout,
             sources_per_transport: self.sources_per_transport,
             unbound_packets_per_s: self.unbound_packets_per_s,
+        }
+    }
+
+    /// The caps of the media core (and the relay rooms), as the plain values it takes.
+    pub fn caps(&self) -> crate::sfu::Caps {
+        crate::sfu::Caps {
+            transports_per_session: self.transports_per_session,
+            producers_per_session: self.producers_per_session,
+            producers_per_transport: self.producers_per_transport,
+            consumers_per_session: self.consumers_per_session,
+            sessions_per_user: self.sessions_per_user,
+            members_per_room: self.members_per_room,
+            rooms_per_shard: self.rooms_per_shard,
+            encodings_per_request: self.encodings_per_request,
+            codecs_per_request: self.codecs_per_request,
+            header_extensions_per_request: self.header_extensions_per_request,
+            media_sections_per_offer: self.media_sections_per_offer,
+            max_string_bytes: self.max_string_bytes,
         }
     }
 }
@@ -1049,6 +1117,43 @@ mod tests {
         // None of them is a setting corelay reads.
         for (var, _) in NOT_ACTED_ON {
             assert!(KEYS.iter().all(|s| s.env != Some(var)), "{var}");
+        }
+    }
+
+    #[test]
+    fn resource_caps_default_to_the_media_cores_defaults_and_are_set_by_each_layer() {
+        assert_eq!(
+            Config::defaults().limits.caps(),
+            crate::sfu::Caps::default()
+        );
+        let mut l = Layers::with_defaults();
+        l.apply_toml(
+            "[limits]\ntransports_per_session = 3\nmax_string_bytes = 100\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        l.apply_env(env(&[("CORELAY_MEMBERS_PER_ROOM", "5")]));
+        l.apply_flags([("limits.media_sections_per_offer", "2".to_string())]);
+        let caps = l.build().unwrap().limits.caps();
+        assert_eq!(
+            (
+                caps.transports_per_session,
+                caps.max_string_bytes,
+                caps.members_per_room,
+                caps.media_sections_per_offer
+            ),
+            (3, 100, 5, 2)
+        );
+        for (key, bad) in [
+            ("limits.transports_per_session", "0"),
+            ("limits.max_string_bytes", "10"),
+            ("limits.header_extensions_per_request", "256"),
+            ("limits.rooms_per_shard", "many"),
+        ] {
+            let mut l = Layers::with_defaults();
+            l.apply_flags([(key, bad.to_string())]);
+            let err = l.build().unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(bad), "{err}");
         }
     }
 

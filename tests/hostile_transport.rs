@@ -192,6 +192,16 @@ fn send_frames(
             received += matches!(e, ClientEvent::Rtp(_)) as usize;
         }
     }
+    // A loaded machine may deliver the last frames late: wait for them (bounded).
+    let end = Instant::now() + Duration::from_secs(3);
+    while received < (frames * 3) as usize && Instant::now() < end {
+        publisher.pump();
+        viewer.pump();
+        while let Some(e) = viewer.client.events.pop_front() {
+            received += matches!(e, ClientEvent::Rtp(_)) as usize;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     *sent += frames;
     received
 }

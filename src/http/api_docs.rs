@@ -420,12 +420,13 @@ mod paths {
         responses(
             (status = 201, description = "SDP answer; Location names the session", content_type = "application/sdp", body = String,
                 headers(("Location" = String, description = "/whip/{roomId}/{resourceId}"))),
-            (status = 400, description = "Bad SDP, or no usable codec", body = ErrorBody),
+            (status = 400, description = "Bad SDP, no usable codec, or over a per-request limit (limits.media_sections_per_offer, limits.max_string_bytes, ...; the message names it)", body = ErrorBody),
             (status = 401, description = "Missing or invalid token", body = ErrorBody),
             (status = 403, description = "No publish grant, or a token for another room", body = ErrorBody),
             (status = 405, description = "Wrong method", body = ErrorBody),
             (status = 413, description = "Body over limits.max_message_bytes", body = ErrorBody),
             (status = 415, description = "Content-Type is not application/sdp", body = ErrorBody),
+            (status = 429, description = "The room or shard is full, or the user holds limits.sessions_per_user sessions in the room (limits.members_per_room, limits.rooms_per_shard; the message names it); Retry-After", body = ErrorBody),
         ),
         security(("bearer" = []))
     )]
@@ -471,13 +472,14 @@ mod paths {
         responses(
             (status = 201, description = "SDP answer; Location names the session", content_type = "application/sdp", body = String,
                 headers(("Location" = String, description = "/whep/{roomId}/{resourceId}"))),
-            (status = 400, description = "Bad SDP", body = ErrorBody),
+            (status = 400, description = "Bad SDP, or over a per-request limit (limits.media_sections_per_offer, limits.consumers_per_session, ...; the message names it)", body = ErrorBody),
             (status = 401, description = "Missing or invalid token", body = ErrorBody),
             (status = 403, description = "No subscribe grant, or a token for another room", body = ErrorBody),
             (status = 404, description = "No such room, or nothing published", body = ErrorBody),
             (status = 405, description = "Wrong method", body = ErrorBody),
             (status = 413, description = "Body over limits.max_message_bytes", body = ErrorBody),
             (status = 415, description = "Content-Type is not application/sdp", body = ErrorBody),
+            (status = 429, description = "The room or shard is full, or the user holds limits.sessions_per_user sessions in the room (limits.members_per_room, limits.rooms_per_shard; the message names it); Retry-After", body = ErrorBody),
         ),
         security(("bearer" = []))
     )]
@@ -491,12 +493,13 @@ mod paths {
         responses(
             (status = 201, description = "SDP answer", content_type = "application/sdp", body = String,
                 headers(("Location" = String))),
-            (status = 400, description = "Bad SDP", body = ErrorBody),
+            (status = 400, description = "Bad SDP, or over a per-request limit (limits.media_sections_per_offer, limits.consumers_per_session, ...; the message names it)", body = ErrorBody),
             (status = 401, description = "Missing or invalid token", body = ErrorBody),
             (status = 403, description = "No subscribe grant", body = ErrorBody),
             (status = 404, description = "No such room or publisher", body = ErrorBody),
             (status = 413, description = "Body over limits.max_message_bytes", body = ErrorBody),
             (status = 415, description = "Content-Type is not application/sdp", body = ErrorBody),
+            (status = 429, description = "The room or shard is full, or the user holds limits.sessions_per_user sessions in the room (limits.members_per_room, limits.rooms_per_shard; the message names it); Retry-After", body = ErrorBody),
         ),
         security(("bearer" = []))
     )]

@@ -166,6 +166,10 @@ impl Engine {
     ) -> Result<ConsumerInfo, SfuError> {
         let tid = self.used_transport(now, peer, transport)?;
         let pid = self.producer_in_room(peer, producer)?;
+        if let Some(caps) = rtp_capabilities {
+            self.check_capabilities(caps)?;
+        }
+        self.check_new_consumers(peer, 1)?;
         let p = self.peer(peer)?;
         let caps = rtp_capabilities.or(p.rtp_capabilities.as_ref());
         let prod = &self.producers[&pid];

@@ -33,7 +33,7 @@ use super::producer::Producer;
 use super::room::{note_first_media, Peer, Room};
 use super::transport::Transport;
 use super::unbound::UnboundRates;
-use super::SfuError;
+use super::{Caps, SfuError};
 
 pub use super::consumer::ConsumerInfo;
 pub use super::room::{JoinInfo, ProducerInfo};
@@ -48,19 +48,23 @@ const EARLY_DTLS_MAX: usize = 16;
 /// What the engine tells a signaling session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
-    /// Another peer joined the room.
+    /// Another user joined the room (its first session there).
     PeerJoined {
         /// Its user id.
         user_id: String,
         /// Its display name.
         user_name: String,
     },
-    /// Another peer left the room (or its media failed).
+    /// Another peer left the room (or its media failed, or a newer session of its user
+    /// replaced it).
     PeerLeft {
         /// Its user id.
         user_id: String,
         /// Its peer id.
         peer: PeerId,
+        /// No session of the user stays in the room: the user left. False while another
+        /// of its sessions is there (a WHIP resource, or the member that replaced it).
+        user_left: bool,
     },
     /// Another peer of the room produces a new track.
     NewProducer {
@@ -97,6 +101,12 @@ pub enum Notice {
         /// The transport's wire id.
         transport_id: String,
         /// Why, naming the setting.
+        reason: String,
+    },
+    /// A newer session of the same user joined the room: everything of this peer was
+    /// released, and its session is to be closed.
+    Replaced {
+        /// What happened, for the client.
         reason: String,
     },
 }
@@ -214,6 +224,8 @@ pub struct Engine {
     pub(super) notices: VecDeque<(PeerId, Notice)>,
     /// What the shard reports.
     pub(super) counters: EngineCounters,
+    /// What one client may hold or ask for.
+    pub(super) caps: Caps,
 }
 
 /// An id as the wire shows it: a one-letter prefix and hex digits.
@@ -262,6 +274,7 @@ impl Engine {
             outbox: Vec::new(),
             notices: VecDeque::new(),
             counters: EngineCounters::default(),
+            caps: Caps::default(),
         })
     }
 
@@ -276,6 +289,17 @@ impl Engine {
     /// What transports may hold and how long they may take to connect.
     pub fn transport_limits(&self) -> TransportLimits {
         self.limits
+    }
+
+    /// Sets what one client may hold or ask for (the default: [`Caps::default`]). Applies
+    /// to requests from now on; nothing held already is released.
+    pub fn set_caps(&mut self, caps: Caps) {
+        self.caps = caps;
+    }
+
+    /// What one client may hold or ask for.
+    pub fn caps(&self) -> &Caps {
+        &self.caps
     }
 
     /// A new id for a transport, producer or consumer, unique across shards.
@@ -361,6 +385,73 @@ impl Engine {
     }
 
     // ------------------------------------------------------------------ transports
+
+    /// `Err` when the peer may not open another transport
+    /// (`limits.transports_per_session`).
+    pub(super) fn check_new_transport(&self, peer: PeerId) -> Result<(), SfuError> {
+        let held = self.peer(peer)?.transports.len();
+        self.caps.room_for(
+            "too many transports in this session",
+            held,
+            self.caps.transports_per_session,
+            "limits.transports_per_session",
+        )
+    }
+
+    /// `Err` when the peer may not hold `more` more consumers
+    /// (`limits.consumers_per_session`).
+    pub(super) fn check_new_consumers(&self, peer: PeerId, more: usize) -> Result<(), SfuError> {
+        let held = self.peer(peer)?.consumers.len();
+        let limit = self.caps.consumers_per_session;
+        if held + more > limit {
+            return Err(super::caps::over(
+                format!("too many consumers in this session ({held} held, {more} more asked)"),
+                limit,
+                "limits.consumers_per_session",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Err` when the peer may not hold `more` more producers on transport `tid`
+    /// (`limits.producers_per_session`, `limits.producers_per_transport`).
+    pub(super) fn check_new_producers(
+        &self,
+        peer: PeerId,
+        tid: u64,
+        more: usize,
+    ) -> Result<(), SfuError> {
+        let mine = &self.peer(peer)?.producers;
+        let held = mine.len();
+        let on_transport = mine
+            .iter()
+            .filter(|id| self.producers.get(id).is_some_and(|p| p.transport == tid))
+            .count();
+        let caps = &self.caps;
+        for (held, limit, what, setting) in [
+            (
+                held,
+                caps.producers_per_session,
+                "this session",
+                "limits.producers_per_session",
+            ),
+            (
+                on_transport,
+                caps.producers_per_transport,
+                "this transport",
+                "limits.producers_per_transport",
+            ),
+        ] {
+            if held + more > limit {
+                return Err(super::caps::over(
+                    format!("too many producers on {what} ({held} held, {more} more asked)"),
+                    limit,
+                    setting,
+                ));
+            }
+        }
+        Ok(())
+    }
 
     /// Registers a new transport with its peer and the ufrag demux table, and gives it
     /// until `now` + the connect timeout to connect. Shared by the mediasoup dialect and

@@ -14,12 +14,15 @@
 //! - [`ortc`] and [`send_offer`]: mediasoup's RTP parameters, and a send transport's
 //!   producers as the SDP offer str0m negotiates;
 //! - [`unbound`]: packet rates of source addresses not bound to a transport.
+//! - [`caps`]: what one client may hold or ask for (the `limits.*` settings, as plain
+//!   numbers).
 //!
 //! Nothing here reads a clock, touches a socket or uses `unsafe`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod caps;
 pub mod consumer;
 pub mod engine;
 pub mod keyframe;
@@ -34,6 +37,7 @@ pub mod speakers;
 pub mod transport;
 pub mod unbound;
 
+pub use caps::Caps;
 pub use engine::{Engine, Notice, PeerId, TransportLimits};
 
 /// Errors of the media core, mapped once to each dialect's wire error.
@@ -51,6 +55,16 @@ pub enum SfuError {
     /// corelay failed; not the client's fault.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request is over one of the [`Caps`]: the text names the setting.
+    #[error("{what}: the limit is {limit} ({setting})")]
+    Limit {
+        /// What was too many or too long.
+        what: String,
+        /// The cap.
+        limit: usize,
+        /// The setting that sets it, e.g. `limits.transports_per_session`.
+        setting: &'static str,
+    },
 }
 
 impl SfuError {
@@ -61,7 +75,21 @@ impl SfuError {
             SfuError::UnknownId(_) => "unknown_id",
             SfuError::BadRequest(_) => "bad_request",
             SfuError::Internal(_) => "internal",
+            SfuError::Limit { .. } => "limit_exceeded",
         }
+    }
+
+    /// Whether the refusal is about what the server holds (a full room, a user's or a
+    /// shard's count) rather than the request's own contents: HTTP dialects answer 429
+    /// for those (trying later may succeed) and 400 for the rest.
+    pub fn is_capacity(&self) -> bool {
+        matches!(
+            self,
+            SfuError::Limit { setting, .. } if matches!(
+                *setting,
+                "limits.members_per_room" | "limits.rooms_per_shard" | "limits.sessions_per_user"
+            )
+        )
     }
 }
 

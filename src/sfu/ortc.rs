@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::{Caps, SfuError};
+
 /// What a track carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -337,6 +339,99 @@ pub struct RtpParameters {
     /// RTCP parameters.
     #[serde(default)]
     pub rtcp: RtcpParameters,
+}
+
+/// Checks what a `produce` request gives against the caps (counts, string lengths) and
+/// the rules every entry must follow whether corelay reads it or not: header extension
+/// ids valid under RFC 8285 and each used once, each URI once, and no SSRC declared twice.
+pub fn check_limits(p: &RtpParameters, caps: &Caps) -> Result<(), SfuError> {
+    let bad = |m: String| Err(SfuError::BadRequest(m));
+    caps.count(
+        "rtpParameters.codecs",
+        p.codecs.len(),
+        caps.codecs_per_request,
+        "limits.codecs_per_request",
+    )?;
+    for c in &p.codecs {
+        caps.string("rtpParameters.codecs[].mimeType", &c.mime_type)?;
+        caps.count(
+            "rtpParameters.codecs[].rtcpFeedback",
+            c.rtcp_feedback.len(),
+            caps.codecs_per_request,
+            "limits.codecs_per_request",
+        )?;
+        for fb in &c.rtcp_feedback {
+            caps.string("rtpParameters.codecs[].rtcpFeedback[].type", &fb.kind)?;
+            caps.string(
+                "rtpParameters.codecs[].rtcpFeedback[].parameter",
+                &fb.parameter,
+            )?;
+        }
+        // The format parameters become one `a=fmtp` line.
+        let fmtp = Value::Object(c.parameters.clone()).to_string();
+        caps.string("rtpParameters.codecs[].parameters", &fmtp)?;
+    }
+    caps.count(
+        "rtpParameters.headerExtensions",
+        p.header_extensions.len(),
+        caps.header_extensions_per_request,
+        "limits.header_extensions_per_request",
+    )?;
+    for (i, e) in p.header_extensions.iter().enumerate() {
+        caps.string("rtpParameters.headerExtensions[].uri", &e.uri)?;
+        // RFC 8285: 1-14 in the one-byte form (15 is reserved there), 1-255 in the
+        // two-byte form; 0 is padding, never an id.
+        if e.id == 0 {
+            return bad(format!(
+                "header extension {} has id 0; ids are 1-14 (one-byte form) or 1-255 \
+                 (two-byte form), RFC 8285",
+                e.uri
+            ));
+        }
+        if let Some(o) = p.header_extensions[..i].iter().find(|o| o.id == e.id) {
+            return bad(format!(
+                "header extension id {} is given to both {} and {}",
+                e.id, o.uri, e.uri
+            ));
+        }
+        if p.header_extensions[..i].iter().any(|o| o.uri == e.uri) {
+            return bad(format!("header extension {} is listed twice", e.uri));
+        }
+    }
+    caps.count(
+        "rtpParameters.encodings",
+        p.encodings.len(),
+        caps.encodings_per_request,
+        "limits.encodings_per_request",
+    )?;
+    let mut ssrcs: Vec<u32> = Vec::new();
+    for e in &p.encodings {
+        if let Some(rid) = &e.rid {
+            caps.string("rtpParameters.encodings[].rid", rid)?;
+        }
+        for ssrc in e.ssrc.into_iter().chain(e.rtx.as_ref().map(|r| r.ssrc)) {
+            if ssrcs.contains(&ssrc) {
+                return bad(format!(
+                    "SSRC {ssrc} is declared twice in rtpParameters.encodings"
+                ));
+            }
+            ssrcs.push(ssrc);
+        }
+    }
+    if let Some(mid) = &p.mid {
+        caps.string("rtpParameters.mid", mid)?;
+    }
+    if let Some(cname) = &p.rtcp.cname {
+        caps.string("rtpParameters.rtcp.cname", cname)?;
+    }
+    Ok(())
+}
+
+/// Every SSRC the encodings declare (media and RTX).
+pub fn declared_ssrcs(p: &RtpParameters) -> impl Iterator<Item = u32> + '_ {
+    p.encodings
+        .iter()
+        .flat_map(|e| e.ssrc.into_iter().chain(e.rtx.as_ref().map(|r| r.ssrc)))
 }
 
 /// What a producer sends, checked against the router.
@@ -832,6 +927,57 @@ mod tests {
             "encodings": [{"ssrc": 1}]
         }));
         assert!(check_producer(Kind::Video, &p).is_err(), "kind mismatch");
+    }
+
+    #[test]
+    fn requests_over_the_caps_or_with_bad_ids_or_ssrcs_are_refused() {
+        let caps = Caps {
+            encodings_per_request: 2,
+            codecs_per_request: 2,
+            header_extensions_per_request: 3,
+            max_string_bytes: 64,
+            ..Caps::default()
+        };
+        let base = json!({
+            "mid": "0",
+            "codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}],
+            "headerExtensions": [{"uri": EXT_MID, "id": 4}, {"uri": "urn:x", "id": 255}],
+            "encodings": [{"ssrc": 1, "rtx": {"ssrc": 2}}],
+            "rtcp": {"cname": "c"}
+        });
+        check_limits(&params(base.clone()), &caps).unwrap();
+        let with = |path: &str, v: Value| {
+            let mut p = base.clone();
+            p[path] = v;
+            check_limits(&params(p), &caps).unwrap_err().to_string()
+        };
+        let codec = json!({"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000});
+        let e = with("codecs", json!([codec, codec, codec]));
+        assert!(e.contains("limits.codecs_per_request"), "{e}");
+        let e = with(
+            "encodings",
+            json!([{"rid": "a"}, {"rid": "b"}, {"rid": "c"}]),
+        );
+        assert!(e.contains("limits.encodings_per_request"), "{e}");
+        let ext = |id: u8, uri: &str| json!({"uri": uri, "id": id});
+        let e = with(
+            "headerExtensions",
+            json!([ext(1, "a"), ext(2, "b"), ext(3, "c"), ext(5, "d")]),
+        );
+        assert!(e.contains("limits.header_extensions_per_request"), "{e}");
+        let e = with("headerExtensions", json!([ext(0, "a")]));
+        assert!(e.contains("id 0") && e.contains("RFC 8285"), "{e}");
+        let e = with("headerExtensions", json!([ext(255, "a"), ext(255, "b")]));
+        assert!(e.contains("id 255 is given to both a and b"), "{e}");
+        let e = with("headerExtensions", json!([ext(1, "a"), ext(2, "a")]));
+        assert!(e.contains("listed twice"), "{e}");
+        let e = with("rtcp", json!({"cname": "c".repeat(65)}));
+        assert!(
+            e.contains("rtcp.cname") && e.contains("limits.max_string_bytes"),
+            "{e}"
+        );
+        let e = with("encodings", json!([{"ssrc": 5, "rtx": {"ssrc": 5}}]));
+        assert!(e.contains("SSRC 5 is declared twice"), "{e}");
     }
 
     #[test]

@@ -96,6 +96,13 @@ impl Producer {
             .filter_map(|(i, l)| l.ssrc.map(|s| (s, i)))
     }
 
+    /// Every SSRC it declared or learnt, RTX included.
+    pub(super) fn all_ssrcs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ssrcs()
+            .map(|(s, _)| *s)
+            .chain(self.spec.ssrc.and_then(|(_, rtx)| rtx))
+    }
+
     /// The layer of a packet with this SSRC, learning the SSRC of a rid layer (or of the
     /// one unnamed layer) from its first packet. `None`: the packet is none of its layers.
     pub(super) fn layer_of(&mut self, ssrc: Ssrc, ext: &ExtensionValues) -> Option<usize> {
@@ -173,12 +180,12 @@ impl Engine {
     ) -> Result<String, SfuError> {
         let tid = self.used_transport(now, peer, transport)?;
         self.peer(peer)?;
-        let t = self.transports.get_mut(&tid).expect("checked");
-        if t.direction != Direction::Send {
+        if self.transports[&tid].direction != Direction::Send {
             return Err(SfuError::BadRequest(
                 "produce needs a send transport".into(),
             ));
         }
+        ortc::check_limits(params, &self.caps)?;
         let spec = ortc::check_producer(kind, params).map_err(SfuError::BadRequest)?;
         let mid: Mid = spec.mid.as_str().into();
         if self.producer_by_mid.contains_key(&(tid, mid)) {
@@ -187,7 +194,26 @@ impl Engine {
                 spec.mid
             )));
         }
+        self.check_new_producers(peer, tid, 1)?;
+        for ssrc in ortc::declared_ssrcs(params) {
+            // A transport's producers are its owner's.
+            let taken = self
+                .peer(peer)?
+                .producers
+                .iter()
+                .filter_map(|id| self.producers.get(id))
+                .filter(|p| p.transport == tid)
+                .find(|p| p.all_ssrcs().any(|s| s == ssrc));
+            if let Some(p) = taken {
+                return Err(SfuError::BadRequest(format!(
+                    "SSRC {ssrc} is already used by producer {} (mid {}) on this transport",
+                    wire_id("p", p.id),
+                    p.spec.mid
+                )));
+            }
+        }
         let section = SendSection::new(kind, &spec, params).map_err(SfuError::BadRequest)?;
+        let t = self.transports.get_mut(&tid).expect("checked");
         t.negotiate_section(section)?;
         let layers = if let Some((ssrc, _)) = spec.ssrc {
             vec![Layer::with_ssrc(ssrc.into())]
@@ -326,7 +352,13 @@ impl Engine {
         };
         self.producer_by_mid.remove(&(p.transport, p.mid));
         for cid in &p.consumers {
-            self.remove_consumer(now, *cid, true);
+            if self.consumers.get(cid).is_some_and(|c| c.slot.is_some()) {
+                // A loudest-speaker slot outlives its speaker: it carries nobody until
+                // the room's next review puts another speaker on it.
+                self.move_slot(*cid, None);
+            } else {
+                self.remove_consumer(now, *cid, true);
+            }
         }
         if let Some(t) = self.transports.get_mut(&p.transport) {
             for (ssrc, _) in p.ssrcs() {

@@ -15,7 +15,7 @@ use super::ortc::{check_fingerprint, Kind, ProducerSpec, RouterCodec, OPUS};
 use super::producer::Layer;
 use super::rewrite::Rewriter;
 use super::transport::{Direction, Transport};
-use super::SfuError;
+use super::{Caps, SfuError};
 
 /// A parser error as a client may see it: one line, without the parser's internal
 /// positions (they print memory addresses).
@@ -46,6 +46,15 @@ fn check_sdp_fingerprints(sdp: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The mids of an offer's media sections, in SDP order.
+fn offered_mids(offer: &str) -> Vec<Mid> {
+    offer
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("a=mid:"))
+        .map(|m| Mid::from(m.trim()))
+        .collect()
+}
+
 /// What a consumer on a negotiated section carries.
 #[derive(Clone, Copy)]
 enum Slot {
@@ -61,6 +70,50 @@ fn media_kind(kind: Kind) -> MediaKind {
     }
 }
 
+/// Checks an SDP document a client sent before it is parsed: every line within
+/// `limits.max_string_bytes`, at most `limits.media_sections_per_offer` media sections,
+/// and no SSRC in two media sections.
+fn check_sdp(caps: &Caps, what: &str, text: &str) -> Result<(), SfuError> {
+    let mut sections = 0usize;
+    // Each SSRC with the section it was first seen in (a map: an offer may hold many).
+    let mut ssrcs: rustc_hash::FxHashMap<u32, usize> = Default::default();
+    for (n, line) in text.lines().enumerate() {
+        caps.string(&format!("line {} of the {what}", n + 1), line)?;
+        let line = line.trim_end();
+        if line.starts_with("m=") {
+            sections += 1;
+            if sections > caps.media_sections_per_offer {
+                return Err(super::caps::over(
+                    format!("the {what} has more media sections (m= lines) than that"),
+                    caps.media_sections_per_offer,
+                    "limits.media_sections_per_offer",
+                ));
+            }
+            continue;
+        }
+        let numbers = if let Some(rest) = line.strip_prefix("a=ssrc:") {
+            rest.split_whitespace()
+                .next()
+                .into_iter()
+                .collect::<Vec<_>>()
+        } else if let Some(rest) = line.strip_prefix("a=ssrc-group:") {
+            rest.split_whitespace().skip(1).collect()
+        } else {
+            continue;
+        };
+        for ssrc in numbers.into_iter().filter_map(|n| n.parse::<u32>().ok()) {
+            let first = *ssrcs.entry(ssrc).or_insert(sections);
+            if first != sections {
+                return Err(SfuError::BadRequest(format!(
+                    "SSRC {ssrc} is used by two media sections of the {what} \
+                     ({first} and {sections})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Engine {
     fn new_sdp_transport(
         &mut self,
@@ -68,7 +121,7 @@ impl Engine {
         peer: PeerId,
         direction: Direction,
     ) -> Result<u64, SfuError> {
-        self.peer(peer)?;
+        self.check_new_transport(peer)?;
         let id = self.fresh_id();
         let mut t = Transport::new(now, id, peer, direction, &self.cert, self.candidate)?;
         t.sdp = true;
@@ -103,10 +156,12 @@ impl Engine {
     ) -> Result<(u64, String), SfuError> {
         check_sdp_fingerprints(offer_text)
             .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {e}")))?;
+        check_sdp(&self.caps, "SDP offer", offer_text)?;
         let offer = SdpOffer::from_sdp_string(offer_text)
             .map_err(|e| SfuError::BadRequest(format!("invalid SDP offer: {}", sdp_error(&e))))?;
         let id = self.new_sdp_transport(now, peer, direction)?;
         let t = self.transports.get_mut(&id).expect("just made");
+        let wanted = offered.len();
         t.offered_producers = offered;
         let answer = match t.rtc.sdp_api().accept_offer(offer) {
             Ok(a) => a,
@@ -117,6 +172,21 @@ impl Engine {
                 )));
             }
         };
+        // What the offer would make, checked before anything is made (at most: sections
+        // with a codec corelay does not forward become nothing).
+        let (sends, receives) = self.offered_directions(id, offer_text);
+        let (producers, consumers) = match direction {
+            Direction::Send => (sends, 0),
+            Direction::Recv => (0, receives.min(wanted)),
+            Direction::Both => (sends, receives),
+        };
+        let fits = self
+            .check_new_producers(peer, id, producers)
+            .and_then(|_| self.check_new_consumers(peer, consumers));
+        if let Err(e) = fits {
+            self.remove_transport(id);
+            return Err(e);
+        }
         self.map_offered_media(now, id, offer_text);
         if let Some(t) = self.transports.get_mut(&id) {
             t.offered_producers.clear();
@@ -178,6 +248,7 @@ impl Engine {
         if wanted.is_empty() {
             return Err(SfuError::BadRequest("nothing to subscribe to".into()));
         }
+        self.check_new_consumers(peer, wanted.len())?;
         let kinds: Vec<(u64, Kind)> = wanted
             .iter()
             .map(|p| (*p, self.producers[p].kind))
@@ -221,6 +292,7 @@ impl Engine {
         let id = self.own_sdp_transport(peer, transport)?;
         check_sdp_fingerprints(answer)
             .map_err(|e| SfuError::BadRequest(format!("invalid SDP answer: {e}")))?;
+        check_sdp(&self.caps, "SDP answer", answer)?;
         let answer = SdpAnswer::from_sdp_string(answer)
             .map_err(|e| SfuError::BadRequest(format!("invalid SDP answer: {}", sdp_error(&e))))?;
         let t = self.transports.get_mut(&id).expect("checked");
@@ -277,6 +349,7 @@ impl Engine {
     ) -> Result<(), SfuError> {
         let id = self.own_sdp_transport(peer, transport)?;
         let line = candidate.trim().trim_start_matches("a=");
+        self.caps.string("the ICE candidate", line)?;
         if line.is_empty() {
             return Ok(()); // end of candidates
         }
@@ -311,15 +384,41 @@ impl Engine {
         Some((t.peer, p.user_id.clone()))
     }
 
+    /// How many media sections of a just-negotiated offer the client sends on and
+    /// receives on (`/connect` sends audio only).
+    fn offered_directions(&self, tid: u64, offer: &str) -> (usize, usize) {
+        let Some(t) = self.transports.get(&tid) else {
+            return (0, 0);
+        };
+        let (mut sends, mut receives) = (0, 0);
+        for mid in offered_mids(offer) {
+            let Some(media) = t.rtc.media(mid) else {
+                continue;
+            };
+            if t.direction == Direction::Both && media.kind() == MediaKind::Video {
+                continue;
+            }
+            let direction = media.direction();
+            if matches!(
+                direction,
+                MediaDirection::RecvOnly | MediaDirection::SendRecv
+            ) {
+                sends += 1;
+            }
+            if matches!(
+                direction,
+                MediaDirection::SendOnly | MediaDirection::SendRecv
+            ) {
+                receives += 1;
+            }
+        }
+        (sends, receives)
+    }
+
     /// Maps the media sections of a just-negotiated offer (their mids, in SDP order) to
     /// producers (a publisher's sections) or consumers (a subscriber's own offer).
     fn map_offered_media(&mut self, now: Instant, tid: u64, offer: &str) {
-        let mids: Vec<Mid> = offer
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("a=mid:"))
-            .map(|m| Mid::from(m.trim()))
-            .collect();
-        for mid in mids {
+        for mid in offered_mids(offer) {
             let Some(media) = self.transports.get(&tid).and_then(|t| t.rtc.media(mid)) else {
                 continue;
             };
@@ -475,5 +574,55 @@ impl Engine {
         });
         // No keyframe request here: one asked for before this transport is up would arrive
         // before the subscriber can decode it; the forward path asks once it can.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(mid: u32, ssrc: u32) -> String {
+        format!(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:{mid}\r\na=ssrc:{ssrc} cname:c\r\n\
+             a=ssrc:{ssrc} msid:s t\r\n"
+        )
+    }
+
+    #[test]
+    fn offers_over_the_caps_are_refused_before_they_are_parsed() {
+        let caps = Caps {
+            media_sections_per_offer: 2,
+            max_string_bytes: 64,
+            ..Caps::default()
+        };
+        let head = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+        let two = format!("{head}{}{}", section(0, 1), section(1, 2));
+        check_sdp(&caps, "SDP offer", &two).unwrap();
+        let three = format!("{two}{}", section(2, 3));
+        let e = check_sdp(&caps, "SDP offer", &three).unwrap_err();
+        assert!(
+            e.to_string().contains("limits.media_sections_per_offer"),
+            "{e}"
+        );
+        let long = format!(
+            "{head}{}a=ssrc:1 cname:{}\r\n",
+            section(0, 1),
+            "x".repeat(60)
+        );
+        let e = check_sdp(&caps, "SDP offer", &long).unwrap_err();
+        assert!(
+            e.to_string().contains("line 9 of the SDP offer")
+                && e.to_string().contains("limits.max_string_bytes"),
+            "{e}"
+        );
+        let dup = format!("{head}{}{}", section(0, 7), section(1, 7));
+        let e = check_sdp(&caps, "SDP offer", &dup).unwrap_err();
+        assert!(e.to_string().contains("SSRC 7"), "{e}");
+        let grouped = format!(
+            "{head}{}a=ssrc-group:FID 1 9\r\n{}",
+            section(0, 1),
+            section(1, 9)
+        );
+        assert!(check_sdp(&caps, "SDP offer", &grouped).is_err());
     }
 }

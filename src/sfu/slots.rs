@@ -95,7 +95,7 @@ impl Engine {
 
     /// Puts a slot consumer on another speaker. Its SSRC stays; sequence numbers continue
     /// and timestamps move on by the elapsed time, so the stream stays valid.
-    fn move_slot(&mut self, cid: u64, new: Option<Held>) {
+    pub(super) fn move_slot(&mut self, cid: u64, new: Option<Held>) {
         let Some(c) = self.consumers.get_mut(&cid) else {
             return;
         };

@@ -316,7 +316,7 @@ impl Engine {
         peer: PeerId,
         direction: Direction,
     ) -> Result<TransportInfo, SfuError> {
-        self.peer(peer)?;
+        self.check_new_transport(peer)?;
         let id = self.fresh_id();
         let mut t = Transport::new(now, id, peer, direction, &self.cert, self.candidate)?;
         let info = TransportInfo {
@@ -382,6 +382,8 @@ impl Engine {
             .ok_or_else(|| {
                 SfuError::BadRequest("dtlsParameters.fingerprints has no sha-256 entry".into())
             })?;
+        self.caps
+            .string("dtlsParameters.fingerprints[].value", &fp.value)?;
         let t = self.transports.get_mut(&id).expect("checked");
         t.connect("sha-256", fp.value.trim())?;
         for (source, data) in std::mem::take(&mut t.early_dtls) {

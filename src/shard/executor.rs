@@ -49,9 +49,11 @@ pub(super) async fn run(
     );
     let (shutdown_tx, shutdown_rx) = futures::channel::oneshot::channel();
     let candidate = std::net::SocketAddr::new(config.announced_ip, init.udp_port);
+    let caps = config.limits.caps();
     let engine = match Engine::new((init.id as u64) << 40, candidate) {
         Ok(mut e) => {
             e.set_transport_limits(config.limits.transport_limits());
+            e.set_caps(caps.clone());
             e
         }
         Err(e) => {
@@ -72,7 +74,7 @@ pub(super) async fn run(
         started,
         mesh: senders,
         counters: ShardCounters::default(),
-        p2p_rooms: RefCell::default(),
+        p2p_rooms: RefCell::new(crate::signal::p2p::Rooms::new(&caps)),
         engine: RefCell::new(engine),
         udp_wake,
         latencies: RefCell::default(),

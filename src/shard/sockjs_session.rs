@@ -29,7 +29,7 @@ use super::state::{outbound_queue, Outbound, OutboundRx, Shard};
 use crate::http::response::{chunk, LAST_CHUNK};
 use crate::http::Response;
 use crate::signal::dialect::BoxedDialect;
-use crate::signal::dialect::{CloseCode, ConnId};
+use crate::signal::dialect::{CloseCode, ConnId, REPLACED_CLOSE_CODE, REPLACED_CLOSE_REASON};
 use crate::signal::sockjs::{self, Fed, HEARTBEAT, HEARTBEAT_EVERY, OPEN};
 use crate::stats::ShardCounters;
 
@@ -320,6 +320,10 @@ impl Session {
             Outbound::Text(text) => self.outbox.push_back(self.dialect.delivery(&text)),
             Outbound::Notice(n) => self.outbox.extend(self.dialect.notice(&n)),
             Outbound::Close(reason) => self.close(1011, &reason),
+            Outbound::Replaced(reason) => {
+                self.outbox.push_back(self.dialect.replaced_text(&reason));
+                self.close(REPLACED_CLOSE_CODE, REPLACED_CLOSE_REASON);
+            }
         }
     }
 

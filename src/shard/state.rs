@@ -29,6 +29,9 @@ pub enum Outbound {
     Close(String),
     /// A media-core notice; the session's dialect words it.
     Notice(Box<crate::sfu::Notice>),
+    /// A newer session of this session's user joined its room: send the dialect's
+    /// `replaced_text` with this reason, then close (`REPLACED_CLOSE_CODE`).
+    Replaced(String),
 }
 
 /// Bytes a notice is counted as in a session's queue (its wording is the dialect's).
@@ -42,7 +45,7 @@ impl Outbound {
         ENTRY_BYTES
             + match self {
                 Outbound::Text(t) => t.len(),
-                Outbound::Close(r) => r.len(),
+                Outbound::Close(r) | Outbound::Replaced(r) => r.len(),
                 Outbound::Notice(_) => NOTICE_BYTES,
             }
     }
@@ -330,7 +333,7 @@ impl Shard {
     pub fn with_context<R>(&self, conn: ConnId, f: impl FnOnce(&mut Context<'_>) -> R) -> R {
         let shard = self;
         let started = Instant::now();
-        let (result, deliveries, errors) = {
+        let (result, deliveries, errors, replaced) = {
             let mut engine = shard.engine.borrow_mut();
             let mut relay = shard.p2p_rooms.borrow_mut();
             let owns = |key: &str| shard.owner_of(key) == shard.id;
@@ -344,10 +347,13 @@ impl Shard {
                 &owns,
             );
             let result = f(&mut cx);
-            (result, cx.deliveries, cx.errors)
+            (result, cx.deliveries, cx.errors, cx.replaced)
         };
         for d in deliveries {
             shard.send_to_conn(d.to, Outbound::Text(d.text));
+        }
+        for (conn, reason) in replaced {
+            shard.send_to_conn(conn, Outbound::Replaced(reason));
         }
         for code in errors {
             shard.counters.count_error(code);
@@ -375,6 +381,7 @@ impl Shard {
         for (peer, notice) in notices {
             let msg = match notice {
                 crate::sfu::Notice::MediaFailed { reason } => Outbound::Close(reason),
+                crate::sfu::Notice::Replaced { reason } => Outbound::Replaced(reason),
                 n => Outbound::Notice(Box::new(n)),
             };
             self.send_to_conn(peer, msg);

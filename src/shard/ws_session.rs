@@ -18,7 +18,10 @@ use super::state::{outbound_queue, Outbound, OutboundRx, Shard};
 use super::timeout::within;
 use crate::http::ws::{self, FrameBoundedStream};
 use crate::http::Head;
-use crate::signal::dialect::{BoxedDialect, CloseCode as DialectClose, Dialect, Step};
+use crate::signal::dialect::{
+    BoxedDialect, CloseCode as DialectClose, Dialect, Step, REPLACED_CLOSE_CODE,
+    REPLACED_CLOSE_REASON,
+};
 use crate::stats::ShardCounters;
 
 pub type Ws = WebSocketStream<FrameBoundedStream<Conn>>;
@@ -280,6 +283,15 @@ async fn run(
             Event::Outgoing(Some(Outbound::Close(reason))) => {
                 close(&mut ws, &*dialect, CloseCode::Error, &reason).await;
                 break End::Closed("closed by server");
+            }
+            Event::Outgoing(Some(Outbound::Replaced(reason))) => {
+                // A newer session of this user joined the room; this one holds nothing
+                // any more and ends, telling the client why.
+                let text = Message::text(dialect.replaced_text(&reason));
+                let _ = within(CLOSE_WAIT, ws.send(text)).await;
+                let code = CloseCode::from(REPLACED_CLOSE_CODE);
+                close(&mut ws, &*dialect, code, REPLACED_CLOSE_REASON).await;
+                break End::Closed("replaced by a newer session");
             }
             Event::Outgoing(None) => {
                 // Our queue was cut loose: this client fell too far behind (bytes or time

@@ -24,6 +24,12 @@ pub enum CloseCode {
     Policy,
 }
 
+/// The WebSocket close code of a session replaced by a newer session of the same user in
+/// the same room (a private-use code, RFC 6455 7.4.2: clients should not reconnect on it).
+pub const REPLACED_CLOSE_CODE: u16 = 4000;
+/// The close reason that goes with [`REPLACED_CLOSE_CODE`].
+pub const REPLACED_CLOSE_REASON: &str = "replaced by a newer session";
+
 /// What the runtime does after one message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
@@ -57,6 +63,10 @@ pub struct Context<'a> {
     pub deliveries: Vec<Delivery>,
     /// Wire error codes this call answered with, counted in `/metrics`.
     pub errors: Vec<&'static str>,
+    /// Other sessions of this shard that a newer session of their user replaced, with
+    /// the reason: each gets its dialect's [`Dialect::replaced_text`] and is closed with
+    /// [`REPLACED_CLOSE_CODE`] after the call.
+    pub replaced: Vec<(ConnId, String)>,
 }
 
 impl<'a> Context<'a> {
@@ -80,6 +90,7 @@ impl<'a> Context<'a> {
             owns,
             deliveries: Vec::new(),
             errors: Vec::new(),
+            replaced: Vec::new(),
         }
     }
 
@@ -117,6 +128,11 @@ pub trait Dialect: Send {
     /// A media-core notice for this session, worded as this dialect's event, if it has one.
     fn notice(&mut self, _notice: &Notice) -> Option<String> {
         None
+    }
+    /// The text a session gets before it is closed because a newer session of its user
+    /// joined its room (then the runtime closes it with [`REPLACED_CLOSE_CODE`]).
+    fn replaced_text(&self, reason: &str) -> String {
+        self.error_text(reason)
     }
 
     // Framing hooks: a dialect that wraps another in a framing (SockJS) words what the

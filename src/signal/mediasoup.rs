@@ -276,7 +276,7 @@ fn dispatch(
         "consume" => {
             let caps = capabilities(d)?;
             if let Some(caps) = &caps {
-                engine.set_rtp_capabilities(peer, caps.clone());
+                engine.set_rtp_capabilities(peer, caps.clone())?;
             }
             let c = engine.consume(
                 now,
@@ -320,14 +320,26 @@ fn dispatch(
     }
 }
 
-/// An engine notice as the event this dialect sends.
-pub fn event_text(notice: &Notice) -> String {
+/// What a session replaced by a newer session of its user is told before it is closed.
+pub fn replaced_text(reason: &str) -> String {
+    json!({"type": "error", "data": {"code": "replaced", "message": reason}}).to_string()
+}
+
+/// An engine notice as the event this dialect sends, if it words it: `peer-left` only
+/// when the user left (no session of it stays in the room; the room's peers are users).
+pub fn event_text(notice: &Notice) -> Option<String> {
     let (kind, data) = match notice {
         Notice::PeerJoined { user_id, user_name } => (
             "peer-joined",
             json!({"userId": user_id, "userName": user_name}),
         ),
-        Notice::PeerLeft { user_id, .. } => ("peer-left", json!({"userId": user_id})),
+        Notice::PeerLeft {
+            user_id,
+            user_left: true,
+            ..
+        } => ("peer-left", json!({"userId": user_id})),
+        Notice::PeerLeft { .. } => return None,
+        Notice::Replaced { reason } => return Some(replaced_text(reason)),
         Notice::NewProducer {
             producer_id,
             user_id,
@@ -353,7 +365,7 @@ pub fn event_text(notice: &Notice) -> String {
             json!({"transportId": transport_id, "reason": reason}),
         ),
     };
-    json!({"type": kind, "data": data}).to_string()
+    Some(json!({"type": kind, "data": data}).to_string())
 }
 
 /// A `/ws` (or `/?token=`) connection as a [`Dialect`].
@@ -404,7 +416,11 @@ impl Dialect for MediasoupDialect {
     }
 
     fn notice(&mut self, notice: &Notice) -> Option<String> {
-        Some(event_text(notice))
+        event_text(notice)
+    }
+
+    fn replaced_text(&self, reason: &str) -> String {
+        replaced_text(reason)
     }
 }
 

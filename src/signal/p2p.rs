@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::dialect::{Context, Dialect, Step};
 use crate::auth::validate_id;
+use crate::sfu::caps::over;
+use crate::sfu::Caps;
 
 pub use super::dialect::ConnId;
 
@@ -167,10 +169,21 @@ impl Dialect for Session {
                 if let Some(step) = cx.owner_elsewhere(&room.shard_key()) {
                     return step;
                 }
-                let out = cx.relay.connect(&room, cx.conn, &user_id);
-                tracing::info!(shard = cx.shard, conn = cx.conn, room = %room.room, ns = %room.namespace, user = %user_id, "joined relay room");
+                let joined = match cx.relay.connect(&room, cx.conn, &user_id) {
+                    Ok(j) => j,
+                    Err(reason) => return Step::Reply(vec![self.error_text(&reason)]),
+                };
+                tracing::info!(shard = cx.shard, conn = cx.conn, room = %room.room, ns = %room.namespace, user = %user_id, replaced = ?joined.replaced, "joined relay room");
+                if let Some(old) = joined.replaced {
+                    let reason = format!(
+                        "replaced: user {user_id:?} connected to room {:?} again from a newer \
+                         session",
+                        room.room
+                    );
+                    cx.replaced.push((old, reason));
+                }
                 self.joined = Some((user_id, room));
-                cx.deliveries.extend(out);
+                cx.deliveries.extend(joined.deliveries);
             }
             Request::Broadcast => {
                 let (_, room) = self.joined.as_ref().expect("validated: joined");
@@ -216,12 +229,41 @@ struct Member {
 }
 
 /// Every relay room of one shard.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Rooms {
     rooms: HashMap<RoomKey, Vec<Member>>,
+    /// `limits.members_per_room`.
+    members_per_room: usize,
+    /// `limits.rooms_per_shard` (relay rooms; media rooms count on their own).
+    rooms_per_shard: usize,
+}
+
+impl Default for Rooms {
+    fn default() -> Rooms {
+        Rooms::new(&Caps::default())
+    }
+}
+
+/// What a connect did: the texts to deliver, and the older session of the same user the
+/// new one replaced (to be closed).
+#[derive(Debug)]
+pub struct Connected {
+    /// Texts for the members.
+    pub deliveries: Vec<Delivery>,
+    /// The replaced member's connection.
+    pub replaced: Option<ConnId>,
 }
 
 impl Rooms {
+    /// No rooms yet; `caps` gives the members per room and rooms per shard.
+    pub fn new(caps: &Caps) -> Rooms {
+        Rooms {
+            rooms: HashMap::new(),
+            members_per_room: caps.members_per_room,
+            rooms_per_shard: caps.rooms_per_shard,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.rooms.len()
     }
@@ -232,9 +274,52 @@ impl Rooms {
 
     /// Adds a member; every member, the new one included, receives the connect packet,
     /// whose payload says whether the new member is the initiator (the first member):
-    /// `"true"` or `"false"`.
-    pub fn connect(&mut self, key: &RoomKey, conn: ConnId, user_id: &str) -> Vec<Delivery> {
+    /// `"true"` or `"false"`. A member of the same user id is replaced: the others get
+    /// its disconnect packet first (its connection is gone), and it is to be closed.
+    /// `Err` (the reason, naming the setting) when the room is full or the shard has too
+    /// many rooms.
+    pub fn connect(
+        &mut self,
+        key: &RoomKey,
+        conn: ConnId,
+        user_id: &str,
+    ) -> Result<Connected, String> {
+        if !self.rooms.contains_key(key) && self.rooms.len() >= self.rooms_per_shard {
+            return Err(over(
+                format!(
+                    "too many relay rooms on this shard ({} held)",
+                    self.rooms.len()
+                ),
+                self.rooms_per_shard,
+                "limits.rooms_per_shard",
+            )
+            .to_string());
+        }
         let members = self.rooms.entry(key.clone()).or_default();
+        let old = members.iter().position(|m| m.user_id == user_id);
+        let staying = members.len() - usize::from(old.is_some());
+        if staying >= self.members_per_room {
+            let full = over(
+                format!("room {:?} is full ({staying} members)", key.room),
+                self.members_per_room,
+                "limits.members_per_room",
+            );
+            if members.is_empty() {
+                self.rooms.remove(key);
+            }
+            return Err(full.to_string());
+        }
+        let mut out = Vec::new();
+        let mut replaced = None;
+        if let Some(pos) = old {
+            let gone = members.remove(pos);
+            let text: Rc<str> = packet("disconnect", &gone.user_id, &key.room, "").into();
+            out.extend(members.iter().map(|m| Delivery {
+                to: m.conn,
+                text: text.clone(),
+            }));
+            replaced = Some(gone.conn);
+        }
         let initiator = members.is_empty();
         members.push(Member {
             conn,
@@ -244,22 +329,28 @@ impl Rooms {
         // reads with `JSON.parse`.
         let payload = if initiator { "true" } else { "false" };
         let text: Rc<str> = packet("connect", user_id, &key.room, payload).into();
-        members
-            .iter()
-            .map(|m| Delivery {
-                to: m.conn,
-                text: text.clone(),
-            })
-            .collect()
+        out.extend(members.iter().map(|m| Delivery {
+            to: m.conn,
+            text: text.clone(),
+        }));
+        Ok(Connected {
+            deliveries: out,
+            replaced,
+        })
     }
 
-    /// The original text, unchanged, to every other member.
+    /// The original text, unchanged, to every other member; nothing from a connection
+    /// that is no member (any more: a replaced session before it is closed).
     pub fn broadcast(&self, key: &RoomKey, from: ConnId, text: &str) -> Vec<Delivery> {
+        let Some(members) = self.rooms.get(key) else {
+            return Vec::new();
+        };
+        if !members.iter().any(|m| m.conn == from) {
+            return Vec::new();
+        }
         let text: Rc<str> = text.into();
-        self.rooms
-            .get(key)
-            .into_iter()
-            .flatten()
+        members
+            .iter()
             .filter(|m| m.conn != from)
             .map(|m| Delivery {
                 to: m.conn,
@@ -328,14 +419,14 @@ mod tests {
     #[test]
     fn connect_marks_the_first_member_as_initiator() {
         let mut rooms = Rooms::default();
-        let d = rooms.connect(&key("r"), 1, "a");
+        let d = rooms.connect(&key("r"), 1, "a").unwrap().deliveries;
         assert_eq!(d.len(), 1);
         let p: Packet = serde_json::from_str(&d[0].text).unwrap();
         assert_eq!(p.payload, serde_json::json!("true"));
         // The original client reads the payload with JSON.parse.
         let flag: bool = serde_json::from_str(p.payload.as_str().unwrap()).unwrap();
         assert!(flag);
-        let d = rooms.connect(&key("r"), 2, "b");
+        let d = rooms.connect(&key("r"), 2, "b").unwrap().deliveries;
         assert_eq!(d.iter().map(|d| d.to).collect::<Vec<_>>(), vec![1, 2]);
         let p: Packet = serde_json::from_str(&d[0].text).unwrap();
         assert_eq!(p.payload, serde_json::json!("false"));
@@ -345,9 +436,9 @@ mod tests {
     #[test]
     fn broadcast_skips_the_sender_and_keeps_the_text() {
         let mut rooms = Rooms::default();
-        rooms.connect(&key("r"), 1, "a");
-        rooms.connect(&key("r"), 2, "b");
-        rooms.connect(&key("other"), 3, "c");
+        rooms.connect(&key("r"), 1, "a").unwrap();
+        rooms.connect(&key("r"), 2, "b").unwrap();
+        rooms.connect(&key("other"), 3, "c").unwrap();
         let d = rooms.broadcast(&key("r"), 1, "{\"x\": 1}");
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].to, 2);
@@ -357,8 +448,8 @@ mod tests {
     #[test]
     fn ping_lists_users_and_disconnect_notifies_the_rest() {
         let mut rooms = Rooms::default();
-        rooms.connect(&key("r"), 1, "a");
-        rooms.connect(&key("r"), 2, "b");
+        rooms.connect(&key("r"), 1, "a").unwrap();
+        rooms.connect(&key("r"), 2, "b").unwrap();
         let p: Packet = serde_json::from_str(&rooms.ping(&key("r"), "a")).unwrap();
         assert_eq!(p.payload, serde_json::json!("[\"a\",\"b\"]"));
         let d = rooms.disconnect(&key("r"), 1);
@@ -369,6 +460,55 @@ mod tests {
         );
         rooms.disconnect(&key("r"), 2);
         assert!(rooms.is_empty(), "an empty room is removed");
+    }
+
+    #[test]
+    fn a_second_connect_of_a_user_replaces_the_first_and_the_room_hears_it_go_then_come() {
+        let mut rooms = Rooms::default();
+        rooms.connect(&key("r"), 1, "alice").unwrap();
+        rooms.connect(&key("r"), 2, "bob").unwrap();
+        let j = rooms.connect(&key("r"), 3, "alice").unwrap();
+        assert_eq!(j.replaced, Some(1));
+        let story: Vec<(ConnId, String, String)> = j
+            .deliveries
+            .iter()
+            .map(|d| {
+                let p: Packet = serde_json::from_str(&d.text).unwrap();
+                (d.to, p.header.event, p.header.user_id)
+            })
+            .collect();
+        assert_eq!(
+            story,
+            vec![
+                (2, "disconnect".into(), "alice".into()),
+                (2, "connect".into(), "alice".into()),
+                (3, "connect".into(), "alice".into()),
+            ]
+        );
+        // The replaced connection relays nothing and its close tells nobody.
+        assert!(rooms.broadcast(&key("r"), 1, "{}").is_empty());
+        assert!(rooms.disconnect(&key("r"), 1).is_empty());
+        let p: Packet = serde_json::from_str(&rooms.ping(&key("r"), "bob")).unwrap();
+        assert_eq!(p.payload, serde_json::json!("[\"bob\",\"alice\"]"));
+    }
+
+    #[test]
+    fn full_relay_rooms_and_shards_refuse_naming_the_setting() {
+        let mut rooms = Rooms::new(&Caps {
+            members_per_room: 2,
+            rooms_per_shard: 2,
+            ..Caps::default()
+        });
+        rooms.connect(&key("r"), 1, "a").unwrap();
+        rooms.connect(&key("r"), 2, "b").unwrap();
+        let e = rooms.connect(&key("r"), 3, "c").unwrap_err();
+        assert!(e.contains("limits.members_per_room"), "{e}");
+        // The same user again is no newcomer.
+        assert_eq!(rooms.connect(&key("r"), 4, "b").unwrap().replaced, Some(2));
+        rooms.connect(&key("s"), 5, "c").unwrap();
+        let e = rooms.connect(&key("t"), 6, "d").unwrap_err();
+        assert!(e.contains("limits.rooms_per_shard"), "{e}");
+        assert_eq!(rooms.len(), 2);
     }
 
     #[test]

@@ -338,6 +338,10 @@ impl Dialect for SockJs {
         self.inner.notice(notice).map(|t| messages(&[t]))
     }
 
+    fn replaced_text(&self, reason: &str) -> String {
+        messages(&[self.inner.replaced_text(reason)])
+    }
+
     fn opening(&self) -> Option<String> {
         Some(OPEN.to_string())
     }

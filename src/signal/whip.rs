@@ -104,6 +104,10 @@ fn sfu_error(e: SfuError) -> Response {
     match e {
         SfuError::UnknownId(_) => Response::error(404, e.code(), &e.to_string()),
         SfuError::Internal(_) => Response::error(500, e.code(), &e.to_string()),
+        // A full room or shard, or a user's count: later may do.
+        SfuError::Limit { .. } if e.is_capacity() => {
+            Response::error(429, e.code(), &e.to_string()).header("Retry-After", "5")
+        }
         _ => Response::error(400, e.code(), &e.to_string()),
     }
 }
@@ -178,7 +182,7 @@ fn publish(cx: &mut Context<'_>, head: &Head, body: &[u8], room: &str) -> Respon
     }
     let (now, peer, shard) = (cx.now, cx.conn, cx.shard);
     let engine = &mut *cx.engine;
-    if let Err(e) = engine.join(now, peer, room, &id.user_id, &id.user_name, None) {
+    if let Err(e) = engine.join_resource(now, peer, room, &id.user_id, &id.user_name) {
         return sfu_error(e);
     }
     // No session holds the peer: it ends with its transport (a DELETE, failed media, or
@@ -219,7 +223,7 @@ fn view(
     if !engine.has_room(room) {
         return Response::error(404, "not_found", &format!("no room {room:?}"));
     }
-    if let Err(e) = engine.join(now, peer, room, &id.user_id, &id.user_name, None) {
+    if let Err(e) = engine.join_resource(now, peer, room, &id.user_id, &id.user_name) {
         return sfu_error(e);
     }
     engine.set_one_shot(peer);
