@@ -3,9 +3,15 @@
 //! subscribers. Each step records server CPU (from /proc), forwarded packets (from
 //! /metrics), loss (from the load tool), p99 forward latency (from /latency) and RSS.
 //!
+//! The load tool's own CPU is measured over the same window: a step where it used more
+//! than [`LOAD_SATURATED`] of its core is marked invalid (the knee would be the tool's,
+//! not the server's).
+//!
 //! Run from the repository root: `cargo run --release -p corelay-bench --bin capacity`
-//! (`-- --steps 25,50,100 --seconds 10 --server-core 0 --load-core 1`). Writes
-//! `bench/results/capacity-<unix time>.json` and `.svg`.
+//! (`-- --steps 25,50,100 --seconds 10 --server-core 0 --load-core 1`; `--bin-dir DIR`
+//! takes `corelay` and `corelay-load` from DIR instead of building them, to compare two
+//! builds; `--label NAME` names the result files; `--all` runs every step even after one
+//! failed). Writes `bench/results/capacity-<label or unix time>.json` and `.svg`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,11 +24,17 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "capacity-benchmark-secret-0123456789";
 
+/// Share of one core above which the load tool, not the server, limits a step.
+const LOAD_SATURATED: f64 = 0.9;
+
 struct Args {
     steps: Vec<u32>,
     seconds: u64,
     server_core: usize,
     load_core: usize,
+    bin_dir: Option<PathBuf>,
+    label: Option<String>,
+    all: bool,
 }
 
 fn args() -> Args {
@@ -36,12 +48,15 @@ fn args() -> Args {
     Args {
         steps: get("--steps")
             .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-            .unwrap_or_else(|| vec![25, 50, 100, 200, 400, 800]),
+            .unwrap_or_else(|| vec![25, 50, 100, 200, 400, 800, 1200, 1600]),
         seconds: get("--seconds").and_then(|s| s.parse().ok()).unwrap_or(10),
         server_core: get("--server-core")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),
         load_core: get("--load-core").and_then(|s| s.parse().ok()).unwrap_or(1),
+        bin_dir: get("--bin-dir").map(PathBuf::from),
+        label: get("--label"),
+        all: all.iter().any(|a| a == "--all"),
     }
 }
 
@@ -51,7 +66,7 @@ fn root() -> PathBuf {
 
 /// target/release/ as cargo built this benchmark (CARGO_TARGET_DIR respected): the server
 /// and the load tool are built next to it.
-fn bin_dir() -> PathBuf {
+fn own_bin_dir() -> PathBuf {
     std::env::current_exe()
         .expect("this benchmark's path")
         .parent()
@@ -105,9 +120,9 @@ fn forwarded(port: u16) -> u64 {
 
 /// corelay on 1 shard pinned to `core` (`taskset -c`), logging warnings only; its stderr
 /// is this process's.
-fn start_server(core: usize) -> Server {
+fn start_server(bins: &Path, core: usize) -> Server {
     Server::builder()
-        .binary(bin_dir().join("corelay"))
+        .binary(bins.join("corelay"))
         .shards(1)
         .taskset(core)
         .args(["--log-level", "warn"])
@@ -129,6 +144,10 @@ struct Step {
     p99_end_to_end_us: u64,
     p99_forward_us: u64,
     rss_bytes: u64,
+    /// RSS of the server before the load tool connected.
+    rss_idle_bytes: u64,
+    /// CPU seconds the load tool used in the window.
+    load_cpu_seconds: f64,
     seconds: f64,
 }
 
@@ -138,6 +157,23 @@ impl Step {
         self.tracks_expected > 0
             && self.tracks_received == self.tracks_expected
             && self.loss_percent <= 1.0
+    }
+
+    /// The load tool used (nearly) all of its core: the step measures the tool.
+    fn invalid(&self) -> bool {
+        self.load_cpu_seconds / self.seconds > LOAD_SATURATED
+    }
+
+    /// Loss under 0.5 %, every track, p99 forward latency under 5 ms, measured validly.
+    fn good(&self) -> bool {
+        !self.invalid()
+            && self.delivered()
+            && self.loss_percent < 0.5
+            && self.p99_forward_us < 5_000
+    }
+
+    fn rss_per_subscriber(&self) -> f64 {
+        self.rss_bytes.saturating_sub(self.rss_idle_bytes) as f64 / self.subscribers.max(1) as f64
     }
 
     fn cpu_us_per_packet(&self) -> f64 {
@@ -159,16 +195,21 @@ impl Step {
             "p99EndToEndLatencyUs": self.p99_end_to_end_us,
             "p99ForwardLatencyUs": self.p99_forward_us,
             "serverRssBytes": self.rss_bytes,
+            "serverIdleRssBytes": self.rss_idle_bytes,
+            "rssBytesPerSubscriber": self.rss_per_subscriber(),
+            "loadToolCpuSeconds": self.load_cpu_seconds,
+            "loadToolCoreShare": self.load_cpu_seconds / self.seconds,
+            "invalid": self.invalid(),
         })
     }
 }
 
-fn run_step(a: &Args, subscribers: u32, results: &Path) -> Step {
-    let server = start_server(a.server_core);
+fn run_step(a: &Args, bins: &Path, subscribers: u32, results: &Path) -> Step {
+    let server = start_server(bins, a.server_core);
     let pid = server.child.id();
     let (_, rss_idle) = proc_usage(pid);
     let json_path = results.join(format!("load-{subscribers}.json"));
-    let load_bin = bin_dir().join("corelay-load");
+    let load_bin = bins.join("corelay-load");
     let mut load = Command::new("taskset")
         .args(["-c", &a.load_core.to_string()])
         .arg(&load_bin)
@@ -194,17 +235,20 @@ fn run_step(a: &Args, subscribers: u32, results: &Path) -> Step {
         .stderr(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
-        .expect("target/release/corelay-load");
+        .expect("corelay-load");
+    let load_pid = load.id();
     // Measure the middle of the run, after everyone joined.
     let ramp = Duration::from_millis(subscribers as u64 * 5 + 1500);
     std::thread::sleep(ramp);
     let _ = http_get(server.port, "/latency?reset=true");
     let (cpu0, _) = proc_usage(pid);
+    let (load_cpu0, _) = proc_usage(load_pid);
     let fwd0 = forwarded(server.port);
     let t0 = Instant::now();
     let window = Duration::from_secs(a.seconds).saturating_sub(ramp + Duration::from_secs(1));
     std::thread::sleep(window.max(Duration::from_secs(2)));
     let (cpu1, rss) = proc_usage(pid);
+    let (load_cpu1, _) = proc_usage(load_pid);
     let fwd1 = forwarded(server.port);
     let seconds = t0.elapsed().as_secs_f64();
     let latency: Value =
@@ -214,7 +258,6 @@ fn run_step(a: &Args, subscribers: u32, results: &Path) -> Step {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
-    let _ = rss_idle;
     Step {
         subscribers,
         cpu_seconds: cpu1 - cpu0,
@@ -225,6 +268,8 @@ fn run_step(a: &Args, subscribers: u32, results: &Path) -> Step {
         p99_end_to_end_us: report["totals"]["latencyUs"]["p99"].as_u64().unwrap_or(0),
         p99_forward_us: latency["merged"]["forwardUs"]["p99"].as_u64().unwrap_or(0),
         rss_bytes: rss,
+        rss_idle_bytes: rss_idle,
+        load_cpu_seconds: load_cpu1 - load_cpu0,
         seconds,
     }
 }
@@ -295,17 +340,23 @@ fn plot(steps: &[Step]) -> String {
 
 fn main() {
     let a = args();
-    let status = Command::new("cargo")
-        .current_dir(root())
-        .args(["build", "--release", "-p", "corelay", "-p", "corelay-load"])
-        .status()
-        .expect("cargo");
-    assert!(status.success(), "release build failed");
+    let bins = match &a.bin_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let status = Command::new("cargo")
+                .current_dir(root())
+                .args(["build", "--release", "-p", "corelay", "-p", "corelay-load"])
+                .status()
+                .expect("cargo");
+            assert!(status.success(), "release build failed");
+            own_bin_dir()
+        }
+    };
     let results = root().join("bench/results");
     std::fs::create_dir_all(&results).unwrap();
     let mut steps = Vec::new();
     println!(
-        "{:>11} {:>10} {:>12} {:>14} {:>8} {:>9} {:>10} {:>12} {:>10}",
+        "{:>11} {:>10} {:>12} {:>14} {:>8} {:>11} {:>10} {:>12} {:>10} {:>10} {:>9}",
         "subscribers",
         "cpu s",
         "forwarded/s",
@@ -314,12 +365,14 @@ fn main() {
         "tracks",
         "p99 fwd us",
         "p99 e2e us",
-        "RSS MiB"
+        "RSS MiB",
+        "KiB/sub",
+        "load cpu"
     );
     for &n in &a.steps {
-        let s = run_step(&a, n, &results);
+        let s = run_step(&a, &bins, n, &results);
         println!(
-            "{:>11} {:>10.2} {:>12.0} {:>14.2} {:>8.2} {:>9} {:>10} {:>12} {:>10.1}",
+            "{:>11} {:>10.2} {:>12.0} {:>14.2} {:>8.2} {:>11} {:>10} {:>12} {:>10.1} {:>10.0} {:>8.0}%{}",
             s.subscribers,
             s.cpu_seconds,
             s.packets_per_second(),
@@ -328,36 +381,37 @@ fn main() {
             format!("{}/{}", s.tracks_received, s.tracks_expected),
             s.p99_forward_us,
             s.p99_end_to_end_us,
-            s.rss_bytes as f64 / (1 << 20) as f64
+            s.rss_bytes as f64 / (1 << 20) as f64,
+            s.rss_per_subscriber() / 1024.0,
+            100.0 * s.load_cpu_seconds / s.seconds,
+            if s.invalid() { " invalid: load tool saturated" } else { "" }
         );
-        let stop = !s.delivered();
+        let stop = !a.all && (!s.delivered() || s.invalid());
         steps.push(s);
         if stop {
             break;
         }
     }
-    let good: Vec<&Step> = steps
+    let knee = steps.iter().rfind(|s| s.good()).or(steps.first());
+    let rss_per_sub = steps
         .iter()
-        .filter(|s| s.delivered() && s.loss_percent < 0.5 && s.p99_forward_us < 5_000)
-        .collect();
-    let knee = good.last().copied().or(steps.first());
-    let rss_per_sub = match (steps.first(), steps.last()) {
-        (Some(a), Some(b)) if b.subscribers > a.subscribers => {
-            (b.rss_bytes as f64 - a.rss_bytes as f64) / (b.subscribers - a.subscribers) as f64
-        }
-        _ => 0.0,
-    };
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+        .filter(|s| !s.invalid())
+        .map(Step::rss_per_subscriber)
+        .fold(0.0, f64::max);
+    let stamp = a.label.clone().unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string()
+    });
     let report = json!({
         "steps": steps.iter().map(Step::json).collect::<Vec<_>>(),
         "largestGoodStep": knee.map(|s| s.subscribers),
         "cpuMicrosPerForwardedPacketAtKnee": knee.map(Step::cpu_us_per_packet),
         "forwardedPerSecondPerCoreAtKnee": knee.map(|s| s.packets_per_second() / (s.cpu_seconds / s.seconds).max(1e-9)),
         "rssBytesPerSubscriber": rss_per_sub,
-        "criteria": "largest step with every track delivered, loss < 0.5% and p99 forward latency < 5 ms",
+        "criteria": "largest valid step (load tool below 90% of its core) with every track delivered, loss < 0.5% and p99 forward latency < 5 ms",
     });
     let json_path = results.join(format!("capacity-{stamp}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
