@@ -51,6 +51,8 @@ pub const KEYS: &[KeySpec] = &[
         "A client must send a complete HTTP request head within this time (else 408)"),
     key!("server.shutdown_grace_ms", Some("CORELAY_SHUTDOWN_GRACE_MS"), "shutdown-grace-ms", Some("3000"),
         "On SIGTERM/SIGINT, how long open sessions get to close before the process exits"),
+    key!("server.admin_token", Some("CORELAY_ADMIN_TOKEN"), "admin-token", None,
+        "Secret (16 bytes or more) an operator sends as Authorization: Bearer to reset /latency (?reset=true); unset = no reset at all"),
     key!("udp.port_base", Some("CORELAY_UDP_PORT_BASE"), "udp-port-base", Some("40000"),
         "Shard i receives media on UDP port port_base + i (0 = any free port per shard)"),
     key!("udp.announced_ip", Some("CORELAY_ANNOUNCED_IP"), "announced-ip", Some("127.0.0.1"),
@@ -67,6 +69,8 @@ pub const KEYS: &[KeySpec] = &[
         "Refuse tokens without an exp claim (true/false); off accepts them (they never expire), an exp that is there is checked either way"),
     key!("auth.token_ttl_s", Some("CORELAY_TOKEN_TTL_S"), "token-ttl-s", Some("3600"),
         "Lifetime of tokens minted by POST /login, in seconds"),
+    key!("auth.max_token_ttl_s", Some("CORELAY_MAX_TOKEN_TTL_S"), "max-token-ttl-s", None,
+        "Refuse tokens whose exp is more than this many seconds from now (and tokens without exp); unset = any exp"),
     key!("auth.trust_user_claim_header", Some("CORELAY_TRUST_USER_CLAIM_HEADER"), "trust-user-claim-header", Some("false"),
         "Accept the X-User-Claim header ({\"userid\", \"clientid\"}, set by a trusted auth proxy) as the identity of /join and /connect"),
     key!("permissions.url", Some("PERMISSIONS_HOST"), "permissions-url", None,
@@ -97,6 +101,16 @@ pub const KEYS: &[KeySpec] = &[
         "Largest WebSocket message accepted on /pubsub before it authenticates, in bytes (over it: error, close 1009)"),
     key!("limits.request_buffer_bytes", Some("CORELAY_REQUEST_BUFFER_BYTES"), "request-buffer-bytes", Some("67108864"),
         "Request body bytes one shard may hold at once across its connections; a body that would exceed it gets 503 with Retry-After"),
+    key!("limits.connections_per_ip", Some("CORELAY_CONNECTIONS_PER_IP"), "connections-per-ip", Some("256"),
+        "TCP connections one client address may hold open at once, counted over every shard (loopback too); one more gets 429 and is closed; 0 = no cap"),
+    key!("limits.sessions_per_ip_per_s", Some("CORELAY_SESSIONS_PER_IP_PER_S"), "sessions-per-ip-per-s", Some("20"),
+        "New sessions (WebSocket upgrades, WHIP/WHEP POSTs, new SockJS sessions) one client address may open per second on average; over it (and the burst): 429 with Retry-After; 0 = no limit"),
+    key!("limits.sessions_per_ip_burst", Some("CORELAY_SESSIONS_PER_IP_BURST"), "sessions-per-ip-burst", Some("200"),
+        "New sessions one client address may open at once above limits.sessions_per_ip_per_s"),
+    key!("limits.sessions_per_token_per_s", Some("CORELAY_SESSIONS_PER_TOKEN_PER_S"), "sessions-per-token-per-s", Some("5"),
+        "New sessions one token subject (its userId and room) may open per second on average; over it (and the burst): 429 with Retry-After; 0 = no limit"),
+    key!("limits.sessions_per_token_burst", Some("CORELAY_SESSIONS_PER_TOKEN_BURST"), "sessions-per-token-burst", Some("20"),
+        "New sessions one token subject may open at once above limits.sessions_per_token_per_s"),
     key!("tls.cert", Some("CORELAY_TLS_CERT"), "tls-cert", None,
         "PEM certificate chain; with tls.key, the HTTP port speaks HTTPS/WSS only"),
     key!("tls.key", Some("CORELAY_TLS_KEY"), "tls-key", None,
@@ -348,6 +362,36 @@ impl Layers {
                     .filter(|n| (60..=2_592_000).contains(n))
             })
             .map(Duration::from_secs)?;
+        let max_token_ttl = self
+            .parse(
+                "auth.max_token_ttl_s",
+                "seconds between 60 and 31536000",
+                |s| {
+                    s.parse::<u64>()
+                        .ok()
+                        .filter(|n| (60..=31_536_000).contains(n))
+                },
+            )?
+            .map(Duration::from_secs);
+        if let Some(max) = max_token_ttl {
+            if token_ttl > max {
+                let (value, origin) = self.raw("auth.token_ttl_s").cloned().expect("defaulted");
+                return Err(ConfigError::Invalid {
+                    key: "auth.token_ttl_s",
+                    value,
+                    origin,
+                    expected: format!(
+                        "at most auth.max_token_ttl_s ({} s): tokens minted by POST /login \
+                         must pass it",
+                        max.as_secs()
+                    ),
+                });
+            }
+        }
+        let admin_token =
+            self.parse("server.admin_token", "a secret of at least 16 bytes", |s| {
+                (s.len() >= 16).then(|| s.to_string())
+            })?;
         let p2p_allow_anonymous =
             self.required("p2p.allow_anonymous", "true or false", parse_bool)?;
         let trust_user_claim_header =
@@ -388,6 +432,13 @@ impl Layers {
                 64 << 20,
             )? as usize,
             request_buffer_bytes: count("limits.request_buffer_bytes", 1024, 1 << 40)? as usize,
+            connections_per_ip: count("limits.connections_per_ip", 0, 10_000_000)? as u32,
+            sessions_per_ip_per_s: count("limits.sessions_per_ip_per_s", 0, 1_000_000)? as u32,
+            sessions_per_ip_burst: count("limits.sessions_per_ip_burst", 1, 10_000_000)? as u32,
+            sessions_per_token_per_s: count("limits.sessions_per_token_per_s", 0, 1_000_000)?
+                as u32,
+            sessions_per_token_burst: count("limits.sessions_per_token_burst", 1, 10_000_000)?
+                as u32,
         };
         let log_level = self.required(
             "log.level",
@@ -448,6 +499,8 @@ impl Layers {
             jwt_secret: jwt_secret.unwrap_or_default(),
             dev_mode,
             token_ttl,
+            max_token_ttl,
+            admin_token,
             p2p_allow_anonymous,
             trust_user_claim_header,
             permissions_url,
@@ -564,6 +617,10 @@ pub struct Config {
     /// Refuse tokens without `exp`.
     pub require_exp: bool,
     pub token_ttl: Duration,
+    /// Tokens whose `exp` is further than this from now are refused (`auth.max_token_ttl_s`).
+    pub max_token_ttl: Option<Duration>,
+    /// The operator's secret for `/latency?reset=true` (`server.admin_token`).
+    pub admin_token: Option<String>,
     pub p2p_allow_anonymous: bool,
     /// Take the identity of the one-shot dialect from the `X-User-Claim` header.
     pub trust_user_claim_header: bool,
@@ -593,6 +650,14 @@ pub struct Limits {
     pub auth_timeout: Duration,
     pub unauthenticated_message_bytes: usize,
     pub request_buffer_bytes: usize,
+    /// Open TCP connections per client address over every shard; 0 = no cap.
+    pub connections_per_ip: u32,
+    /// New sessions per second per client address (0 = no limit), and the burst.
+    pub sessions_per_ip_per_s: u32,
+    pub sessions_per_ip_burst: u32,
+    /// New sessions per second per token subject (0 = no limit), and the burst.
+    pub sessions_per_token_per_s: u32,
+    pub sessions_per_token_burst: u32,
 }
 
 impl Config {

@@ -157,6 +157,13 @@ pub struct Engine {
     pub(super) notices: VecDeque<(PeerId, Notice)>,
     /// What the shard reports.
     pub(super) counters: EngineCounters,
+    /// The transport being worked on, for a driver that caught a panic (see
+    /// [`Engine::take_panicked_room`]); `None` between calls.
+    pub(super) working_on: Option<u64>,
+    /// Fault injection (debug builds, tests only): a datagram for a room whose id contains
+    /// this panics.
+    #[cfg(debug_assertions)]
+    pub(super) fault_room: Option<String>,
 }
 
 /// An id as the wire shows it: a one-letter prefix and hex digits.
@@ -199,6 +206,9 @@ impl Engine {
             outbox: Vec::new(),
             notices: VecDeque::new(),
             counters: EngineCounters::default(),
+            working_on: None,
+            #[cfg(debug_assertions)]
+            fault_room: None,
         })
     }
 
@@ -358,6 +368,12 @@ impl Engine {
             self.counters.datagrams_dropped += 1;
             return false;
         }
+        self.working_on = Some(tid);
+        #[cfg(debug_assertions)]
+        let t = {
+            self.inject_fault(tid);
+            self.transports.get_mut(&tid).expect("looked up above")
+        };
         if let Err(e) = t.rtc.handle_input(input) {
             tracing::debug!(transport = tid, "input refused: {e}");
         }
@@ -388,6 +404,7 @@ impl Engine {
     /// Feeds timeouts to every transport that is due: pops the due wake-ups off the heap
     /// (O(due log n), not a visit of every transport), once per transport per call.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.working_on = None;
         let mut due = std::mem::take(&mut self.scratch_due);
         while let Some(&Reverse((at, id))) = self.timers.peek() {
             if at > now {
@@ -411,6 +428,7 @@ impl Engine {
         }
         // Wake-ups armed while these drain (even ones already due) wait for the next call.
         for &id in &due {
+            self.working_on = Some(id);
             if let Some(t) = self.transports.get_mut(&id) {
                 let _ = t.rtc.handle_input(Input::Timeout(now));
             }
@@ -469,6 +487,7 @@ impl Engine {
     pub(super) fn drain_dirty(&mut self, now: Instant) {
         let mut events = std::mem::take(&mut self.scratch_events);
         while let Some(id) = self.dirty.pop() {
+            self.working_on = Some(id);
             let Some(t) = self.transports.get_mut(&id) else {
                 continue;
             };
@@ -534,6 +553,7 @@ impl Engine {
         }
         self.scratch_events = events;
         self.review_due_slots(now);
+        self.working_on = None;
     }
 
     /// The producer and layer a received packet belongs to: by its SSRC in the

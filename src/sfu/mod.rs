@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod consumer;
+mod contain;
 pub mod engine;
 pub mod keyframe;
 pub mod ortc;

@@ -19,7 +19,7 @@ use super::conn::Conn;
 use super::mesh::MeshMsg;
 use super::observe::answer;
 use super::state::Shard;
-use super::{front_door, sockjs_session, ws_session, ShardInit, SHUTDOWN_POLL};
+use super::{fault, front_door, sockjs_session, ws_session, ShardInit, SHUTDOWN_POLL};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::sfu::Engine;
@@ -50,6 +50,14 @@ pub(super) async fn run(
     let (shutdown_tx, shutdown_rx) = futures::channel::oneshot::channel();
     let candidate = std::net::SocketAddr::new(config.announced_ip, init.udp_port);
     let engine = match Engine::new((init.id as u64) << 40, candidate) {
+        #[cfg(debug_assertions)]
+        Ok(mut e) => {
+            if super::fault::enabled() {
+                e.set_fault_room(Some(super::fault::ROOM_MARKER.to_string()));
+            }
+            e
+        }
+        #[cfg(not(debug_assertions))]
         Ok(e) => e,
         Err(e) => {
             tracing::error!(shard = init.id, "cannot start the media engine: {e}");
@@ -75,6 +83,7 @@ pub(super) async fn run(
         latencies: RefCell::default(),
         outbound: RefCell::default(),
         request_bytes: Cell::new(0),
+        guard: super::admission::FrontGuard::new(init.admission, init.shards),
         sockjs: RefCell::default(),
         sockjs_directory: init.sockjs_directory,
         pending_stats: RefCell::default(),
@@ -146,19 +155,25 @@ async fn handle(shard: &Rc<Shard>, msg: MeshMsg) {
             let mut handover = *handover;
             let shard = shard.clone();
             match handover.session.take() {
-                Some(dialect) => {
-                    glommio::spawn_local(ws_session::adopt(shard, handover, dialect)).detach()
-                }
+                Some(dialect) => fault::spawn_guarded(
+                    shard.id,
+                    "WebSocket session",
+                    ws_session::adopt(shard, handover, dialect),
+                ),
                 None => {
                     ShardCounters::add(&shard.counters.relocated_in, 1);
                     let conn = Conn::attach(handover.conn);
-                    glommio::spawn_local(front_door::serve_http(
-                        shard,
-                        conn,
-                        handover.leftover,
-                        handover.peer,
-                    ))
-                    .detach()
+                    fault::spawn_guarded(
+                        shard.id,
+                        "HTTP connection",
+                        front_door::serve_http(
+                            shard,
+                            conn,
+                            handover.leftover,
+                            handover.peer,
+                            front_door::Mode::Relocated,
+                        ),
+                    )
                 }
             };
         }

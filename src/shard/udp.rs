@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use futures::{FutureExt, StreamExt};
 use glommio::net::UdpSocket;
 use str0m::net::Transmit;
 
+use super::fault;
 use super::state::Shard;
 use super::udp_io::{gso_runs, UdpIo};
 
@@ -38,9 +40,27 @@ async fn receive(
     (socket, buf, r)
 }
 
+/// Runs the driver until shutdown. A panic in it (the media engine's, most likely) is
+/// contained: the room whose transport was being worked on is closed (see
+/// [`fault::contain`]) and the driver starts again with the other rooms.
 pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiver<()>) {
     let socket = Rc::new(socket);
-    let io = UdpIo::new(&*socket);
+    loop {
+        match AssertUnwindSafe(run(&shard, &socket, &mut woken))
+            .catch_unwind()
+            .await
+        {
+            Ok(()) => return,
+            Err(payload) => {
+                fault::contain(&shard, "UDP driver", payload.as_ref());
+                glommio::executor().yield_now().await;
+            }
+        }
+    }
+}
+
+async fn run(shard: &Rc<Shard>, socket: &Rc<UdpSocket>, woken: &mut Receiver<()>) {
+    let io = UdpIo::new(&**socket);
     let mut buf = vec![0u8; 2048];
     let pending = receive(socket.clone(), vec![0u8; 2048]).fuse();
     futures::pin_mut!(pending);
@@ -62,9 +82,9 @@ pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiv
         let slept_from = Instant::now();
         futures::select! {
             (sock, first, r) = pending.as_mut() => {
-                let mut batch = Batch::new(&shard);
+                let mut batch = Batch::new(shard);
                 if let Some((n, from)) = r {
-                    batch.handle(&shard, from, &first[..n]);
+                    batch.handle(shard, from, &first[..n]);
                 }
                 pending.set(receive(sock, first).fuse());
                 // Drain what else is queued without waiting. Sending waits for a batch
@@ -72,14 +92,14 @@ pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiv
                 // large fan-out is sent as soon as it is ready.
                 for _ in 1..RECV_BATCH {
                     if shard.engine.borrow().outbox_len() >= FLUSH_AT {
-                        batch.flush(&shard, &socket, io, &mut gso, &mut out).await;
+                        batch.flush(shard, socket, io, &mut gso, &mut out).await;
                     }
                     match io.try_recv_from(&mut buf) {
-                        Ok((n, from)) => batch.handle(&shard, from, &buf[..n]),
+                        Ok((n, from)) => batch.handle(shard, from, &buf[..n]),
                         Err(_) => break,
                     }
                 }
-                batch.flush(&shard, &socket, io, &mut gso, &mut out).await;
+                batch.flush(shard, socket, io, &mut gso, &mut out).await;
             }
             _ = glommio::timer::sleep(wait).fuse() => {
                 let now = Instant::now();
