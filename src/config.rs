@@ -1032,6 +1032,62 @@ mod tests {
     }
 
     #[test]
+    fn hostile_client_limits_have_defaults_and_name_themselves_when_bad() {
+        let c = Config::defaults();
+        assert_eq!(c.limits.connections_per_ip, 256);
+        assert_eq!(
+            (
+                c.limits.sessions_per_ip_per_s,
+                c.limits.sessions_per_ip_burst
+            ),
+            (20, 200)
+        );
+        assert_eq!(
+            (
+                c.limits.sessions_per_token_per_s,
+                c.limits.sessions_per_token_burst
+            ),
+            (5, 20)
+        );
+        assert_eq!((c.admin_token, c.max_token_ttl), (None, None));
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[
+            ("CORELAY_CONNECTIONS_PER_IP", "0"),
+            ("CORELAY_ADMIN_TOKEN", "an-operator-secret-123"),
+            ("CORELAY_MAX_TOKEN_TTL_S", "86400"),
+        ]));
+        let c = l.build().unwrap();
+        assert_eq!(c.limits.connections_per_ip, 0, "0 = no cap");
+        assert_eq!(c.admin_token.as_deref(), Some("an-operator-secret-123"));
+        assert_eq!(c.max_token_ttl, Some(Duration::from_secs(86400)));
+        for (key, value, flag) in [
+            (
+                "limits.sessions_per_ip_burst",
+                "0",
+                "--sessions-per-ip-burst",
+            ),
+            ("limits.connections_per_ip", "many", "--connections-per-ip"),
+            ("server.admin_token", "short", "--admin-token"),
+            ("auth.max_token_ttl_s", "10", "--max-token-ttl-s"),
+        ] {
+            let mut l = Layers::with_defaults();
+            l.apply_flags([(key, value.to_string())]);
+            let err = l.build().unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(flag), "{err}");
+        }
+        // Tokens minted by POST /login must pass the maximum.
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("auth.max_token_ttl_s", "600".to_string())]);
+        let err = l.build().unwrap_err().to_string();
+        assert!(
+            err.contains("auth.token_ttl_s") && err.contains("auth.max_token_ttl_s"),
+            "{err}"
+        );
+        l.apply_flags([("auth.token_ttl_s", "600".to_string())]);
+        assert!(l.build().is_ok());
+    }
+
+    #[test]
     fn the_not_acted_on_warning_names_exactly_the_variables_set() {
         assert_eq!(not_acted_on_warning(env(&[])), None);
         assert_eq!(

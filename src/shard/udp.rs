@@ -71,7 +71,7 @@ async fn run(shard: &Rc<Shard>, socket: &Rc<UdpSocket>, woken: &mut Receiver<()>
     loop {
         shard.engine.borrow_mut().poll_transmits(&mut out);
         if !out.is_empty() {
-            send_all(&socket, io, &out, &mut gso).await;
+            send_all(socket, io, &out, &mut gso).await;
             out.clear();
         }
         let wait = shard
