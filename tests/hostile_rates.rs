@@ -302,6 +302,96 @@ fn idle_connections_beyond_the_descriptor_limit_leave_health_answering() {
     }
 }
 
+/// Sends a WebSocket upgrade for a relay session over a fresh connection: `Ok` with the
+/// connection when it was upgraded (101), `Err` with the status (0: closed unanswered).
+fn upgrade(port: u16, user: &str) -> Result<TcpStream, (u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /p2p?token={} HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token(user, None)
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return Err((0, String::from_utf8_lossy(&head).into_owned())),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if status == 101 {
+        return Ok(s);
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    Err((status, body))
+}
+
+/// Sessions (which are never shed) up to the descriptor limit: beyond the reserve, new
+/// connections get 503 naming the limit, while /health and /metrics are still served
+/// from the reserve; once the sessions close, new ones are accepted again.
+#[test]
+fn sessions_up_to_the_descriptor_limit_leave_the_reserve_to_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let server = Server::builder()
+        .shards(2)
+        .wrapper("prlimit", ["--nofile=256:256"])
+        .envs([
+            ("CORELAY_CONNECTIONS_PER_IP", "0"),
+            ("CORELAY_SESSIONS_PER_IP_PER_S", "0"),
+        ])
+        .stdout(Capture::File(log.clone()))
+        .spawn();
+    let port = server.port;
+    let mut held = Vec::new();
+    let mut refusals = Vec::new();
+    for i in 0..300 {
+        match upgrade(port, &format!("s{i}")) {
+            Ok(s) => held.push(s),
+            Err(refused) => {
+                refusals.push(refused);
+                if refusals.len() >= 5 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(held.len() >= 100, "only {} sessions", held.len());
+    assert!(
+        refusals
+            .iter()
+            .any(|(status, body)| *status == 503 && body.contains("RLIMIT_NOFILE")),
+        "{refusals:?}"
+    );
+    for path in ["/health", "/metrics"] {
+        let (status, body) = http(port, "GET", path, &[], b"").unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    assert_eq!(
+        log_lines(&log)
+            .iter()
+            .filter(|l| l.contains("WARN") && l.contains("file descriptors"))
+            .count(),
+        1
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upgrade(port, "later").is_err() {
+        assert!(Instant::now() < deadline, "sessions never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Finding 8: SIGHUP killed the process. Now it is logged and ignored.
 #[test]
 fn sighup_is_logged_and_ignored() {

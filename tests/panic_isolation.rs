@@ -17,11 +17,29 @@ use tungstenite::Message;
 const MARKER: &str = "corelay-fault:panic";
 const FAULT_ROOM: &str = "corelay-fault-room-1";
 
-fn faulty_server(shards: usize) -> Server {
+/// A server with fault injection on, its log in a file of `dir`.
+fn faulty_server(shards: usize, dir: &tempfile::TempDir) -> Server {
     Server::builder()
         .shards(shards)
         .env("CORELAY_FAULT_INJECTION", "1")
+        .stdout(Capture::File(dir.path().join("server.log")))
         .spawn()
+}
+
+/// Waits (up to 10 s) for a log line with every one of `words`; returns it.
+fn logged(dir: &tempfile::TempDir, words: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| words.iter().all(|w| l.contains(w))) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {words:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn pkt(event: &str, user: &str, room: &str, payload: &str) -> String {
@@ -75,7 +93,8 @@ fn errors(server: &Server, code: &str) -> u64 {
 /// sessions keep working, on the same shard.
 #[test]
 fn a_panicking_message_closes_only_its_session() {
-    let server = faulty_server(1);
+    let dir = tempfile::tempdir().unwrap();
+    let server = faulty_server(1, &dir);
     let port = server.port;
     let mut mallory = p2p(port, "mallory", "calm");
     let mut bob = p2p(port, "bob", "calm");
@@ -84,6 +103,10 @@ fn a_panicking_message_closes_only_its_session() {
 
     send_text(&mut mallory, &pkt("broadcast", "mallory", "calm", MARKER));
     assert_eq!(close_of(&mut mallory), (1011, "internal error".into()));
+    logged(
+        &dir,
+        &["ERROR", "caught a panic", "WebSocket session", "p2p"],
+    );
     let left = next_event(&mut bob, "disconnect");
     assert_eq!(left["Header"]["UserId"], "mallory", "{left}");
 
@@ -142,7 +165,8 @@ fn read_until(s: &mut TcpStream, seen: &mut String, want: &str) {
 /// `c[1011,"internal error"]`; its room's other member hears it left.
 #[test]
 fn a_panicking_sockjs_message_closes_only_its_session() {
-    let server = faulty_server(1);
+    let dir = tempfile::tempdir().unwrap();
+    let server = faulty_server(1, &dir);
     let port = server.port;
     let q = format!("?token={}", token("sam", None));
     let url = |t: &str| format!("/echo/000/panicky/{t}{q}");
@@ -224,7 +248,8 @@ fn media_session(port: u16, user: &str, room: &str) -> Ws {
 /// on, so other rooms keep their media and new transports connect.
 #[test]
 fn a_panicking_packet_closes_only_its_room() {
-    let server = faulty_server(1);
+    let dir = tempfile::tempdir().unwrap();
+    let server = faulty_server(1, &dir);
     let port = server.port;
     let mut victim = media_session(port, "in-faulty", FAULT_ROOM);
     let mut bystander = media_session(port, "in-safe", "safe-room");
@@ -245,6 +270,10 @@ fn a_panicking_packet_closes_only_its_room() {
     assert_eq!(code, 1011);
     assert!(reason.contains("internal error"), "{reason}");
     let ep = pump.join().unwrap();
+    logged(
+        &dir,
+        &["ERROR", "the room was closed", FAULT_ROOM, "UDP driver"],
+    );
     assert!(
         !ep.client.is_connected(),
         "the faulty room's transport is gone"

@@ -589,6 +589,44 @@ pub fn has_pending_bytes(fd: std::os::fd::RawFd) -> bool {
     n > 0
 }
 
+/// With a descriptor free (the spare one closed): accepts one waiting client on `listener`
+/// without waiting (never an in-flight accept that could be lost), tells it 503 and closes.
+pub fn refuse_waiting(listener: std::os::fd::RawFd) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: a non-blocking accept on the shard's listening socket; a result is a fresh
+    // descriptor owned here.
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: `fd` was just returned by accept4 and nobody else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let busy = Response::error(
+        503,
+        "busy",
+        "the server has no file descriptor left (RLIMIT_NOFILE); retry shortly",
+    )
+    .header("Retry-After", "1")
+    .to_bytes(false);
+    // SAFETY: a non-blocking send of a local buffer on the descriptor owned above.
+    unsafe {
+        libc::send(
+            fd,
+            busy.as_ptr().cast(),
+            busy.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+    }
+    drop(owned);
+}
+
 /// Whether an accept error means the process or the system ran out of descriptors.
 pub fn is_out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))

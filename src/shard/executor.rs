@@ -91,8 +91,9 @@ pub(super) async fn run(
         shutdown_tx: RefCell::new(Some(shutdown_tx)),
         shutdown: shutdown_rx.shared(),
     });
+    let listener_fd = init.listener.into_raw_fd();
     // SAFETY: the fds were created for this shard and are owned by nobody else.
-    let listener = unsafe { TcpListener::from_raw_fd(init.listener.into_raw_fd()) };
+    let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
     let udp = unsafe { UdpSocket::from_raw_fd(init.udp.into_raw_fd()) };
 
     spawn_receivers(&shard, receivers);
@@ -102,7 +103,7 @@ pub(super) async fn run(
     let _ = ready.send(init.id);
     tracing::debug!(shard = shard.id, core = shard.core, "shard serving");
 
-    front_door::accept_loop(shard.clone(), listener).await;
+    front_door::accept_loop(shard.clone(), listener, listener_fd).await;
 
     // Stop: sessions got the shutdown signal and close with 1001; give them the grace
     // period to finish.

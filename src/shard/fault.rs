@@ -59,6 +59,31 @@ pub fn on_message(text: &str) {
     }
 }
 
+/// Replaces the default panic hook: a panic is logged at error level (thread, where, what)
+/// through the log, at once; with RUST_BACKTRACE set, its backtrace is captured there but
+/// resolved and logged by a thread of its own, since resolving symbols can take seconds
+/// and a shard must not stall on it while it contains the panic.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed").to_string();
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let what = message(info.payload());
+        tracing::error!(thread = %thread, at = %at, "panic: {what}");
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            let _ = std::thread::Builder::new()
+                .name("panic-backtrace".into())
+                .spawn(move || {
+                    tracing::error!(thread = %thread, at = %at, "backtrace of the panic:\n{backtrace}")
+                });
+        }
+    }));
+}
+
 /// The text of a panic's payload.
 pub fn message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {

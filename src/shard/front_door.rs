@@ -40,12 +40,17 @@ use crate::stats::ShardCounters;
 const LIMBO_HEAD_WAIT: Duration = Duration::from_secs(1);
 /// How long a connection from the descriptor reserve whose bytes were not there when it
 /// was accepted waits for them before it is closed.
-const RESERVE_FIRST_BYTE: Duration = Duration::from_millis(20);
+const RESERVE_FIRST_BYTE: Duration = Duration::from_millis(200);
 /// Accepts that failed for want of a descriptor in a row before the spare one is spent to
 /// accept and close a waiting connection (shedding did not free any).
 const SPARE_AFTER: u32 = 3;
 
-pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// Accepts on `listener` (whose descriptor is `listener_fd`) until shutdown.
+pub(super) async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    listener_fd: std::os::fd::RawFd,
+) {
     let mut shutdown = shard.shutdown.clone();
     // One descriptor kept free, spent to accept and close a waiting client when the
     // process has none left, so that clients fail fast instead of waiting in the backlog.
@@ -73,7 +78,7 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                     out_of_fds += 1;
                     if out_of_fds >= SPARE_AFTER {
                         drop(spare.take());
-                        refuse_one(&listener).await;
+                        admission::refuse_waiting(listener_fd);
                         spare = open_spare();
                     }
                     glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -95,19 +100,6 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// A descriptor to keep in reserve.
 fn open_spare() -> Option<OwnedFd> {
     std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
-}
-
-/// With the spare descriptor freed: accepts one waiting client, tells it 503 and closes.
-async fn refuse_one(listener: &TcpListener) {
-    if let Some(Ok(mut stream)) = within(Duration::from_millis(5), listener.accept()).await {
-        let resp = Response::error(
-            503,
-            "busy",
-            "the server has no file descriptor left (RLIMIT_NOFILE); retry shortly",
-        )
-        .header("Retry-After", "1");
-        let _ = within(Duration::from_millis(50), resp.write_to(&mut stream, false)).await;
-    }
 }
 
 /// Admission of an accepted connection (process-wide: connections per address, the

@@ -159,6 +159,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         );
     }
     ensure_memlock(shards)?;
+    fault::install_panic_hook();
 
     let listeners = sockets::tcp_listeners(config.listen, shards)?;
     let listen_addr = sockets::local_addr(&listeners[0]).unwrap_or(config.listen);
