@@ -25,6 +25,13 @@ pub enum AuthError {
     WrongRoom { token_room: String, room: String },
     #[error("{0}")]
     BadId(String),
+    #[error(
+        "token lives too long: it expires in {expires_in_s} s, more than auth.max_token_ttl_s \
+         ({max_s} s) from now"
+    )]
+    TooLong { expires_in_s: u64, max_s: u64 },
+    #[error("token has no exp claim and auth.max_token_ttl_s ({max_s} s) is set")]
+    NoExpWithMaxTtl { max_s: u64 },
 }
 
 /// The claims as they appear on the wire; aliases follow PROTOCOLS.md.
@@ -103,6 +110,8 @@ pub struct Authenticator {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    /// `auth.max_token_ttl_s`: the latest `exp` accepted, from now.
+    max_ttl: Option<Duration>,
 }
 
 impl Authenticator {
@@ -125,7 +134,15 @@ impl Authenticator {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
             validation,
+            max_ttl: None,
         }
+    }
+
+    /// Refuses tokens whose `exp` is more than `max` from now (beyond the clock-skew
+    /// leeway), and tokens without `exp` (`auth.max_token_ttl_s`); `None` accepts any.
+    pub fn with_max_ttl(mut self, max: Option<Duration>) -> Self {
+        self.max_ttl = max;
+        self
     }
 
     /// Verifies a token and returns the identity it carries.
@@ -148,6 +165,17 @@ impl Authenticator {
                 _ => AuthError::Invalid(e.to_string()),
             })?;
         let c = data.claims;
+        if let Some(max) = self.max_ttl {
+            let max_s = max.as_secs();
+            let exp = c.exp.ok_or(AuthError::NoExpWithMaxTtl { max_s })?;
+            let expires_in_s = exp.saturating_sub(unix_now());
+            if expires_in_s > max_s + LEEWAY_SECS {
+                return Err(AuthError::TooLong {
+                    expires_in_s,
+                    max_s,
+                });
+            }
+        }
         validate_id("userId", &c.user_id).map_err(AuthError::BadId)?;
         if let Some(room) = &c.room_id {
             validate_id("roomId", room).map_err(AuthError::BadId)?;
@@ -396,6 +424,50 @@ mod tests {
         assert!(a.verify(&forged).is_err());
         let hs512 = sign(Algorithm::HS512, &json!({"userId": "u"}), SECRET);
         assert!(a.verify(&hs512).is_err());
+    }
+
+    #[test]
+    fn max_ttl_refuses_tokens_that_live_too_long_and_tokens_without_exp() {
+        let day = Duration::from_secs(86_400);
+        let a = Authenticator::with_require_exp(SECRET, false).with_max_ttl(Some(day));
+        // Year 3000.
+        let forever = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u", "exp": 32_503_680_000u64}),
+            SECRET,
+        );
+        let err = a.verify(&forever).unwrap_err();
+        assert!(
+            matches!(err, AuthError::TooLong { max_s: 86_400, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("auth.max_token_ttl_s"), "{err}");
+        let no_exp = sign(Algorithm::HS256, &json!({"userId": "u"}), SECRET);
+        let err = a.verify(&no_exp).unwrap_err();
+        assert_eq!(err, AuthError::NoExpWithMaxTtl { max_s: 86_400 });
+        assert!(err.to_string().contains("auth.max_token_ttl_s"), "{err}");
+        // Within the maximum (the clock-skew leeway included), and minted tokens: fine.
+        let hour = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u", "exp": unix_now() + 3600}),
+            SECRET,
+        );
+        assert!(a.verify(&hour).is_ok());
+        let edge = sign(
+            Algorithm::HS256,
+            &json!({"userId": "u", "exp": unix_now() + 86_400 + 30}),
+            SECRET,
+        );
+        assert!(a.verify(&edge).is_ok());
+        let (minted, _) = a.mint(&Grant {
+            user_id: "m",
+            user_name: None,
+            room: None,
+            ttl: day,
+        });
+        assert!(a.verify(&minted).is_ok());
+        // Unset (the default): the year 3000 passes.
+        assert!(Authenticator::new(SECRET).verify(&forever).is_ok());
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub const KEYS: &[KeySpec] = &[
         "A client must send a complete HTTP request head within this time (else 408)"),
     key!("server.shutdown_grace_ms", Some("CORELAY_SHUTDOWN_GRACE_MS"), "shutdown-grace-ms", Some("3000"),
         "On SIGTERM/SIGINT, how long open sessions get to close before the process exits"),
+    key!("server.admin_token", Some("CORELAY_ADMIN_TOKEN"), "admin-token", None,
+        "Secret (16 bytes or more) an operator sends as Authorization: Bearer to reset /latency (?reset=true); unset = no reset at all"),
     key!("udp.port_base", Some("CORELAY_UDP_PORT_BASE"), "udp-port-base", Some("40000"),
         "Shard i receives media on UDP port port_base + i (0 = any free port per shard)"),
     key!("udp.announced_ip", Some("CORELAY_ANNOUNCED_IP"), "announced-ip", Some("127.0.0.1"),
@@ -67,6 +69,8 @@ pub const KEYS: &[KeySpec] = &[
         "Refuse tokens without an exp claim (true/false); off accepts them (they never expire), an exp that is there is checked either way"),
     key!("auth.token_ttl_s", Some("CORELAY_TOKEN_TTL_S"), "token-ttl-s", Some("3600"),
         "Lifetime of tokens minted by POST /login, in seconds"),
+    key!("auth.max_token_ttl_s", Some("CORELAY_MAX_TOKEN_TTL_S"), "max-token-ttl-s", None,
+        "Refuse tokens whose exp is more than this many seconds from now (and tokens without exp); unset = any exp"),
     key!("auth.trust_user_claim_header", Some("CORELAY_TRUST_USER_CLAIM_HEADER"), "trust-user-claim-header", Some("false"),
         "Accept the X-User-Claim header ({\"userid\", \"clientid\"}, set by a trusted auth proxy) as the identity of /join and /connect"),
     key!("permissions.url", Some("PERMISSIONS_HOST"), "permissions-url", None,
@@ -127,6 +131,16 @@ pub const KEYS: &[KeySpec] = &[
         "Media sections (m= lines) of one SDP offer or answer (WHIP, WHEP, /pubsub, /connect)"),
     key!("limits.max_string_bytes", Some("CORELAY_MAX_STRING_BYTES"), "max-string-bytes", Some("512"),
         "Longest string a client may give: a CNAME, mid, rid, MIME type, codec parameters (fmtp), header extension URI, DTLS fingerprint, ICE candidate, or one line of an SDP document"),
+    key!("limits.connections_per_ip", Some("CORELAY_CONNECTIONS_PER_IP"), "connections-per-ip", Some("256"),
+        "TCP connections one client address may hold open at once, counted over every shard (loopback too); one more gets 429 and is closed; 0 = no cap"),
+    key!("limits.sessions_per_ip_per_s", Some("CORELAY_SESSIONS_PER_IP_PER_S"), "sessions-per-ip-per-s", Some("20"),
+        "New sessions (WebSocket upgrades, WHIP/WHEP POSTs, new SockJS sessions) one client address may open per second on average; over it (and the burst): 429 with Retry-After; 0 = no limit"),
+    key!("limits.sessions_per_ip_burst", Some("CORELAY_SESSIONS_PER_IP_BURST"), "sessions-per-ip-burst", Some("200"),
+        "New sessions one client address may open at once above limits.sessions_per_ip_per_s"),
+    key!("limits.sessions_per_token_per_s", Some("CORELAY_SESSIONS_PER_TOKEN_PER_S"), "sessions-per-token-per-s", Some("5"),
+        "New sessions one token subject (its userId and room) may open per second on average; over it (and the burst): 429 with Retry-After; 0 = no limit"),
+    key!("limits.sessions_per_token_burst", Some("CORELAY_SESSIONS_PER_TOKEN_BURST"), "sessions-per-token-burst", Some("20"),
+        "New sessions one token subject may open at once above limits.sessions_per_token_per_s"),
     key!("tls.cert", Some("CORELAY_TLS_CERT"), "tls-cert", None,
         "PEM certificate chain; with tls.key, the HTTP port speaks HTTPS/WSS only"),
     key!("tls.key", Some("CORELAY_TLS_KEY"), "tls-key", None,
@@ -378,6 +392,36 @@ impl Layers {
                     .filter(|n| (60..=2_592_000).contains(n))
             })
             .map(Duration::from_secs)?;
+        let max_token_ttl = self
+            .parse(
+                "auth.max_token_ttl_s",
+                "seconds between 60 and 31536000",
+                |s| {
+                    s.parse::<u64>()
+                        .ok()
+                        .filter(|n| (60..=31_536_000).contains(n))
+                },
+            )?
+            .map(Duration::from_secs);
+        if let Some(max) = max_token_ttl {
+            if token_ttl > max {
+                let (value, origin) = self.raw("auth.token_ttl_s").cloned().expect("defaulted");
+                return Err(ConfigError::Invalid {
+                    key: "auth.token_ttl_s",
+                    value,
+                    origin,
+                    expected: format!(
+                        "at most auth.max_token_ttl_s ({} s): tokens minted by POST /login \
+                         must pass it",
+                        max.as_secs()
+                    ),
+                });
+            }
+        }
+        let admin_token =
+            self.parse("server.admin_token", "a secret of at least 16 bytes", |s| {
+                (s.len() >= 16).then(|| s.to_string())
+            })?;
         let p2p_allow_anonymous =
             self.required("p2p.allow_anonymous", "true or false", parse_bool)?;
         let trust_user_claim_header =
@@ -435,6 +479,13 @@ impl Layers {
                 as usize,
             media_sections_per_offer: count("limits.media_sections_per_offer", 1, 4096)? as usize,
             max_string_bytes: count("limits.max_string_bytes", 64, 1 << 20)? as usize,
+            connections_per_ip: count("limits.connections_per_ip", 0, 10_000_000)? as u32,
+            sessions_per_ip_per_s: count("limits.sessions_per_ip_per_s", 0, 1_000_000)? as u32,
+            sessions_per_ip_burst: count("limits.sessions_per_ip_burst", 1, 10_000_000)? as u32,
+            sessions_per_token_per_s: count("limits.sessions_per_token_per_s", 0, 1_000_000)?
+                as u32,
+            sessions_per_token_burst: count("limits.sessions_per_token_burst", 1, 10_000_000)?
+                as u32,
         };
         let log_level = self.required(
             "log.level",
@@ -495,6 +546,8 @@ impl Layers {
             jwt_secret: jwt_secret.unwrap_or_default(),
             dev_mode,
             token_ttl,
+            max_token_ttl,
+            admin_token,
             p2p_allow_anonymous,
             trust_user_claim_header,
             permissions_url,
@@ -611,6 +664,10 @@ pub struct Config {
     /// Refuse tokens without `exp`.
     pub require_exp: bool,
     pub token_ttl: Duration,
+    /// Tokens whose `exp` is further than this from now are refused (`auth.max_token_ttl_s`).
+    pub max_token_ttl: Option<Duration>,
+    /// The operator's secret for `/latency?reset=true` (`server.admin_token`).
+    pub admin_token: Option<String>,
     pub p2p_allow_anonymous: bool,
     /// Take the identity of the one-shot dialect from the `X-User-Claim` header.
     pub trust_user_claim_header: bool,
@@ -658,6 +715,14 @@ pub struct Limits {
     pub header_extensions_per_request: usize,
     pub media_sections_per_offer: usize,
     pub max_string_bytes: usize,
+    /// Open TCP connections per client address over every shard; 0 = no cap.
+    pub connections_per_ip: u32,
+    /// New sessions per second per client address (0 = no limit), and the burst.
+    pub sessions_per_ip_per_s: u32,
+    pub sessions_per_ip_burst: u32,
+    /// New sessions per second per token subject (0 = no limit), and the burst.
+    pub sessions_per_token_per_s: u32,
+    pub sessions_per_token_burst: u32,
 }
 
 impl Limits {
@@ -1089,6 +1154,62 @@ mod tests {
             err.contains("auth.require_exp") && err.contains("--auth-require-exp"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn hostile_client_limits_have_defaults_and_name_themselves_when_bad() {
+        let c = Config::defaults();
+        assert_eq!(c.limits.connections_per_ip, 256);
+        assert_eq!(
+            (
+                c.limits.sessions_per_ip_per_s,
+                c.limits.sessions_per_ip_burst
+            ),
+            (20, 200)
+        );
+        assert_eq!(
+            (
+                c.limits.sessions_per_token_per_s,
+                c.limits.sessions_per_token_burst
+            ),
+            (5, 20)
+        );
+        assert_eq!((c.admin_token, c.max_token_ttl), (None, None));
+        let mut l = Layers::with_defaults();
+        l.apply_env(env(&[
+            ("CORELAY_CONNECTIONS_PER_IP", "0"),
+            ("CORELAY_ADMIN_TOKEN", "an-operator-secret-123"),
+            ("CORELAY_MAX_TOKEN_TTL_S", "86400"),
+        ]));
+        let c = l.build().unwrap();
+        assert_eq!(c.limits.connections_per_ip, 0, "0 = no cap");
+        assert_eq!(c.admin_token.as_deref(), Some("an-operator-secret-123"));
+        assert_eq!(c.max_token_ttl, Some(Duration::from_secs(86400)));
+        for (key, value, flag) in [
+            (
+                "limits.sessions_per_ip_burst",
+                "0",
+                "--sessions-per-ip-burst",
+            ),
+            ("limits.connections_per_ip", "many", "--connections-per-ip"),
+            ("server.admin_token", "short", "--admin-token"),
+            ("auth.max_token_ttl_s", "10", "--max-token-ttl-s"),
+        ] {
+            let mut l = Layers::with_defaults();
+            l.apply_flags([(key, value.to_string())]);
+            let err = l.build().unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(flag), "{err}");
+        }
+        // Tokens minted by POST /login must pass the maximum.
+        let mut l = Layers::with_defaults();
+        l.apply_flags([("auth.max_token_ttl_s", "600".to_string())]);
+        let err = l.build().unwrap_err().to_string();
+        assert!(
+            err.contains("auth.token_ttl_s") && err.contains("auth.max_token_ttl_s"),
+            "{err}"
+        );
+        l.apply_flags([("auth.token_ttl_s", "600".to_string())]);
+        assert!(l.build().is_ok());
     }
 
     #[test]

@@ -185,6 +185,15 @@ fn token(m: &ArgMatches) -> ExitCode {
             Ok(d) if d.as_secs() >= 1 => d,
             _ => return fail("--ttl must be a duration such as 30m, 1h or 7d"),
         };
+    if let Some(max) = config.max_token_ttl {
+        if ttl > max {
+            return fail(format!(
+                "--ttl {} is longer than auth.max_token_ttl_s ({} s): the server would refuse the token",
+                humantime::format_duration(ttl),
+                max.as_secs()
+            ));
+        }
+    }
     let auth = Authenticator::new(config.jwt_secret.as_bytes());
     let (token, _) = auth.mint(&Grant {
         user_id: user,

@@ -392,12 +392,17 @@ mod paths {
             compressed, base64) for standard HdrHistogram tools.",
         params(
             ("format" = Option<LatencyFormat>, Query, description = "`json` (default) or `hdr`"),
-            ("reset" = Option<bool>, Query, description = "Start a new interval after this answer"),
+            ("reset" = Option<bool>, Query, description = "Start a new interval after this answer; \
+                needs the admin token (server.admin_token) as `Authorization: Bearer`"),
         ),
         responses(
             (status = 200, description = "The histograms: JSON, or the interval log for `format=hdr`",
                 content((Object = "application/json"), (String = "text/plain"))),
             (status = 400, description = "Unknown format", body = ErrorBody),
+            (status = 401, description = "`reset=true` without `Authorization: Bearer` (the \
+                admin token, server.admin_token); nothing is reset", body = ErrorBody),
+            (status = 403, description = "`reset=true` with a wrong admin token, or with \
+                server.admin_token unset (no reset at all); nothing is reset", body = ErrorBody),
             (status = 503, description = "No shard answered", body = ErrorBody),
         )
     )]
@@ -556,6 +561,64 @@ mod paths {
 
 struct Security;
 
+/// What the front door may answer on any endpoint before it is routed: 429 over
+/// `limits.connections_per_ip` (and, where a session opens, over the new-session rates),
+/// 503 from the file-descriptor reserve. Added to every operation that does not say it.
+struct FrontDoorLimits;
+
+impl Modify for FrontDoorLimits {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{header::Header, Content, Ref, ResponseBuilder, Schema, Type};
+        let error = || Content::new(Some(Ref::from_schema_name("ErrorBody")));
+        let retry_after = || {
+            Header::new(Schema::Object(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .build(),
+            ))
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for op in operations.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                responses.entry("429".into()).or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description(
+                            "This client address holds limits.connections_per_ip connections \
+                             already, or (where a session opens: WebSocket upgrades, WHIP/WHEP \
+                             POSTs) opens new sessions faster than limits.sessions_per_ip_* or \
+                             its token subject faster than limits.sessions_per_token_*",
+                        )
+                        .content("application/json", error())
+                        .header("Retry-After", retry_after())
+                        .build()
+                        .into()
+                });
+                responses.entry("503".into()).or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description(
+                            "The server is at its file-descriptor limit: only /health, /metrics \
+                             and /latency are served until it eases",
+                        )
+                        .content("application/json", error())
+                        .header("Retry-After", retry_after())
+                        .build()
+                        .into()
+                });
+            }
+        }
+    }
+}
+
 impl Modify for Security {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
@@ -614,7 +677,7 @@ impl Modify for Security {
         paths::asyncapi,
     ),
     components(schemas(ErrorBody, ErrorDetail, LatencyFormat)),
-    modifiers(&Security),
+    modifiers(&Security, &FrontDoorLimits),
     tags(
         (name = "server", description = "Server state"),
         (name = "auth", description = "Tokens"),

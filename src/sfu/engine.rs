@@ -226,6 +226,13 @@ pub struct Engine {
     pub(super) counters: EngineCounters,
     /// What one client may hold or ask for.
     pub(super) caps: Caps,
+    /// The transport being worked on, for a driver that caught a panic (see
+    /// [`Engine::take_panicked_room`]); `None` between calls.
+    pub(super) working_on: Option<u64>,
+    /// Fault injection (debug builds, tests only): a datagram for a room whose id contains
+    /// this panics.
+    #[cfg(debug_assertions)]
+    pub(super) fault_room: Option<String>,
 }
 
 /// An id as the wire shows it: a one-letter prefix and hex digits.
@@ -275,6 +282,9 @@ impl Engine {
             notices: VecDeque::new(),
             counters: EngineCounters::default(),
             caps: Caps::default(),
+            working_on: None,
+            #[cfg(debug_assertions)]
+            fault_room: None,
         })
     }
 
@@ -615,6 +625,12 @@ impl Engine {
             self.counters.datagrams_dropped += 1;
             return false;
         }
+        self.working_on = Some(tid);
+        #[cfg(debug_assertions)]
+        let t = {
+            self.inject_fault(tid);
+            self.transports.get_mut(&tid).expect("looked up above")
+        };
         if let Err(e) = t.rtc.handle_input(input) {
             tracing::debug!(transport = tid, "input refused: {e}");
         }
@@ -658,6 +674,7 @@ impl Engine {
     /// Feeds timeouts to every transport that is due: pops the due wake-ups off the heap
     /// (O(due log n), not a visit of every transport), once per transport per call.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.working_on = None;
         let mut due = std::mem::take(&mut self.scratch_due);
         // Transports that did not connect in time go first (they need no timeout fed).
         while let Some(&Reverse((at, id))) = self.connect_deadlines.peek() {
@@ -702,6 +719,7 @@ impl Engine {
         }
         // Wake-ups armed while these drain (even ones already due) wait for the next call.
         for &id in &due {
+            self.working_on = Some(id);
             if let Some(t) = self.transports.get_mut(&id) {
                 let _ = t.rtc.handle_input(Input::Timeout(now));
             }
@@ -781,6 +799,7 @@ impl Engine {
     pub(super) fn drain_dirty(&mut self, now: Instant) {
         let mut events = std::mem::take(&mut self.scratch_events);
         while let Some(id) = self.dirty.pop() {
+            self.working_on = Some(id);
             let Some(t) = self.transports.get_mut(&id) else {
                 continue;
             };
@@ -847,6 +866,7 @@ impl Engine {
         }
         self.scratch_events = events;
         self.review_due_slots(now);
+        self.working_on = None;
     }
 
     /// The producer and layer a received packet belongs to: by its SSRC in the

@@ -24,6 +24,7 @@
 
 pub mod caps;
 pub mod consumer;
+mod contain;
 pub mod engine;
 pub mod keyframe;
 pub mod ortc;

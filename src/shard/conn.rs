@@ -1,5 +1,7 @@
 //! A client connection on a shard: plain TCP or TLS over TCP. Both can be detached into
-//! an owned fd (plus the TLS state) and attached again on another shard.
+//! an owned fd (plus the TLS state) and attached again on another shard. Each carries its
+//! admission [`Permit`] (the per-address count, the open-connection count), which goes
+//! with it to another shard and is released when it closes.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -10,9 +12,17 @@ use futures::{AsyncRead, AsyncWrite};
 use futures_rustls::rustls::ServerConnection;
 use glommio::net::TcpStream;
 
+use super::admission::Permit;
 use crate::http::tls::TlsConn;
 
-pub enum Conn {
+pub struct Conn {
+    /// Released with the connection; declared first, so dropped before the socket is
+    /// closed: a client that saw the close never finds its connection still counted.
+    permit: Option<Permit>,
+    io: Io,
+}
+
+enum Io {
     Plain(TcpStream),
     Tls(Box<TlsConn<TcpStream>>),
 }
@@ -21,13 +31,30 @@ pub enum Conn {
 pub struct Detached {
     pub fd: OwnedFd,
     pub tls: Option<Box<ServerConnection>>,
+    pub permit: Option<Permit>,
 }
 
 impl Conn {
+    /// A plain TCP connection.
+    pub fn plain(stream: TcpStream, permit: Option<Permit>) -> Conn {
+        Conn {
+            io: Io::Plain(stream),
+            permit,
+        }
+    }
+
+    /// A TLS connection.
+    pub fn tls(tls: Box<TlsConn<TcpStream>>, permit: Option<Permit>) -> Conn {
+        Conn {
+            io: Io::Tls(tls),
+            permit,
+        }
+    }
+
     fn tcp(&self) -> &TcpStream {
-        match self {
-            Conn::Plain(s) => s,
-            Conn::Tls(t) => t.get_ref(),
+        match &self.io {
+            Io::Plain(s) => s,
+            Io::Tls(t) => t.get_ref(),
         }
     }
 
@@ -36,20 +63,28 @@ impl Conn {
     /// dropped between reads.
     pub fn detach(self) -> io::Result<Detached> {
         let fd = dup_fd(self.tcp().as_raw_fd())?;
-        let tls = match self {
-            Conn::Plain(_) => None,
-            Conn::Tls(t) => Some(Box::new(t.into_parts().1)),
+        let tls = match self.io {
+            Io::Plain(_) => None,
+            Io::Tls(t) => Some(Box::new(t.into_parts().1)),
         };
-        Ok(Detached { fd, tls })
+        Ok(Detached {
+            fd,
+            tls,
+            permit: self.permit,
+        })
     }
 
     /// Adopts a detached connection on this shard.
     pub fn attach(d: Detached) -> Conn {
         // SAFETY: the detached fd is owned and adopted exactly once.
         let stream = unsafe { TcpStream::from_raw_fd(d.fd.into_raw_fd()) };
-        match d.tls {
-            None => Conn::Plain(stream),
-            Some(state) => Conn::Tls(Box::new(TlsConn::resume(stream, *state))),
+        let io = match d.tls {
+            None => Io::Plain(stream),
+            Some(state) => Io::Tls(Box::new(TlsConn::resume(stream, *state))),
+        };
+        Conn {
+            io,
+            permit: d.permit,
         }
     }
 }
@@ -60,9 +95,9 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -73,21 +108,21 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
         }
     }
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_close(cx),
-            Conn::Tls(t) => Pin::new(t.as_mut()).poll_close(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_close(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_close(cx),
         }
     }
 }

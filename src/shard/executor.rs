@@ -19,7 +19,7 @@ use super::conn::Conn;
 use super::mesh::MeshMsg;
 use super::observe::answer;
 use super::state::Shard;
-use super::{front_door, sockjs_session, ws_session, ShardInit, SHUTDOWN_POLL};
+use super::{fault, front_door, sockjs_session, ws_session, ShardInit, SHUTDOWN_POLL};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::sfu::Engine;
@@ -54,6 +54,10 @@ pub(super) async fn run(
         Ok(mut e) => {
             e.set_transport_limits(config.limits.transport_limits());
             e.set_caps(caps.clone());
+            #[cfg(debug_assertions)]
+            if super::fault::enabled() {
+                e.set_fault_room(Some(super::fault::ROOM_MARKER.to_string()));
+            }
             e
         }
         Err(e) => {
@@ -80,6 +84,7 @@ pub(super) async fn run(
         latencies: RefCell::default(),
         outbound: RefCell::default(),
         request_bytes: Cell::new(0),
+        guard: super::admission::FrontGuard::new(init.admission, init.shards),
         sockjs: RefCell::default(),
         sockjs_directory: init.sockjs_directory,
         pending_stats: RefCell::default(),
@@ -87,8 +92,9 @@ pub(super) async fn run(
         shutdown_tx: RefCell::new(Some(shutdown_tx)),
         shutdown: shutdown_rx.shared(),
     });
+    let listener_fd = init.listener.into_raw_fd();
     // SAFETY: the fds were created for this shard and are owned by nobody else.
-    let listener = unsafe { TcpListener::from_raw_fd(init.listener.into_raw_fd()) };
+    let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
     let udp = unsafe { UdpSocket::from_raw_fd(init.udp.into_raw_fd()) };
 
     spawn_receivers(&shard, receivers);
@@ -98,7 +104,7 @@ pub(super) async fn run(
     let _ = ready.send(init.id);
     tracing::debug!(shard = shard.id, core = shard.core, "shard serving");
 
-    front_door::accept_loop(shard.clone(), listener).await;
+    front_door::accept_loop(shard.clone(), listener, listener_fd).await;
 
     // Stop: sessions got the shutdown signal and close with 1001; give them the grace
     // period to finish.
@@ -151,19 +157,25 @@ async fn handle(shard: &Rc<Shard>, msg: MeshMsg) {
             let mut handover = *handover;
             let shard = shard.clone();
             match handover.session.take() {
-                Some(dialect) => {
-                    glommio::spawn_local(ws_session::adopt(shard, handover, dialect)).detach()
-                }
+                Some(dialect) => fault::spawn_guarded(
+                    shard.id,
+                    "WebSocket session",
+                    ws_session::adopt(shard, handover, dialect),
+                ),
                 None => {
                     ShardCounters::add(&shard.counters.relocated_in, 1);
                     let conn = Conn::attach(handover.conn);
-                    glommio::spawn_local(front_door::serve_http(
-                        shard,
-                        conn,
-                        handover.leftover,
-                        handover.peer,
-                    ))
-                    .detach()
+                    fault::spawn_guarded(
+                        shard.id,
+                        "HTTP connection",
+                        front_door::serve_http(
+                            shard,
+                            conn,
+                            handover.leftover,
+                            handover.peer,
+                            front_door::Mode::Relocated,
+                        ),
+                    )
                 }
             };
         }

@@ -1,14 +1,18 @@
 //! Every shard's front door: accept, read the request head within its limits, route.
 //! Plain HTTP requests are answered here; WebSocket dialects become sessions.
 
+use std::future::Future;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::future::FutureExt;
+use futures::future::{Either, FutureExt};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
+use super::admission::{self, Limbo, Permit, ShedSignal, Verdict};
 use super::conn::Conn;
+use super::fault;
 use super::join;
 use super::mesh::{Handover, MeshMsg};
 use super::observe;
@@ -31,8 +35,28 @@ use crate::signal::pubsub;
 use crate::signal::whip;
 use crate::stats::ShardCounters;
 
-pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// How long a connection that is refused (over `limits.connections_per_ip`) or served from
+/// the descriptor reserve has for its TLS handshake and its request head.
+const LIMBO_HEAD_WAIT: Duration = Duration::from_secs(1);
+/// How long a connection from the descriptor reserve whose bytes were not there when it
+/// was accepted waits for them before it is closed.
+const RESERVE_FIRST_BYTE: Duration = Duration::from_millis(200);
+/// Accepts that failed for want of a descriptor in a row before the spare one is spent to
+/// accept and close a waiting connection (shedding did not free any).
+const SPARE_AFTER: u32 = 3;
+
+/// Accepts on `listener` (whose descriptor is `listener_fd`) until shutdown.
+pub(super) async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    listener_fd: std::os::fd::RawFd,
+) {
     let mut shutdown = shard.shutdown.clone();
+    // One descriptor kept free, spent to accept and close a waiting client when the
+    // process has none left, so that clients fail fast instead of waiting in the backlog.
+    let mut spare = open_spare();
+    let mut out_of_fds = 0u32;
+    let mut warned = false;
     loop {
         let accepted = futures::select! {
             r = listener.accept().fuse() => r,
@@ -40,16 +64,145 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         };
         match accepted {
             Ok(stream) => {
-                glommio::spawn_local(serve_connection(shard.clone(), stream)).detach();
+                out_of_fds = 0;
+                admit(&shard, stream);
             }
             Err(e) => {
-                // Typically EMFILE: back off instead of spinning, and say what to raise.
-                tracing::warn!(
-                    shard = shard.id,
-                    "accept failed: {e} (check LimitNOFILE / ulimit -n)"
-                );
-                glommio::timer::sleep(Duration::from_millis(100)).await;
+                let e = std::io::Error::from(e);
+                if admission::is_out_of_descriptors(&e) {
+                    // Sheds the connections waiting for a request head (warned once a
+                    // minute at most), then tries again.
+                    shard.guard.admission.out_of_descriptors(shard.id);
+                    shard.guard.sync();
+                    shard.counters.count_error("out_of_descriptors");
+                    out_of_fds += 1;
+                    if out_of_fds >= SPARE_AFTER {
+                        drop(spare.take());
+                        admission::refuse_waiting(listener_fd);
+                        spare = open_spare();
+                    }
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                } else {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(
+                            shard = shard.id,
+                            "accept failed: {e} (logged once; check LimitNOFILE / ulimit -n)"
+                        );
+                    }
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                }
             }
+        }
+    }
+}
+
+/// A descriptor to keep in reserve.
+fn open_spare() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}
+
+/// Admission of an accepted connection (process-wide: connections per address, the
+/// descriptor reserve), then its task.
+fn admit(shard: &Rc<Shard>, stream: TcpStream) {
+    let ip = stream.peer_addr().ok().map(|a| a.ip());
+    let (permit, verdict) = shard.guard.admission.admit(ip, shard.id);
+    shard.guard.sync();
+    let (mode, limbo) = match verdict {
+        Verdict::Admitted => (Mode::Normal, None),
+        Verdict::OverIpCap(cap) => {
+            shard.counters.count_error("connections_per_ip");
+            (
+                Mode::OverIpCap(cap),
+                shard.guard.enter_limbo(verdict, false),
+            )
+        }
+        Verdict::Reserve => {
+            shard.counters.count_error("descriptor_reserve");
+            let pending = admission::has_pending_bytes(stream.as_raw_fd());
+            let limbo = shard.guard.enter_limbo(verdict, !pending);
+            (Mode::Reserve { pending }, limbo)
+        }
+    };
+    if mode != Mode::Normal && limbo.is_none() {
+        // As many are being refused on this shard as it may hold: closed at once.
+        return;
+    }
+    fault::spawn_guarded(
+        shard.id,
+        "HTTP connection",
+        serve_connection(shard.clone(), stream, permit, mode, limbo),
+    );
+}
+
+/// How [`serve_http`] treats a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Accepted here, or a connection that goes on after a request served elsewhere.
+    Normal,
+    /// Relocated from another shard, whose first request was admitted there.
+    Relocated,
+    /// Its address holds `limits.connections_per_ip` already: its request gets 429.
+    OverIpCap(u32),
+    /// Accepted from the descriptor reserve: /health, /metrics and /latency only;
+    /// `pending`: its first bytes were there when it was accepted.
+    Reserve { pending: bool },
+}
+
+impl Mode {
+    fn limbo(self) -> bool {
+        matches!(self, Mode::OverIpCap(_) | Mode::Reserve { .. })
+    }
+}
+
+/// Runs `fut` unless this shard sheds its connections waiting for a request first
+/// (`None`): under descriptor pressure.
+async fn unless_shed<T>(shed: ShedSignal, fut: impl Future<Output = T>) -> Option<T> {
+    futures::pin_mut!(fut);
+    match futures::future::select(fut, shed).await {
+        Either::Left((v, _)) => Some(v),
+        Either::Right(_) => None,
+    }
+}
+
+/// Whether a request opens a session: a WebSocket upgrade, or a WHIP/WHEP POST.
+fn opens_session(head: &Head) -> bool {
+    ws::is_upgrade(head) || (head.method == "POST" && whip::room_of(&head.path).is_some())
+}
+
+/// The token subject a new session counts against (`limits.sessions_per_token_*`): the
+/// user id and the room (the token's scope, else the one the path names).
+pub(super) fn token_subject(identity: &Identity, path_room: Option<&str>) -> String {
+    let room = identity.room.as_deref().or(path_room).unwrap_or("");
+    format!("{}\u{1f}{room}", identity.user_id)
+}
+
+/// Counts a new session against the rates of its address and its token subject; the
+/// 429 answer when over.
+fn session_rate(
+    shard: &Shard,
+    head: &Head,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<Response> {
+    let subject = head
+        .token()
+        .and_then(|t| shard.auth.verify(t).ok())
+        .map(|id| token_subject(&id, whip::room_of(&head.path)));
+    match shard.guard.admission.new_session(
+        peer.map(|p| p.ip()),
+        subject.as_deref(),
+        Instant::now(),
+    ) {
+        Ok(()) => None,
+        Err(refusal) => {
+            shard.counters.count_error("session_rate");
+            tracing::debug!(
+                shard = shard.id,
+                ?peer,
+                per = refusal.per,
+                "new session refused for its rate"
+            );
+            Some(refusal.response())
         }
     }
 }
@@ -61,17 +214,41 @@ enum Routed {
     Session(BoxedDialect),
 }
 
-async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
+async fn serve_connection(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    permit: Permit,
+    mode: Mode,
+    _limbo: Option<Limbo>,
+) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
+    if mode == (Mode::Reserve { pending: false }) {
+        // From the reserve, a client gets a moment for its first bytes, no more.
+        let mut byte = [0u8; 1];
+        if !matches!(
+            within(RESERVE_FIRST_BYTE, stream.peek(&mut byte)).await,
+            Some(Ok(1..))
+        ) {
+            return;
+        }
+    }
     let conn = match &shard.tls {
-        None => Conn::Plain(stream),
-        Some(config) => match open_tls(&shard, stream, config.clone()).await {
-            Some(conn) => conn,
-            None => return,
-        },
+        None => Conn::plain(stream, Some(permit)),
+        Some(config) => {
+            let wait = if mode.limbo() {
+                LIMBO_HEAD_WAIT
+            } else {
+                shard.config.head_timeout
+            };
+            let tls = open_tls(&shard, stream, config.clone(), wait);
+            match unless_shed(shard.guard.shed_signal(), tls).await.flatten() {
+                Some(tls) => Conn::tls(tls, Some(permit)),
+                None => return,
+            }
+        }
     };
-    serve_http(shard, conn, Vec::new(), peer).await;
+    serve_http(shard, conn, Vec::new(), peer, mode).await;
 }
 
 /// Starts TLS on a fresh connection. A client that speaks plain HTTP to the TLS port gets
@@ -80,11 +257,10 @@ async fn open_tls(
     shard: &Shard,
     mut stream: TcpStream,
     config: std::sync::Arc<futures_rustls::rustls::ServerConfig>,
-) -> Option<Conn> {
+    wait: Duration,
+) -> Option<Box<TlsConn<TcpStream>>> {
     let mut first = [0u8; 1024];
-    let n = within(shard.config.head_timeout, stream.read(&mut first))
-        .await?
-        .ok()?;
+    let n = within(wait, stream.read(&mut first)).await?.ok()?;
     if n == 0 {
         return None;
     }
@@ -98,7 +274,7 @@ async fn open_tls(
         return None;
     }
     match TlsConn::new(stream, config, &first[..n]) {
-        Ok(tls) => Some(Conn::Tls(Box::new(tls))),
+        Ok(tls) => Some(Box::new(tls)),
         Err(e) => {
             tracing::debug!(shard = shard.id, "TLS handshake failed: {e}");
             None
@@ -112,12 +288,27 @@ pub(super) async fn serve_http(
     mut stream: Conn,
     mut buf: Vec<u8>,
     peer: Option<std::net::SocketAddr>,
+    mode: Mode,
 ) {
     let limits = HeadLimits::default();
-    let head_timeout = shard.config.head_timeout;
+    let head_timeout = if mode.limbo() {
+        LIMBO_HEAD_WAIT
+    } else {
+        shard.config.head_timeout
+    };
     let mut first = true;
     loop {
-        let head = match within(head_timeout, read_head(&mut stream, &mut buf, limits)).await {
+        // Under descriptor pressure the shard sheds the connections waiting here.
+        let reading = unless_shed(
+            shard.guard.shed_signal(),
+            read_head(&mut stream, &mut buf, limits),
+        );
+        let head = match within(head_timeout, reading).await {
+            Some(None) => {
+                shard.counters.count_error("shed_waiting_for_request");
+                return;
+            }
+            None if mode.limbo() => return,
             None => {
                 // An idle keep-alive connection just closes; a client that started (or
                 // never sent) its first request learns why.
@@ -128,8 +319,8 @@ pub(super) async fn serve_http(
                 }
                 return;
             }
-            Some(Ok(head)) => head,
-            Some(Err(HeadError::TooLarge)) => {
+            Some(Some(Ok(head))) => head,
+            Some(Some(Err(HeadError::TooLarge))) => {
                 let r = Response::error(
                     431,
                     "headers_too_large",
@@ -138,15 +329,46 @@ pub(super) async fn serve_http(
                 let _ = r.write_to(&mut stream, false).await;
                 return;
             }
-            Some(Err(HeadError::Malformed(m))) => {
+            Some(Some(Err(HeadError::Malformed(m)))) => {
                 let _ = Response::error(400, "bad_request", &m)
                     .write_to(&mut stream, false)
                     .await;
                 return;
             }
-            Some(Err(_)) => return,
+            Some(Some(Err(_))) => return,
         };
-        first = false;
+        let was_first = std::mem::replace(&mut first, false);
+        if mode.limbo() {
+            let resp = match mode {
+                Mode::OverIpCap(cap) => Response::error(
+                    429,
+                    "too_many_connections",
+                    &format!(
+                        "this address holds {cap} connections to the server already \
+                         (limits.connections_per_ip); close some, then retry"
+                    ),
+                )
+                .header("Retry-After", "1"),
+                _ if is_operator_request(&head) => match route(&shard, &head, &[]).await {
+                    Routed::Respond(resp) => resp,
+                    Routed::Session(_) => unreachable!("operator routes answer"),
+                },
+                _ => Response::error(
+                    503,
+                    "busy",
+                    "the server is at its file-descriptor limit (RLIMIT_NOFILE): only \
+                     /health, /metrics and /latency are served until it eases; retry shortly",
+                )
+                .header("Retry-After", "1"),
+            };
+            let mut resp = resp;
+            resp.omit_body = head.method == "HEAD";
+            let _ = resp.write_to(&mut stream, false).await;
+            if announces_body(&head) {
+                discard_unread_body(&mut stream, &head, buf.len()).await;
+            }
+            return;
+        }
         // Requests of SockJS HTTP transports are served by the shard that has the session.
         if let Some(route) = sockjs_http::session_route(&head) {
             match sockjs_http::serve(&shard, stream, &head, buf, peer, route).await {
@@ -156,6 +378,25 @@ pub(super) async fn serve_http(
                 }
                 None => return,
             }
+        }
+        let keep_alive = head.keep_alive() && !shard.is_shutting_down();
+        // New sessions count against the rates of their address and token subject, once:
+        // on the shard that read the request first.
+        let admitted = mode == Mode::Relocated && was_first;
+        if let Some(mut resp) = (!admitted && opens_session(&head))
+            .then(|| session_rate(&shard, &head, peer))
+            .flatten()
+        {
+            if whip::room_of(&head.path).is_some() {
+                resp = resp.header("Access-Control-Allow-Origin", "*");
+            }
+            let bodiless = !announces_body(&head);
+            let _ = resp.write_to(&mut stream, keep_alive && bodiless).await;
+            if keep_alive && bodiless {
+                continue;
+            }
+            discard_unread_body(&mut stream, &head, buf.len()).await;
+            return;
         }
         // Requests for a room (WHIP/WHEP, /connect) are served by the shard that owns it.
         let room = match head.path.as_str() {
@@ -173,7 +414,6 @@ pub(super) async fn serve_http(
                 return;
             }
         }
-        let keep_alive = head.keep_alive() && !shard.is_shutting_down();
         // The route and the token are checked from the head: a body is read only for a
         // request that takes one and may send it. Otherwise the answer comes without
         // reading the body, and the connection then closes (its unread bytes with it).
@@ -223,6 +463,12 @@ pub(super) async fn serve_http(
             }
         }
     }
+}
+
+/// The requests a connection from the descriptor reserve may make.
+fn is_operator_request(head: &Head) -> bool {
+    matches!(head.method.as_str(), "GET" | "HEAD")
+        && matches!(head.path.as_str(), "/health" | "/metrics" | "/latency")
 }
 
 /// Whether this request's route reads a body: `POST /login` and WHIP/WHEP.

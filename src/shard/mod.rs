@@ -1,8 +1,10 @@
 //! The only place that knows glommio: one pinned executor per shard, its sockets, its
 //! tasks, the mesh between shards, and the process lifecycle.
 
+mod admission;
 mod conn;
 mod executor;
+mod fault;
 mod front_door;
 mod join;
 mod mesh;
@@ -33,6 +35,8 @@ pub use state::Shard;
 
 /// Set by SIGTERM/SIGINT; every shard watches it.
 static SHUTDOWN: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
+/// Set by SIGHUP, which corelay ignores (it reloads nothing): logged, then cleared.
+static HANGUP: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
 
 /// How often a shard looks at the shutdown flag. Signals cannot wake a glommio executor
 /// directly, and a 50 ms look costs nothing.
@@ -89,6 +93,8 @@ struct ShardInit {
     control: crate::control::ControlHandle,
     /// Which shard has each SockJS session (shared by every shard).
     sockjs_directory: Arc<sockjs_handle::Directory>,
+    /// Connections per address, session rates, descriptors (shared by every shard).
+    admission: Arc<admission::Admission>,
 }
 
 /// CPUs this process may run on (its affinity mask), in order.
@@ -153,6 +159,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         );
     }
     ensure_memlock(shards)?;
+    fault::install_panic_hook();
 
     let listeners = sockets::tcp_listeners(config.listen, shards)?;
     let listen_addr = sockets::local_addr(&listeners[0]).unwrap_or(config.listen);
@@ -167,6 +174,14 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             reason: format!("cannot install signal handler: {e}"),
         })?;
     }
+    // SIGHUP (a closed terminal, `systemctl reload`, a stray `kill -HUP`) must not end the
+    // server: it is logged and otherwise ignored.
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, HANGUP.clone()).map_err(|e| {
+        StartError::Executor {
+            shard: 0,
+            reason: format!("cannot install the SIGHUP handler: {e}"),
+        }
+    })?;
 
     let tls = match &config.tls {
         Some(files) => Some(crate::http::tls::server_config(&files.cert, &files.key)?),
@@ -174,10 +189,20 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let config = Arc::new(config);
-    let auth = Arc::new(Authenticator::with_require_exp(
-        config.jwt_secret.as_bytes(),
-        config.require_exp,
-    ));
+    let auth = Arc::new(
+        Authenticator::with_require_exp(config.jwt_secret.as_bytes(), config.require_exp)
+            .with_max_ttl(config.max_token_ttl),
+    );
+    let admission = Arc::new(admission::Admission::new(&config.limits));
+    let (fd_limit, fd_reserve) = admission.descriptor_limit();
+    if fd_limit != usize::MAX {
+        tracing::info!(
+            limit = fd_limit,
+            reserve = fd_reserve,
+            "file descriptors (RLIMIT_NOFILE): the last {fd_reserve} are kept for /health, \
+             /metrics and /latency"
+        );
+    }
     // The control plane (outbound calls: the permission service) runs on its own thread,
     // started before the shards; each shard gets a handle. It stops by itself once the
     // last handle is dropped, after the shards.
@@ -204,6 +229,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             heartbeat_period,
             control: control.clone(),
             sockjs_directory: sockjs_directory.clone(),
+            admission: admission.clone(),
         };
         let (config, auth, mesh, ready_tx, tls) = (
             config.clone(),
@@ -240,6 +266,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     notify::ready(&format!(
         "serving {scheme}://{listen_addr} with {shards} shard(s)"
     ));
+    // The shards' rings and sockets are open now: what is not a client connection.
+    admission.recount_baseline();
     if config.dev_mode {
         print_dev_banner(&config, &auth, scheme, listen_addr);
     }
@@ -268,6 +296,12 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         }
         if let Some(w) = watchdog.as_mut() {
             w.tick(Instant::now(), &heartbeats);
+        }
+        if HANGUP.swap(false, Ordering::SeqCst) {
+            tracing::info!(
+                "SIGHUP received and ignored: corelay reloads nothing while it runs; restart \
+                 it (systemctl restart corelay) to apply configuration changes"
+            );
         }
         if SHUTDOWN.load(Ordering::SeqCst) {
             notify::stopping();

@@ -69,7 +69,45 @@ fn merged(per_shard: &[Option<LatencySnapshot>]) -> Option<LatencySnapshot> {
     Some(merged)
 }
 
-/// `GET /latency[?format=hdr][&reset=true]`: per-shard and merged histograms.
+/// Whether a request may reset `/latency`: it sends `Authorization: Bearer` with the
+/// configured `server.admin_token`. `Err` is the answer otherwise (nothing is reset).
+fn check_admin(shard: &Shard, head: &Head) -> Result<(), Response> {
+    let Some(want) = shard.config.admin_token.as_deref() else {
+        return Err(Response::error(
+            403,
+            "forbidden",
+            "resetting /latency is disabled: set server.admin_token (CORELAY_ADMIN_TOKEN) \
+             on the server and send it as Authorization: Bearer",
+        ));
+    };
+    let given = head.header("authorization").and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
+    });
+    match given {
+        None => Err(Response::error(
+            401,
+            "unauthorized",
+            "resetting /latency needs the admin token (server.admin_token) as \
+             Authorization: Bearer",
+        )
+        .header("WWW-Authenticate", "Bearer")),
+        Some(given) if constant_time_eq(given.as_bytes(), want.as_bytes()) => Ok(()),
+        Some(_) => Err(Response::error(
+            403,
+            "forbidden",
+            "wrong admin token (server.admin_token)",
+        )),
+    }
+}
+
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /latency[?format=hdr][&reset=true]`: per-shard and merged histograms. A reset
+/// needs the admin token (`server.admin_token`).
 pub async fn latency(shard: &Rc<Shard>, head: &Head) -> Response {
     let reset = match head.query("reset") {
         None | Some("false") => false,
@@ -82,6 +120,11 @@ pub async fn latency(shard: &Rc<Shard>, head: &Head) -> Response {
             )
         }
     };
+    if reset {
+        if let Err(refused) = check_admin(shard, head) {
+            return refused;
+        }
+    }
     let per_shard = latencies(shard, reset).await;
     let Some(total) = merged(&per_shard) else {
         return Response::error(503, "unavailable", "no shard answered");

@@ -15,7 +15,7 @@ pub const MESSAGES_PER_TURN: usize = 32;
 pub const BYTES_PER_TURN: usize = 256 * 1024;
 
 /// A token bucket: `rate` tokens a second, at most `capacity` saved up.
-struct Bucket {
+pub(super) struct Bucket {
     rate: f64,
     capacity: f64,
     tokens: f64,
@@ -23,7 +23,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: f64, capacity: f64, now: Instant) -> Bucket {
+    pub(super) fn new(rate: f64, capacity: f64, now: Instant) -> Bucket {
         Bucket {
             rate,
             capacity,
@@ -32,7 +32,7 @@ impl Bucket {
         }
     }
 
-    fn take(&mut self, n: f64, now: Instant) -> bool {
+    pub(super) fn take(&mut self, n: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
@@ -42,6 +42,24 @@ impl Bucket {
         } else {
             false
         }
+    }
+
+    /// Gives back `n` tokens taken (up to the capacity).
+    pub(super) fn refund(&mut self, n: f64) {
+        self.tokens = (self.tokens + n).min(self.capacity);
+    }
+
+    /// How long until one token is there, after a refused [`take`](Self::take).
+    pub(super) fn wait_for_one(&self) -> std::time::Duration {
+        let missing = (1.0 - self.tokens).max(0.0);
+        std::time::Duration::from_secs_f64(missing / self.rate.max(f64::MIN_POSITIVE))
+    }
+
+    /// Whether the bucket would be full by `now`: it is then the same as a fresh one, and
+    /// a table may forget it.
+    pub(super) fn is_full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.capacity
     }
 }
 

@@ -235,6 +235,21 @@ pub(super) async fn serve(
                         Err(Cmd::Send { .. }) => unreachable!("a receive comes back"),
                     },
                     _ => {
+                        // A new session: it counts against the rates of its address and
+                        // its token subject.
+                        let subject = identity
+                            .as_ref()
+                            .map(|i| front_door::token_subject(i, None));
+                        if let Err(refusal) = shard.guard.admission.new_session(
+                            peer.map(|p| p.ip()),
+                            subject.as_deref(),
+                            std::time::Instant::now(),
+                        ) {
+                            shard.counters.count_error("session_rate");
+                            let resp = with(refusal.response(), &cors(head));
+                            let rx = *rx;
+                            return answer(rx.conn, rx.leftover, resp, keep_alive).await;
+                        }
                         let dialect =
                             Box::new(relay_session(route.namespace.clone(), identity.clone()));
                         match sockjs_session::create(shard, key.clone(), user.clone(), dialect, rx)

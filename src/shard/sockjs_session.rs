@@ -13,6 +13,7 @@
 //! client's next one reaches the new owner.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use futures::channel::mpsc;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 
 use super::conn::Conn;
+use super::fault;
 use super::front_door;
 use super::timeout::within;
 
@@ -135,7 +137,7 @@ fn spawn(shard: &Rc<Shard>, m: Moving, open_pending: bool) -> Handle {
         detached_at: Instant::now(),
         limit: super::rate::SenderLimit::new(&shard.config, Instant::now()),
     };
-    glommio::spawn_local(session.run(rx, out_rx)).detach();
+    fault::spawn_guarded(shard.id, "SockJS session", session.run(rx, out_rx));
     handle
 }
 
@@ -194,12 +196,38 @@ async fn read_some(receiver: &mut Option<Attached>) -> std::io::Result<Vec<u8>> 
 
 impl Session {
     async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut out: OutboundRx) {
+        // A panic while this session handles something closes it (1011) and ends it here;
+        // the shard and the other sessions go on.
+        let served = AssertUnwindSafe(self.serve(&mut cmds, &mut out))
+            .catch_unwind()
+            .await;
+        match served {
+            Ok(Some(owner)) => return self.relocate(owner, cmds, out).await,
+            Ok(None) => {}
+            Err(payload) => {
+                let site = format!("SockJS session {}", self.id);
+                fault::contain(&self.shard, &site, payload.as_ref());
+                self.outbox.clear();
+                self.close(1011, "internal error");
+                let _ = AssertUnwindSafe(self.flush()).catch_unwind().await;
+            }
+        }
+        self.end(cmds, out).await;
+    }
+
+    /// The session's loop, until it ends (`None`) or is to move to shard `Some(owner)`.
+    async fn serve(
+        &mut self,
+        cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+        out: &mut OutboundRx,
+    ) -> Option<usize> {
         let mut shutdown = self.shard.shutdown.clone();
         loop {
             if self.closed.is_none() && !self.inbox.is_empty() {
                 let mut replies = Vec::new();
                 let (dialect, inbox) = (&mut self.dialect, &mut self.inbox);
                 let fed = self.shard.with_context(self.conn, |cx| {
+                    inbox.iter().for_each(|m| fault::on_message(m));
                     sockjs::feed(dialect.as_mut(), cx, inbox, &mut replies)
                 });
                 self.outbox.extend(replies);
@@ -207,7 +235,7 @@ impl Session {
                     Fed::Done => {}
                     Fed::Relocate { key } => {
                         let owner = self.shard.owner_of(&key);
-                        return self.relocate(owner, cmds, out).await;
+                        return Some(owner);
                     }
                     Fed::Close(code) => {
                         let code = match code {
@@ -268,7 +296,7 @@ impl Session {
                     }
                 }
                 Event::Cmd(Some(Cmd::Receive(rx))) => self.attach(rx).await,
-                Event::Cmd(None) => break,
+                Event::Cmd(None) => return None,
                 Event::Out(Some(o)) => {
                     self.outgoing(o);
                     while let Ok(o) = out.try_recv() {
@@ -289,15 +317,14 @@ impl Session {
                 }
                 Event::Read(_) => self.detach(),
                 Event::Heartbeat => self.heartbeat().await,
-                Event::Expired => break,
+                Event::Expired => return None,
                 Event::Shutdown => {
                     self.close(1001, "server shutting down");
                     self.flush().await;
-                    break;
+                    return None;
                 }
             }
         }
-        self.end(cmds, out).await;
     }
 
     fn close(&mut self, code: u16, reason: &str) {
@@ -484,7 +511,13 @@ impl Session {
         shard.outbound.borrow_mut().remove(&self.conn);
         drop(out);
         let dialect = &mut self.dialect;
-        shard.with_context(self.conn, |cx| dialect.on_close(cx));
+        let closed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            shard.with_context(self.conn, |cx| dialect.on_close(cx))
+        }));
+        if let Err(payload) = closed {
+            let site = format!("SockJS session {} closing", self.id);
+            fault::contain(&shard, &site, payload.as_ref());
+        }
         ShardCounters::sub(&shard.counters.connections, 1);
         tracing::info!(shard = shard.id, session = %self.id, "SockJS session ended");
         self.end_receiver(true).await;
@@ -557,13 +590,17 @@ async fn finish(shard: &Rc<Shard>, mut a: Attached) {
     }
     let rx = *a.rx;
     if rx.keep_alive && !shard.is_shutting_down() {
-        glommio::spawn_local(front_door::serve_http(
-            shard.clone(),
-            rx.conn,
-            rx.leftover,
-            rx.peer,
-        ))
-        .detach();
+        super::fault::spawn_guarded(
+            shard.id,
+            "HTTP connection",
+            front_door::serve_http(
+                shard.clone(),
+                rx.conn,
+                rx.leftover,
+                rx.peer,
+                front_door::Mode::Normal,
+            ),
+        );
     } else {
         let mut conn = rx.conn;
         let _ = within(SEND_TIMEOUT, conn.close()).await;

@@ -256,6 +256,8 @@ pub struct Shard {
         RefCell<HashMap<u64, futures::channel::oneshot::Sender<super::mesh::Answer>>>,
     /// Request body bytes being read on this shard (`limits.request_buffer_bytes`).
     pub request_bytes: Cell<usize>,
+    /// Admission (connections per address, session rates, descriptors) of this shard.
+    pub(super) guard: super::admission::FrontGuard,
     pub(super) next_id: Cell<u64>,
     pub(super) shutdown_tx: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
     pub shutdown: ShutdownSignal,

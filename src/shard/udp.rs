@@ -16,6 +16,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use futures::{FutureExt, StreamExt};
 use glommio::net::UdpSocket;
 use str0m::net::Transmit;
 
+use super::fault;
 use super::state::Shard;
 use super::udp_io::{gso_refused, Received, SendPlan, UdpIo, RECV_SLOT};
 
@@ -125,15 +127,33 @@ async fn receive(
     (socket, buf, r)
 }
 
+/// Runs the driver until shutdown. A panic in it (the media engine's, most likely) is
+/// contained: the room whose transport was being worked on is closed (see
+/// [`fault::contain`]) and the driver starts again with the other rooms.
 pub(super) async fn drive(shard: Rc<Shard>, socket: UdpSocket, mut woken: Receiver<()>) {
     let socket = Rc::new(socket);
+    loop {
+        match AssertUnwindSafe(run(&shard, &socket, &mut woken))
+            .catch_unwind()
+            .await
+        {
+            Ok(()) => return,
+            Err(payload) => {
+                fault::contain(&shard, "UDP driver", payload.as_ref());
+                glommio::executor().yield_now().await;
+            }
+        }
+    }
+}
+
+async fn run(shard: &Rc<Shard>, socket: &Rc<UdpSocket>, woken: &mut Receiver<()>) {
     let pending = receive(socket.clone(), vec![0u8; RECV_SLOT]).fuse();
     futures::pin_mut!(pending);
     let mut shutdown = shard.shutdown.clone();
     let mut driver = Driver {
-        shard: &shard,
-        socket: &socket,
-        io: UdpIo::new(&*socket),
+        shard,
+        socket,
+        io: UdpIo::new(&**socket),
         received: Received::with_slots(RECV_CHUNK),
         plan: SendPlan::new(),
         out: Vec::new(),

@@ -2,6 +2,7 @@
 //! outbound queue, shutdown, and relocation to the shard that owns the session's room.
 //! Each dialect plugs in through `signal::dialect::Dialect`.
 
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Error as WsError, Message};
 
 use super::conn::Conn;
+use super::fault;
 use super::mesh::{Handover, MeshMsg};
 use super::rate::{SenderLimit, BYTES_PER_TURN, MESSAGES_PER_TURN};
 use super::state::{outbound_queue, Outbound, OutboundRx, Shard};
@@ -156,220 +158,261 @@ async fn run(
     let mut heard_at = Instant::now();
     let mut pinged = false;
 
-    let end = loop {
-        let event = match pending.take() {
-            Some(text) => Event::Incoming(Some(Ok(Message::text(text)))),
-            None => {
-                let beat = sleep_until(next_beat).fuse();
-                let auth = sleep_until(auth_deadline).fuse();
-                let idle_at = if pinged {
-                    heard_at + limits.idle_timeout
-                } else {
-                    heard_at + limits.idle_timeout / 2
-                };
-                let idle = sleep_until(Some(idle_at)).fuse();
-                futures::pin_mut!(beat, auth, idle);
-                futures::select! {
-                    m = ws.next() => Event::Incoming(m),
-                    o = rx.next() => Event::Outgoing(o),
-                    _ = beat => Event::Heartbeat,
-                    _ = shutdown => Event::Shutdown,
-                    _ = auth => Event::AuthTimeout,
-                    _ = idle => Event::Idle,
+    // A panic while this session handles something (its dialect, the engine under a
+    // command) is caught here: this session is closed with 1011 and leaves its room; the
+    // shard and the other sessions go on.
+    let served = AssertUnwindSafe(async {
+        loop {
+            let event = match pending.take() {
+                Some(text) => Event::Incoming(Some(Ok(Message::text(text)))),
+                None => {
+                    let beat = sleep_until(next_beat).fuse();
+                    let auth = sleep_until(auth_deadline).fuse();
+                    let idle_at = if pinged {
+                        heard_at + limits.idle_timeout
+                    } else {
+                        heard_at + limits.idle_timeout / 2
+                    };
+                    let idle = sleep_until(Some(idle_at)).fuse();
+                    futures::pin_mut!(beat, auth, idle);
+                    futures::select! {
+                        m = ws.next() => Event::Incoming(m),
+                        o = rx.next() => Event::Outgoing(o),
+                        _ = beat => Event::Heartbeat,
+                        _ = shutdown => Event::Shutdown,
+                        _ = auth => Event::AuthTimeout,
+                        _ = idle => Event::Idle,
+                    }
+                }
+            };
+            if let Event::Incoming(Some(_)) = &event {
+                (heard_at, pinged) = (Instant::now(), false);
+            }
+            if let Event::Incoming(Some(Ok(m))) = &event {
+                if !matches!(m, Message::Close(_)) {
+                    let len = m.len();
+                    if let Err(reason) = limit.admit(len, Instant::now()) {
+                        // Over its rate: this client alone learns why and is closed.
+                        let error = Message::text(dialect.error_text(&reason));
+                        let _ = within(CLOSE_WAIT, ws.send(error)).await;
+                        close(&mut ws, &*dialect, CloseCode::Policy, "rate limit").await;
+                        break End::Closed("rate limit");
+                    }
+                    turn_messages += 1;
+                    turn_bytes += len;
+                    if turn_messages >= MESSAGES_PER_TURN || turn_bytes >= BYTES_PER_TURN {
+                        // A burst read at once is handled a slice at a time, so the sessions
+                        // it delivers to drain their queues in between.
+                        glommio::executor().yield_now().await;
+                        (turn_messages, turn_bytes) = (0, 0);
+                    }
                 }
             }
-        };
-        if let Event::Incoming(Some(_)) = &event {
-            (heard_at, pinged) = (Instant::now(), false);
-        }
-        if let Event::Incoming(Some(Ok(m))) = &event {
-            if !matches!(m, Message::Close(_)) {
-                let len = m.len();
-                if let Err(reason) = limit.admit(len, Instant::now()) {
-                    // Over its rate: this client alone learns why and is closed.
+            let replies = match event {
+                Event::Incoming(Some(Ok(Message::Text(text)))) => {
+                    let step = shard.with_context(conn, |cx| {
+                        fault::on_message(text.as_str());
+                        dialect.on_text(cx, text.as_str())
+                    });
+                    match step {
+                        Step::Reply(replies) => replies,
+                        Step::Close(texts, code) => {
+                            for t in texts {
+                                let write_timeout = shard.config.limits.write_timeout;
+                                let _ = within(write_timeout, ws.send(Message::text(t))).await;
+                            }
+                            close(&mut ws, &*dialect, close_code(code), "").await;
+                            break End::Closed("closed by the dialect");
+                        }
+                        Step::Relocate { key } => {
+                            let owner = shard.owner_of(&key);
+                            break End::Relocate {
+                                owner,
+                                pending: text.as_str().to_string(),
+                            };
+                        }
+                    }
+                }
+                Event::Incoming(Some(Ok(Message::Binary(_)))) => {
+                    vec![dialect.error_text("binary messages are not supported; send JSON text")]
+                }
+                Event::Incoming(Some(Ok(Message::Close(_)))) => {
+                    // RFC 6455 5.5.1: answer with a Close echoing the client's code.
+                    // tungstenite queued that reply when it read the frame; a flush writes it
+                    // (then the TCP connection is closed below).
+                    let _ = within(CLOSE_WAIT, ws.flush()).await;
+                    break End::Closed("client closed");
+                }
+                Event::Incoming(None) => {
+                    break End::Closed("connection closed without a Close frame")
+                }
+                Event::Incoming(Some(Ok(_))) => Vec::new(), // ping/pong: tungstenite answers
+                Event::Incoming(Some(Err(WsError::Capacity(e)))) => {
+                    // The parser cannot resynchronise after an oversized frame, so the client
+                    // learns why and is closed with 1009; nobody else is affected.
+                    let reason = format!(
+                        "message too large: {e} (limit {} bytes)",
+                        shard.config.max_message_bytes
+                    );
                     let error = Message::text(dialect.error_text(&reason));
                     let _ = within(CLOSE_WAIT, ws.send(error)).await;
-                    close(&mut ws, &*dialect, CloseCode::Policy, "rate limit").await;
-                    break End::Closed("rate limit");
-                }
-                turn_messages += 1;
-                turn_bytes += len;
-                if turn_messages >= MESSAGES_PER_TURN || turn_bytes >= BYTES_PER_TURN {
-                    // A burst read at once is handled a slice at a time, so the sessions
-                    // it delivers to drain their queues in between.
-                    glommio::executor().yield_now().await;
-                    (turn_messages, turn_bytes) = (0, 0);
-                }
-            }
-        }
-        let replies = match event {
-            Event::Incoming(Some(Ok(Message::Text(text)))) => {
-                match shard.with_context(conn, |cx| dialect.on_text(cx, text.as_str())) {
-                    Step::Reply(replies) => replies,
-                    Step::Close(texts, code) => {
-                        for t in texts {
-                            let write_timeout = shard.config.limits.write_timeout;
-                            let _ = within(write_timeout, ws.send(Message::text(t))).await;
-                        }
-                        close(&mut ws, &*dialect, close_code(code), "").await;
-                        break End::Closed("closed by the dialect");
+                    if let Some(text) = dialect.closing(CloseCode::Size.into(), "message too large")
+                    {
+                        let _ = within(CLOSE_WAIT, ws.send(Message::text(text))).await;
                     }
-                    Step::Relocate { key } => {
-                        let owner = shard.owner_of(&key);
-                        break End::Relocate {
-                            owner,
-                            pending: text.as_str().to_string(),
-                        };
-                    }
+                    // No wait for the client's Close: the rest of its frame cannot be parsed.
+                    let _ = within(
+                        CLOSE_WAIT,
+                        send_close(&mut ws, CloseCode::Size, "message too large"),
+                    )
+                    .await;
+                    break End::Closed("message too large");
                 }
-            }
-            Event::Incoming(Some(Ok(Message::Binary(_)))) => {
-                vec![dialect.error_text("binary messages are not supported; send JSON text")]
-            }
-            Event::Incoming(Some(Ok(Message::Close(_)))) => {
-                // RFC 6455 5.5.1: answer with a Close echoing the client's code.
-                // tungstenite queued that reply when it read the frame; a flush writes it
-                // (then the TCP connection is closed below).
-                let _ = within(CLOSE_WAIT, ws.flush()).await;
-                break End::Closed("client closed");
-            }
-            Event::Incoming(None) => break End::Closed("connection closed without a Close frame"),
-            Event::Incoming(Some(Ok(_))) => Vec::new(), // ping/pong: tungstenite answers
-            Event::Incoming(Some(Err(WsError::Capacity(e)))) => {
-                // The parser cannot resynchronise after an oversized frame, so the client
-                // learns why and is closed with 1009; nobody else is affected.
-                let reason = format!(
-                    "message too large: {e} (limit {} bytes)",
-                    shard.config.max_message_bytes
-                );
-                let error = Message::text(dialect.error_text(&reason));
-                let _ = within(CLOSE_WAIT, ws.send(error)).await;
-                if let Some(text) = dialect.closing(CloseCode::Size.into(), "message too large") {
-                    let _ = within(CLOSE_WAIT, ws.send(Message::text(text))).await;
-                }
-                // No wait for the client's Close: the rest of its frame cannot be parsed.
-                let _ = within(
-                    CLOSE_WAIT,
-                    send_close(&mut ws, CloseCode::Size, "message too large"),
-                )
-                .await;
-                break End::Closed("message too large");
-            }
-            Event::Incoming(Some(Err(WsError::Io(e)))) if ws::is_frame_too_large(&e) => {
-                // Refused from the frame's header: none of its payload was buffered.
-                let reason = format!(
-                    "message too large before authentication (limit {} bytes, \
+                Event::Incoming(Some(Err(WsError::Io(e)))) if ws::is_frame_too_large(&e) => {
+                    // Refused from the frame's header: none of its payload was buffered.
+                    let reason = format!(
+                        "message too large before authentication (limit {} bytes, \
                      limits.unauthenticated_message_bytes): authenticate first",
-                    limits.unauthenticated_message_bytes
-                );
-                let _ = within(
-                    CLOSE_WAIT,
-                    ws.send(Message::text(dialect.error_text(&reason))),
-                )
-                .await;
-                if let Some(text) = dialect.closing(CloseCode::Size.into(), "message too large") {
-                    let _ = within(CLOSE_WAIT, ws.send(Message::text(text))).await;
+                        limits.unauthenticated_message_bytes
+                    );
+                    let _ = within(
+                        CLOSE_WAIT,
+                        ws.send(Message::text(dialect.error_text(&reason))),
+                    )
+                    .await;
+                    if let Some(text) = dialect.closing(CloseCode::Size.into(), "message too large")
+                    {
+                        let _ = within(CLOSE_WAIT, ws.send(Message::text(text))).await;
+                    }
+                    let _ = within(
+                        CLOSE_WAIT,
+                        send_close(&mut ws, CloseCode::Size, "message too large"),
+                    )
+                    .await;
+                    break End::Closed("message too large before authentication");
                 }
-                let _ = within(
-                    CLOSE_WAIT,
-                    send_close(&mut ws, CloseCode::Size, "message too large"),
-                )
-                .await;
-                break End::Closed("message too large before authentication");
-            }
-            Event::Incoming(Some(Err(_))) => break End::Closed("protocol error"),
-            Event::Outgoing(Some(Outbound::Text(text))) => vec![dialect.delivery(&text)],
-            Event::Outgoing(Some(Outbound::Notice(n))) => dialect.notice(&n).into_iter().collect(),
-            Event::Outgoing(Some(Outbound::Close(reason))) => {
-                close(&mut ws, &*dialect, CloseCode::Error, &reason).await;
-                break End::Closed("closed by server");
-            }
-            Event::Outgoing(Some(Outbound::Replaced(reason))) => {
-                // A newer session of this user joined the room; this one holds nothing
-                // any more and ends, telling the client why.
-                let text = Message::text(dialect.replaced_text(&reason));
-                let _ = within(CLOSE_WAIT, ws.send(text)).await;
-                let code = CloseCode::from(REPLACED_CLOSE_CODE);
-                close(&mut ws, &*dialect, code, REPLACED_CLOSE_REASON).await;
-                break End::Closed("replaced by a newer session");
-            }
-            Event::Outgoing(None) => {
-                // Our queue was cut loose: this client fell too far behind (bytes or time
-                // waiting, limits.session_queue_bytes / limits.session_lag_ms).
-                close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
-                break End::Closed("too slow");
-            }
-            Event::Heartbeat => heartbeat.iter().map(|(_, text)| text.clone()).collect(),
-            Event::AuthTimeout => {
-                let reason = format!(
-                    "not authenticated within {} ms (limits.auth_timeout_ms): send auth first",
-                    limits.auth_timeout.as_millis()
-                );
-                let _ = within(
-                    CLOSE_WAIT,
-                    ws.send(Message::text(dialect.error_text(&reason))),
-                )
-                .await;
-                close(
-                    &mut ws,
-                    &*dialect,
-                    CloseCode::Policy,
-                    "authentication timeout",
-                )
-                .await;
-                break End::Closed("authentication timeout");
-            }
-            Event::Idle if Instant::now() >= heard_at + limits.idle_timeout => {
-                close(&mut ws, &*dialect, CloseCode::Away, "idle timeout").await;
-                break End::Closed("idle timeout");
-            }
-            Event::Idle => {
-                pinged = true;
-                let ping = ws.send(Message::Ping(Vec::new().into()));
-                if !matches!(within(limits.write_timeout, ping).await, Some(Ok(()))) {
-                    break End::Closed("ping failed");
+                Event::Incoming(Some(Err(_))) => break End::Closed("protocol error"),
+                Event::Outgoing(Some(Outbound::Text(text))) => vec![dialect.delivery(&text)],
+                Event::Outgoing(Some(Outbound::Notice(n))) => {
+                    dialect.notice(&n).into_iter().collect()
                 }
-                Vec::new()
+                Event::Outgoing(Some(Outbound::Close(reason))) => {
+                    close(&mut ws, &*dialect, CloseCode::Error, &reason).await;
+                    break End::Closed("closed by server");
+                }
+                Event::Outgoing(Some(Outbound::Replaced(reason))) => {
+                    // A newer session of this user joined the room; this one holds nothing
+                    // any more and ends, telling the client why.
+                    let text = Message::text(dialect.replaced_text(&reason));
+                    let _ = within(CLOSE_WAIT, ws.send(text)).await;
+                    let code = CloseCode::from(REPLACED_CLOSE_CODE);
+                    close(&mut ws, &*dialect, code, REPLACED_CLOSE_REASON).await;
+                    break End::Closed("replaced by a newer session");
+                }
+                Event::Outgoing(None) => {
+                    // Our queue was cut loose: this client fell too far behind (bytes or time
+                    // waiting, limits.session_queue_bytes / limits.session_lag_ms).
+                    close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
+                    break End::Closed("too slow");
+                }
+                Event::Heartbeat => heartbeat.iter().map(|(_, text)| text.clone()).collect(),
+                Event::AuthTimeout => {
+                    let reason = format!(
+                        "not authenticated within {} ms (limits.auth_timeout_ms): send auth first",
+                        limits.auth_timeout.as_millis()
+                    );
+                    let _ = within(
+                        CLOSE_WAIT,
+                        ws.send(Message::text(dialect.error_text(&reason))),
+                    )
+                    .await;
+                    close(
+                        &mut ws,
+                        &*dialect,
+                        CloseCode::Policy,
+                        "authentication timeout",
+                    )
+                    .await;
+                    break End::Closed("authentication timeout");
+                }
+                Event::Idle if Instant::now() >= heard_at + limits.idle_timeout => {
+                    close(&mut ws, &*dialect, CloseCode::Away, "idle timeout").await;
+                    break End::Closed("idle timeout");
+                }
+                Event::Idle => {
+                    pinged = true;
+                    let ping = ws.send(Message::Ping(Vec::new().into()));
+                    if !matches!(within(limits.write_timeout, ping).await, Some(Ok(()))) {
+                        break End::Closed("ping failed");
+                    }
+                    Vec::new()
+                }
+                Event::Shutdown => {
+                    close(&mut ws, &*dialect, CloseCode::Away, "server shutting down").await;
+                    break End::Closed("server shutdown");
+                }
+            };
+            if !authenticated && dialect.authenticated() {
+                authenticated = true;
+                ws.get_mut().set_max_frame(u64::MAX);
+                auth_deadline = None;
             }
-            Event::Shutdown => {
-                close(&mut ws, &*dialect, CloseCode::Away, "server shutting down").await;
-                break End::Closed("server shutdown");
+            if !replies.is_empty() {
+                next_beat = beat_after(Instant::now());
             }
-        };
-        if !authenticated && dialect.authenticated() {
-            authenticated = true;
-            ws.get_mut().set_max_frame(u64::MAX);
-            auth_deadline = None;
+            let mut failed = None;
+            for text in replies {
+                let write_timeout = shard.config.limits.write_timeout;
+                if let Err(why) = deliver(&mut ws, &rx, Message::text(text), write_timeout).await {
+                    failed = Some(why);
+                    break;
+                }
+            }
+            match failed {
+                None => {}
+                Some(Undelivered::Failed) => break End::Closed("send failed"),
+                Some(Undelivered::Stalled) => {
+                    // Its socket took nothing for limits.write_timeout_ms: the client is gone
+                    // or reads nothing; the session ends and leaves its room.
+                    close(&mut ws, &*dialect, CloseCode::Policy, "write timeout").await;
+                    break End::Closed("write timeout");
+                }
+                Some(Undelivered::TooSlow) => {
+                    close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
+                    break End::Closed("too slow");
+                }
+            }
         }
-        if !replies.is_empty() {
-            next_beat = beat_after(Instant::now());
-        }
-        let mut failed = None;
-        for text in replies {
-            let write_timeout = shard.config.limits.write_timeout;
-            if let Err(why) = deliver(&mut ws, &rx, Message::text(text), write_timeout).await {
-                failed = Some(why);
-                break;
-            }
-        }
-        match failed {
-            None => {}
-            Some(Undelivered::Failed) => break End::Closed("send failed"),
-            Some(Undelivered::Stalled) => {
-                // Its socket took nothing for limits.write_timeout_ms: the client is gone
-                // or reads nothing; the session ends and leaves its room.
-                close(&mut ws, &*dialect, CloseCode::Policy, "write timeout").await;
-                break End::Closed("write timeout");
-            }
-            Some(Undelivered::TooSlow) => {
-                close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
-                break End::Closed("too slow");
-            }
+    })
+    .catch_unwind()
+    .await;
+    let end = match served {
+        Ok(end) => end,
+        Err(payload) => {
+            let site = format!("WebSocket session {conn} ({name})");
+            fault::contain(&shard, &site, payload.as_ref());
+            // No dialect text: it is the dialect that may be in doubt.
+            let _ = within(CLOSE_WAIT, async {
+                if send_close(&mut ws, CloseCode::Error, "internal error")
+                    .await
+                    .is_ok()
+                {
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            })
+            .await;
+            End::Closed("internal error")
         }
     };
 
     shard.outbound.borrow_mut().remove(&conn);
-    shard.with_context(conn, |cx| dialect.on_close(cx));
+    let closed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        shard.with_context(conn, |cx| dialect.on_close(cx))
+    }));
+    if let Err(payload) = closed {
+        let site = format!("WebSocket session {conn} ({name}) closing");
+        fault::contain(&shard, &site, payload.as_ref());
+    }
     ShardCounters::sub(&shard.counters.connections, 1);
     match end {
         End::Closed(reason) => {

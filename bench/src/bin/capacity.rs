@@ -75,11 +75,16 @@ fn own_bin_dir() -> PathBuf {
 }
 
 fn http_get(port: u16, path: &str) -> String {
+    http_get_with(port, path, "")
+}
+
+/// A GET with extra header lines (each ending in CRLF).
+fn http_get_with(port: u16, path: &str, headers: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("server reachable");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -118,15 +123,21 @@ fn forwarded(port: u16) -> u64 {
         .sum()
 }
 
+/// The admin token the benchmark's server runs with: `/latency?reset=true` needs it.
+const ADMIN_TOKEN: &str = "capacity-bench-admin-token";
+
 /// corelay on 1 shard pinned to `core` (`taskset -c`), logging warnings only; its stderr
-/// is this process's.
+/// is this process's. Every client of the run comes from one loopback address: the
+/// per-address connection cap and session rates are off.
 fn start_server(bins: &Path, core: usize) -> Server {
     Server::builder()
         .binary(bins.join("corelay"))
         .shards(1)
         .taskset(core)
         .args(["--log-level", "warn"])
+        .args(["--connections-per-ip", "0", "--sessions-per-ip-per-s", "0"])
         .env("JWT_SECRET", SECRET)
+        .env("CORELAY_ADMIN_TOKEN", ADMIN_TOKEN)
         .stderr(Capture::Inherit)
         .spawn()
 }
@@ -240,7 +251,11 @@ fn run_step(a: &Args, bins: &Path, subscribers: u32, results: &Path) -> Step {
     // Measure the middle of the run, after everyone joined.
     let ramp = Duration::from_millis(subscribers as u64 * 5 + 1500);
     std::thread::sleep(ramp);
-    let _ = http_get(server.port, "/latency?reset=true");
+    let _ = http_get_with(
+        server.port,
+        "/latency?reset=true",
+        &format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
+    );
     let (cpu0, _) = proc_usage(pid);
     let (load_cpu0, _) = proc_usage(load_pid);
     let fwd0 = forwarded(server.port);
