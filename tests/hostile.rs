@@ -194,13 +194,20 @@ fn a_reader_behind_by_bytes_is_closed_as_too_slow() {
     let payload = "x".repeat(16 * 1024);
     let started = Instant::now();
     let mut sent = 0;
+    // alice keeps at most 32 messages (512 KiB) ahead of bob, so bob is never the one
+    // behind by a queue's worth, however slowly this machine lets his thread read.
+    let bob_got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bob_count = bob_got.clone();
     let reader = std::thread::spawn(move || {
         // bob reads everything until slow's disconnect.
         let mut got = 0;
         loop {
             let m = recv_json(&mut bob);
             match m["Header"]["Event"].as_str().unwrap() {
-                "broadcast" => got += 1,
+                "broadcast" => {
+                    got += 1;
+                    bob_count.store(got, std::sync::atomic::Ordering::Relaxed);
+                }
                 "disconnect" => {
                     assert_eq!(m["Header"]["UserId"], "slow");
                     return (got, bob);
@@ -209,7 +216,11 @@ fn a_reader_behind_by_bytes_is_closed_as_too_slow() {
             }
         }
     });
-    while !reader.is_finished() && started.elapsed() < Duration::from_secs(20) {
+    while !reader.is_finished() && started.elapsed() < Duration::from_secs(30) {
+        if sent >= bob_got.load(std::sync::atomic::Ordering::Relaxed) + 32 {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
         send_text(&mut alice, &pkt("broadcast", "alice", room, &payload));
         sent += 1;
         // alice reads nothing back (her own broadcasts are not echoed).

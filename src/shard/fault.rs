@@ -26,6 +26,7 @@ use super::state::Shard;
 /// A message that contains this panics while its session handles it (fault injection).
 pub const SESSION_MARKER: &str = "corelay-fault:panic";
 /// A datagram for a room whose id contains this panics in the engine (fault injection).
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
 pub const ROOM_MARKER: &str = "corelay-fault-room";
 /// What the sessions of a room torn down after a panic are told.
 pub const ROOM_CLOSED: &str = "internal error: the room was closed";
