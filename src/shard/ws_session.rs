@@ -113,7 +113,12 @@ async fn sleep_until(at: Option<Instant>) {
 
 enum End {
     Closed(&'static str),
-    Relocate { owner: usize, pending: String },
+    /// Cut loose for falling behind: it leaves its room first and is told afterwards.
+    TooSlow,
+    Relocate {
+        owner: usize,
+        pending: String,
+    },
 }
 
 async fn run(
@@ -312,8 +317,7 @@ async fn run(
                 Event::Outgoing(None) => {
                     // Our queue was cut loose: this client fell too far behind (bytes or time
                     // waiting, limits.session_queue_bytes / limits.session_lag_ms).
-                    close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
-                    break End::Closed("too slow");
+                    break End::TooSlow;
                 }
                 Event::Heartbeat => heartbeat.iter().map(|(_, text)| text.clone()).collect(),
                 Event::AuthTimeout => {
@@ -377,10 +381,7 @@ async fn run(
                     close(&mut ws, &*dialect, CloseCode::Policy, "write timeout").await;
                     break End::Closed("write timeout");
                 }
-                Some(Undelivered::TooSlow) => {
-                    close(&mut ws, &*dialect, CloseCode::Again, "too slow").await;
-                    break End::Closed("too slow");
-                }
+                Some(Undelivered::TooSlow) => break End::TooSlow,
             }
         }
     })
@@ -424,6 +425,35 @@ async fn run(
                 conn,
                 dialect = name,
                 reason,
+                "connection closed"
+            );
+        }
+        End::TooSlow => {
+            // Already out of its room. Its socket is full of what it has not read, so the
+            // Close frame goes in only as it reads: it gets limits.write_timeout_ms for
+            // that, then learns why it was cut (1013) after the messages sent before.
+            let write_timeout = shard.config.limits.write_timeout;
+            let _ = within(write_timeout, async {
+                if let Some(text) = dialect.closing(CloseCode::Again.into(), "too slow") {
+                    let _ = ws.send(Message::text(text)).await;
+                }
+                if send_close(&mut ws, CloseCode::Again, "too slow")
+                    .await
+                    .is_ok()
+                {
+                    let _ = within(CLOSE_WAIT, async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    })
+                    .await;
+                }
+            })
+            .await;
+            let _ = within(CLOSE_WAIT, ws.get_mut().close()).await;
+            tracing::info!(
+                shard = shard.id,
+                conn,
+                dialect = name,
+                reason = "too slow",
                 "connection closed"
             );
         }
