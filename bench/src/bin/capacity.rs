@@ -135,7 +135,9 @@ fn start_server(bins: &Path, core: usize) -> Server {
         .shards(1)
         .taskset(core)
         .args(["--log-level", "warn"])
-        .args(["--connections-per-ip", "0", "--sessions-per-ip-per-s", "0"])
+        // As environment (not flags) so that builds older than these settings run too.
+        .env("CORELAY_CONNECTIONS_PER_IP", "0")
+        .env("CORELAY_SESSIONS_PER_IP_PER_S", "0")
         .env("JWT_SECRET", SECRET)
         .env("CORELAY_ADMIN_TOKEN", ADMIN_TOKEN)
         .stderr(Capture::Inherit)
