@@ -432,23 +432,6 @@ fn full_rooms_and_a_full_shard_refuse_only_the_newcomer() {
 
 // ------------------------------------------------------------------ WHIP, WHEP, /pubsub
 
-fn post_sdp(port: u16, path: &str, user: &str, room: &str, body: &str) -> FullResponse {
-    let auth = format!("Bearer {}", token(user, Some(room)));
-    let headers = [
-        ("Content-Type", "application/sdp"),
-        ("Authorization", auth.as_str()),
-    ];
-    http_with_headers(port, "POST", path, &headers, body.as_bytes()).unwrap()
-}
-
-fn location(headers: &[(String, String)]) -> String {
-    headers
-        .iter()
-        .find(|(k, _)| k == "location")
-        .map(|(_, v)| v.clone())
-        .expect("Location header")
-}
-
 /// An offer from a fresh str0m endpoint with `video` send-only video sections.
 fn whip_offer(video: usize) -> (Endpoint, String, str0m::change::SdpPendingOffer, Vec<Mid>) {
     let mut ep = Endpoint::new();

@@ -62,23 +62,6 @@ fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     panic!("{what}: not within {limit:?}");
 }
 
-fn post_sdp(port: u16, path: &str, user: &str, room: &str, body: &str) -> FullResponse {
-    let auth = format!("Bearer {}", token(user, Some(room)));
-    let headers = [
-        ("Content-Type", "application/sdp"),
-        ("Authorization", auth.as_str()),
-    ];
-    http_with_headers(port, "POST", path, &headers, body.as_bytes()).unwrap()
-}
-
-fn location(headers: &[(String, String)]) -> String {
-    headers
-        .iter()
-        .find(|(k, _)| k == "location")
-        .map(|(_, v)| v.clone())
-        .expect("Location header")
-}
-
 /// The value of an `a=<attr>:` line of an SDP.
 fn sdp_attr<'a>(sdp: &'a str, attr: &str) -> &'a str {
     sdp.lines()

@@ -25,14 +25,6 @@ fn post_sdp(
     (r.0, r.1, r.2)
 }
 
-fn location(headers: &[(String, String)]) -> String {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("location"))
-        .map(|(_, v)| v.clone())
-        .expect("Location header")
-}
-
 /// Publishes one VP8 track over WHIP; returns the endpoint, its mid and the resource.
 fn whip_publish(port: u16, room: &str, user: &str) -> (Endpoint, Mid, String) {
     let mut ep = Endpoint::new();

@@ -104,6 +104,25 @@ pub fn send_text(ws: &mut Ws, text: &str) {
     ws.send(tungstenite::Message::text(text)).unwrap();
 }
 
+/// POSTs an SDP offer as a WHIP/WHEP client does, with a token of `user` for `room`.
+pub fn post_sdp(port: u16, path: &str, user: &str, room: &str, body: &str) -> FullResponse {
+    let auth = format!("Bearer {}", token(user, Some(room)));
+    let headers = [
+        ("Content-Type", "application/sdp"),
+        ("Authorization", auth.as_str()),
+    ];
+    http_with_headers(port, "POST", path, &headers, body.as_bytes()).unwrap()
+}
+
+/// The `Location` header of a response (a WHIP/WHEP resource).
+pub fn location(headers: &[(String, String)]) -> String {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("location"))
+        .map(|(_, v)| v.clone())
+        .expect("Location header")
+}
+
 /// A response: status, headers (names lower-cased), body.
 pub type FullResponse = (u16, Vec<(String, String)>, String);
 
