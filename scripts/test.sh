@@ -43,6 +43,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== unit and integration tests"
 cargo test --workspace --all-targets --locked
 
+echo "== fuzz targets, a few seconds each (scripts/fuzz.sh; README: Development > Fuzzing)"
+FUZZ_PROFILE=dev bash scripts/fuzz.sh "${FUZZ_SECONDS:-5}"
+
 echo "== real-browser end-to-end tests (headless chromium and firefox-esr, mediasoup-client)"
 cargo build --locked
 (cd tests/e2e && npm ci --no-audit --no-fund && npm test)

@@ -8,6 +8,8 @@
 pub mod auth;
 pub mod config;
 pub mod control;
+/// Entry points of the fuzz targets in `fuzz/`; the server does not use them.
+pub mod fuzz_entry;
 pub mod http;
 pub mod notify;
 pub mod routing;

@@ -89,7 +89,9 @@ fn frame_len(b: &[u8]) -> Option<u64> {
         }
         n => (0, n as u64),
     };
-    Some((2 + ext + mask) as u64 + payload)
+    // A 64-bit length near u64::MAX must not wrap around to a short frame (the header is
+    // refused by the frame limit, or by tungstenite, as too large).
+    Some(((2 + ext + mask) as u64).saturating_add(payload))
 }
 
 pub struct FrameBoundedStream<S> {
@@ -294,6 +296,21 @@ mod tests {
         assert_eq!(frame_len(&frame(&[0; 300])), Some(4 + 4 + 300));
         assert_eq!(frame_len(&frame(&[0; 70_000])), Some(10 + 4 + 70_000));
         assert_eq!(frame_len(&[0x81]), None);
+    }
+
+    /// Found by the `websocket_frames` fuzz target: a 64-bit payload length of 2^64 - 1
+    /// overflowed the frame length (a panic in debug builds, a wrapped 13-byte "frame" in
+    /// release ones).
+    #[test]
+    fn the_largest_64_bit_length_does_not_wrap() {
+        let mut header = vec![0x81, 0x80 | 127];
+        header.extend([0xff; 8]);
+        header.extend([1, 2, 3, 4]);
+        assert_eq!(frame_len(&header), Some(u64::MAX));
+        let mut s = FrameBoundedStream::new(futures::io::Cursor::new(header), Vec::new());
+        s.set_max_frame(4096);
+        let e = futures::executor::block_on(s.read(&mut [0u8; 64])).unwrap_err();
+        assert!(is_frame_too_large(&e), "{e}");
     }
 
     #[test]
