@@ -677,7 +677,6 @@ mod tests {
         assert!(check_sdp(&caps, "SDP offer", &grouped).is_err());
     }
 
-
     const FP: &str = "AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:\
                       AB:AB:AB:AB:AB:AB:AB:AB";
 
