@@ -9,7 +9,16 @@ use std::process::Command;
 fn a_short_soak_leaves_nothing_behind() {
     let report = std::env::temp_dir().join(format!("corelay-soak-{}.json", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_soak"))
-        .args(["--seconds", "20", "--sessions", "6", "--hold", "2", "--report-every", "10"])
+        .args([
+            "--seconds",
+            "20",
+            "--sessions",
+            "6",
+            "--hold",
+            "2",
+            "--report-every",
+            "10",
+        ])
         .args(["--warmup", "10"])
         .args(["--settle", "60", "--json"])
         .arg(&report)
