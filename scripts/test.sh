@@ -44,7 +44,7 @@ echo "== unit and integration tests"
 cargo test --workspace --all-targets --locked
 
 echo "== fuzz targets, a few seconds each (scripts/fuzz.sh; README: Development > Fuzzing)"
-FUZZ_PROFILE=dev bash scripts/fuzz.sh "${FUZZ_SECONDS:-5}"
+FUZZ_PROFILE=dev bash scripts/fuzz.sh "${FUZZ_SECONDS:-3}"
 
 echo "== real-browser end-to-end tests (headless chromium and firefox-esr, mediasoup-client)"
 cargo build --locked

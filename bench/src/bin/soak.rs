@@ -27,7 +27,8 @@
 //! Run from the repository root (the server is started from the release build next to this
 //! binary): `cargo build --release && cargo run --release -p corelay-bench --bin soak --
 //! --minutes 30`. `--url http://127.0.0.1:3001 --secret S [--pid P]` soaks a server that is
-//! already running (loopback only; without `--pid` there are no RSS and fd figures).
+//! already running (loopback only; without `--pid` there are no RSS and fd figures);
+//! `--server-arg ARG` (repeatable) passes settings to the server it starts, e.g. limits.
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
@@ -64,12 +65,14 @@ struct Opts {
     warmup: Duration,
     rss_slack: f64,
     json: PathBuf,
+    /// Extra arguments for the server this soak starts (`--server-arg`, repeatable).
+    server_args: Vec<String>,
 }
 
 fn usage(e: &str) -> ! {
     eprintln!(
         "soak: {e}\nusage: soak [--minutes M | --seconds S] [--sessions N] [--hold S] \
-         [--report-every S] [--warmup S] [--settle S] [--rss-slack FRACTION] [--shards N] [--json FILE] \
+         [--report-every S] [--warmup S] [--settle S] [--rss-slack FRACTION] [--shards N] [--json FILE] [--server-arg ARG]... \
          [--url http://127.0.0.1:PORT --secret SECRET [--pid PID]]"
     );
     std::process::exit(2)
@@ -90,6 +93,7 @@ fn opts() -> Opts {
         settle: Duration::from_secs(60),
         warmup: Duration::from_secs(60),
         rss_slack: 0.10,
+        server_args: Vec::new(),
         json: Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
             "results/soak-{}.json",
             SystemTime::now()
@@ -125,6 +129,7 @@ fn opts() -> Opts {
             "--warmup" => o.warmup = secs(&value),
             "--rss-slack" => o.rss_slack = num(&value),
             "--json" => o.json = PathBuf::from(value),
+            "--server-arg" => o.server_args.push(value),
             _ => usage(&format!("unknown flag {flag}")),
         }
         i += 2;
@@ -809,16 +814,20 @@ fn relay(cx: &Ctx, room: &str, path: impl Fn(&str) -> String, framed: bool) -> R
         while !next_text(&mut ws, deadline)?.contains("connect") {}
         members.push(ws);
     }
-    let count = 20;
+    // Up to 20 broadcasts each, spread over the hold time; each member must hear every one
+    // the other sent.
+    let most = 20u32;
     let end = Instant::now() + cx.hold;
     let mut heard = [0usize; 2];
-    for i in 0..count {
+    let mut sent = 0usize;
+    for i in 0..most {
         for (m, user) in members.iter_mut().zip(["a", "b"]) {
             send(
                 m,
                 &wrap(relay_packet("broadcast", user, room, &format!("hello {i}"))),
             )?;
         }
+        sent += 1;
         for (m, h) in members.iter_mut().zip(heard.iter_mut()) {
             *h += drain(m)
                 .iter()
@@ -828,10 +837,10 @@ fn relay(cx: &Ctx, room: &str, path: impl Fn(&str) -> String, framed: bool) -> R
         if Instant::now() > end {
             break;
         }
-        std::thread::sleep(cx.hold.min(Duration::from_secs(2)) / count);
+        std::thread::sleep(cx.hold.min(Duration::from_secs(2)) / most);
     }
     let deadline = Instant::now() + STEP;
-    while heard.iter().any(|h| *h < count as usize) && Instant::now() < deadline {
+    while heard.iter().any(|h| *h < sent) && Instant::now() < deadline {
         for (m, h) in members.iter_mut().zip(heard.iter_mut()) {
             *h += drain(m)
                 .iter()
@@ -840,8 +849,8 @@ fn relay(cx: &Ctx, room: &str, path: impl Fn(&str) -> String, framed: bool) -> R
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    if heard.iter().any(|h| *h < count as usize) {
-        return Err(format!("relay: heard {heard:?} of {count} broadcasts"));
+    if heard.iter().any(|h| *h != sent) {
+        return Err(format!("relay: heard {heard:?} of {sent} broadcasts each"));
     }
     for (mut m, user) in members.into_iter().zip(["a", "b"]) {
         send(&mut m, &wrap(relay_packet("disconnect", user, room, "")))?;
@@ -938,6 +947,7 @@ fn main() {
                 .binary(binary)
                 .shards(o.shards)
                 .args(["--log-level", "warn"])
+                .args(&o.server_args)
                 .env("JWT_SECRET", &o.secret)
                 .stderr(Capture::Inherit)
                 .spawn();
