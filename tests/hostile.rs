@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use corelay_testkit::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tungstenite::Message;
 
 fn pkt(event: &str, user: &str, room: &str, payload: &str) -> String {
@@ -60,20 +60,6 @@ fn burst(ws: &mut Ws, user: &str, room: &str, count: usize) -> usize {
     }
     ws.get_mut().write_all(&bytes).unwrap();
     bytes.len()
-}
-
-/// The close frame's code, skipping text and pings until it comes.
-fn close_code(ws: &mut Ws) -> (u16, String, Vec<Value>) {
-    let mut texts = Vec::new();
-    loop {
-        match ws.read() {
-            Ok(Message::Text(t)) => texts.push(serde_json::from_str(t.as_str()).unwrap()),
-            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string(), texts),
-            Ok(Message::Close(None)) => return (1005, String::new(), texts),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}; texts {texts:?}"),
-        }
-    }
 }
 
 /// Finding 1: about 300 small broadcasts in a single TCP write (33 KB) made the server

@@ -704,20 +704,6 @@ fn a_full_relay_room_refuses_the_newcomer_alone() {
 
 // ------------------------------------------------------------------ finding 8: one userId twice
 
-/// The close frame's code and reason, and the texts before it.
-fn closed(ws: &mut Ws) -> (u16, String, Vec<Value>) {
-    let mut texts = Vec::new();
-    loop {
-        match ws.read() {
-            Ok(Message::Text(t)) => texts.push(serde_json::from_str(t.as_str()).unwrap()),
-            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string(), texts),
-            Ok(Message::Close(None)) => return (1005, String::new(), texts),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}; texts {texts:?}"),
-        }
-    }
-}
-
 /// Finding 8, mediasoup: a second session of alice in the room replaces the first, which
 /// is told why and closed with 4000. bob hears alice's old producer close and nothing
 /// else: no peer-left while the newer session is there, no second peer-joined; when the
@@ -749,7 +735,7 @@ fn a_newer_mediasoup_session_replaces_the_older_and_the_room_hears_one_story() {
         json!([{"userId": "bob", "userName": "bob"}])
     );
     assert_eq!(joined["producers"], json!([]), "the old producer is gone");
-    let (code, reason, texts) = closed(&mut alice1.ws);
+    let (code, reason, texts) = close_code(&mut alice1.ws);
     assert_eq!(
         (code, reason.as_str()),
         (4000, "replaced by a newer session")
@@ -864,7 +850,7 @@ fn a_newer_relay_session_replaces_the_older() {
     recv_json(&mut alice1);
     let mut alice2 = relay(port, "alice");
     send_text(&mut alice2, &pkt("connect", "alice", "r8", ""));
-    let (code, reason, texts) = closed(&mut alice1);
+    let (code, reason, texts) = close_code(&mut alice1);
     assert_eq!(
         (code, reason.as_str()),
         (4000, "replaced by a newer session")
@@ -952,7 +938,7 @@ fn a_newer_pubsub_session_replaces_the_older() {
     );
     let mut alice2 = open("alice");
     let new = publish(&mut alice2);
-    let (code, _, _) = closed(&mut alice1);
+    let (code, _, _) = close_code(&mut alice1);
     assert_eq!(code, 4000);
     let left = recv_json(&mut bob);
     assert_eq!(

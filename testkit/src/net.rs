@@ -104,6 +104,22 @@ pub fn send_text(ws: &mut Ws, text: &str) {
     ws.send(tungstenite::Message::text(text)).unwrap();
 }
 
+/// Reads until the server's close frame: its code (1005 when it has none) and reason, and
+/// the texts (as JSON) that came before it. Panics when the stream ends without one.
+pub fn close_code(ws: &mut Ws) -> (u16, String, Vec<serde_json::Value>) {
+    use tungstenite::Message;
+    let mut texts = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => texts.push(serde_json::from_str(t.as_str()).unwrap()),
+            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string(), texts),
+            Ok(Message::Close(None)) => return (1005, String::new(), texts),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}; texts {texts:?}"),
+        }
+    }
+}
+
 /// POSTs an SDP offer as a WHIP/WHEP client does, with a token of `user` for `room`.
 pub fn post_sdp(port: u16, path: &str, user: &str, room: &str, body: &str) -> FullResponse {
     let auth = format!("Bearer {}", token(user, Some(room)));
